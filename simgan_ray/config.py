@@ -1,0 +1,152 @@
+"""Typed, validated run configuration.
+
+One resolve order: defaults (the field defaults below) < YAML file < CLI overrides. Every section
+forbids unknown keys, so a typo is an error naming the field, never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError, model_validator
+
+from simgan_ray.errors import SimganError
+from simgan_ray.losses import Psi, Reduction
+from simgan_ray.networks import DiscriminatorConfig, RefinerConfig
+from simgan_ray.storage import S3Options
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptimizerConfig(Section):
+    name: Literal["adam", "sgd"] = "adam"
+    lr: PositiveFloat = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)  # adam only
+    momentum: NonNegativeFloat = 0.0  # sgd only
+    weight_decay: NonNegativeFloat = 0.0
+
+
+class LossConfig(Section):
+    # Weight of the self-regularization term lambda * ||psi(R(x)) - psi(x)||_1.
+    lam: NonNegativeFloat = 0.1
+    psi: Psi = "identity"
+    # How the adversarial loss reduces over the w x h patch map and the self-regularization over
+    # pixels: "sum" per image then mean over the batch (paper), or "mean" over everything.
+    reduction: Reduction = "sum"
+
+
+class ScheduleConfig(Section):
+    """Phases run in order: pretrain R (self-regularization only), pretrain D, then `steps`
+    adversarial steps of `k_g` refiner updates followed by `k_d` discriminator updates."""
+
+    pretrain_refiner_steps: int = Field(1000, ge=0)
+    pretrain_discriminator_steps: int = Field(200, ge=0)
+    steps: int = Field(10000, ge=0)
+    k_g: int = Field(2, ge=1)
+    k_d: int = Field(1, ge=1)
+
+    @property
+    def total_steps(self) -> int:
+        return self.pretrain_refiner_steps + self.pretrain_discriminator_steps + self.steps
+
+
+class DataConfig(Section):
+    synthetic: str = "data/digits/synthetic"  # shard directory/prefix (see README, data format)
+    real: str = "data/digits/real"
+    s3: S3Options = S3Options()
+
+
+class RunConfig(Section):
+    storage: str = "runs"  # local dir or s3:// prefix; the run lives in <storage>/<name>
+    name: str = Field("simgan", pattern=r"^[A-Za-z0-9._-]+$")
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: PositiveFloat = 1.0
+    report_every: int = Field(10, ge=1)  # steps between metric reports
+    checkpoint_every: int = Field(100, ge=1)  # steps between checkpoints (and always at the end)
+    keep_checkpoints: int = Field(3, ge=1)
+    max_failures: int = Field(0, ge=0)  # worker failures survived by restoring the last checkpoint
+
+
+class TrainConfig(Section):
+    seed: int = 0
+    batch_size: int = Field(64, ge=2, description="images per worker per update (D: b real + b refined)")
+    history_size: int = Field(6400, ge=0, description="refined images kept for D, over all ranks")
+    refiner: RefinerConfig = RefinerConfig()
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    loss: LossConfig = LossConfig()
+    optimizer_r: OptimizerConfig = OptimizerConfig()
+    optimizer_d: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    data: DataConfig = DataConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _channels_agree(self) -> TrainConfig:
+        if self.refiner.channels != self.discriminator.channels:
+            raise ValueError(
+                f"refiner.channels ({self.refiner.channels}) != discriminator.channels "
+                f"({self.discriminator.channels})"
+            )
+        return self
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise SimganError(f"override {dotted}: {key} is not a section")
+        tree = node
+    tree[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'schedule.steps=20' -> ('schedule.steps', 20); the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SimganError(f"override {text!r}: expected KEY=VALUE, e.g. schedule.steps=20")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"{source}: {field}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """defaults < YAML file at `path` < `overrides` ({'dotted.key': value})."""
+    tree: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise SimganError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise SimganError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SimganError(f"{path}: expected a mapping of sections at the top level")
+        tree = loaded or {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+        source = f"{source} + overrides" if "overrides" not in source else source
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as e:
+        raise SimganError(_format_errors(source, e)) from None
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,166 @@
+"""SimGAN networks, pure PyTorch (no Ray, no training code).
+
+Images are float tensors of shape (N, C, H, W) with values in [-1, 1]; the refiner's
+output is in the same range (tanh). Both configs are plain dataclasses so that an export
+can carry them as JSON and rebuild the network without any of the training stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+Norm = Literal["none", "batch", "instance"]
+
+
+def _norm(kind: Norm, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """Refiner R: conv(k, C->F) + `blocks` ResNet blocks (two conv(k, F->F)) + conv1x1(F->C).
+
+    Paper defaults for the eye-gaze refiner (55x35 grayscale): F=64, 4 blocks, 3x3 kernels.
+    """
+
+    channels: int = 1
+    features: int = 64
+    blocks: int = 4
+    kernel: int = 3
+    norm: Norm = "none"
+
+    # Read by pydantic when the dataclass is embedded in the validated run config.
+    __pydantic_config__ = {"extra": "forbid"}
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.features < 1 or self.blocks < 0:
+            raise ValueError("channels and features must be >= 1 and blocks >= 0")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and >= 1 so 'same' padding keeps H x W, got {self.kernel}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """Local patch discriminator D (paper, Sec. 3.2 / appendix):
+
+    conv3x3/s2/`widths[0]` - conv3x3/s2/`widths[1]` - maxpool3x3/s1 - conv3x3/`widths[2]`
+    - conv1x1/`widths[3]` - conv1x1/`logits`. Paper widths: 96, 64, 32, 32; 2 logits.
+    With `logits=1` each patch has one real-vs-refined logit (BCE); with 2, a softmax.
+    """
+
+    channels: int = 1
+    widths: tuple[int, int, int, int] = (96, 64, 32, 32)
+    kernel: int = 3
+    logits: Literal[1, 2] = 1
+    norm: Norm = "none"
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or any(w < 1 for w in self.widths):
+            raise ValueError("channels and widths must be >= 1")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd and >= 1, got {self.kernel}")
+        object.__setattr__(self, "widths", tuple(self.widths))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+class ResnetBlock(nn.Module):
+    """x + conv(relu(norm(conv(x)))), followed by ReLU; H x W preserved (stride 1, same padding)."""
+
+    def __init__(self, features: int, kernel: int, norm: Norm) -> None:
+        super().__init__()
+        pad = kernel // 2
+        self.body = nn.Sequential(
+            nn.Conv2d(features, features, kernel, padding=pad),
+            _norm(norm, features),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(features, features, kernel, padding=pad),
+            _norm(norm, features),
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+class Refiner(nn.Module):
+    """Fully convolutional refiner: no striding or pooling, so any H x W works and every output
+    pixel depends only on a (1 + 2 * (k // 2) * (2 * blocks + 1))-pixel neighbourhood of the input.
+    (N, C, H, W) in [-1, 1] -> (N, C, H, W) in [-1, 1]."""
+
+    def __init__(self, cfg: RefinerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        pad = cfg.kernel // 2
+        self.stem = nn.Sequential(
+            nn.Conv2d(cfg.channels, cfg.features, cfg.kernel, padding=pad),
+            _norm(cfg.norm, cfg.features),
+            nn.ReLU(inplace=True),
+        )
+        self.blocks = nn.Sequential(
+            *[ResnetBlock(cfg.features, cfg.kernel, cfg.norm) for _ in range(cfg.blocks)]
+        )
+        self.head = nn.Conv2d(cfg.features, cfg.channels, 1)
+
+    @property
+    def receptive_field(self) -> int:
+        """Side, in pixels, of the input window that one output pixel sees."""
+        return 1 + (self.cfg.kernel - 1) * (1 + 2 * self.cfg.blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.head(self.blocks(self.stem(x))))
+
+
+class LocalDiscriminator(nn.Module):
+    """(N, C, H, W) -> (N, logits, h, w): one real-vs-refined prediction per local patch."""
+
+    def __init__(self, cfg: DiscriminatorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w1, w2, w3, w4 = cfg.widths
+        k, pad = cfg.kernel, cfg.kernel // 2
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.channels, w1, k, stride=2, padding=pad),
+            _norm(cfg.norm, w1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w1, w2, k, stride=2, padding=pad),
+            _norm(cfg.norm, w2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=1),
+            nn.Conv2d(w2, w3, k, padding=pad),
+            _norm(cfg.norm, w3),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w3, w4, 1),
+            _norm(cfg.norm, w4),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(w4, cfg.logits, 1),
+        )
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the patch map for an H x W input; raises if the input is too small."""
+        def conv_s2(n: int) -> int:
+            return (n + 2 * (self.cfg.kernel // 2) - self.cfg.kernel) // 2 + 1
+
+        h, w = conv_s2(conv_s2(height)) - 2, conv_s2(conv_s2(width)) - 2
+        if h < 1 or w < 1:
+            raise ValueError(f"images of {height}x{width} are too small for the local discriminator")
+        return h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -1,0 +1,371 @@
+"""SimGAN training on Ray Train (paper, Algorithm 1), data parallel over N workers.
+
+`train_func(config)` runs on every worker; `fit(cfg)` (driver) builds the TorchTrainer.
+
+The schedule is a table of phases; one *step* runs every update listed for its phase once:
+    pretrain_refiner        R on self-regularization only       x pretrain_refiner_steps
+    pretrain_discriminator  D                                   x pretrain_discriminator_steps
+    adversarial             K_g R updates, then K_d D updates   x steps
+Every update draws fresh mini-batches of `batch_size` per worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from simgan_ray import checkpoints, data, storage, viz
+from simgan_ray.config import OptimizerConfig, ScheduleConfig, TrainConfig, dump_config
+from simgan_ray.errors import SimganError
+from simgan_ray.history import ImageHistory
+from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy
+from simgan_ray.networks import LocalDiscriminator, Refiner
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    updates: tuple[tuple[str, int], ...]  # (update kind, repeats) in order
+
+
+def phase_table(s: ScheduleConfig) -> list[tuple[Phase, int]]:
+    return [
+        (Phase("pretrain_refiner", (("refiner_selfreg", 1),)), s.pretrain_refiner_steps),
+        (Phase("pretrain_discriminator", (("discriminator", 1),)), s.pretrain_discriminator_steps),
+        (Phase("adversarial", (("refiner", s.k_g), ("discriminator", s.k_d))), s.steps),
+    ]
+
+
+def phase_at(step: int, table: list[tuple[Phase, int]]) -> Phase:
+    """The phase that 0-based global `step` belongs to."""
+    for phase, length in table:
+        if step < length:
+            return phase
+        step -= length
+    raise IndexError("step past the end of the schedule")
+
+
+def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module inside a DDP wrapper (calls on it neither sync nor register hooks)."""
+    return getattr(model, "module", model)
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """No parameter grads for `module` inside the block (grads still flow to its input)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@dataclass
+class Gan:
+    """What the updates act on. `refiner`/`discriminator` may be DDP-wrapped."""
+
+    refiner: nn.Module
+    discriminator: nn.Module
+    opt_r: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    adversarial: LocalAdversarialLoss
+    self_reg: SelfRegularization
+    history: ImageHistory
+
+
+def refiner_update(gan: Gan, synthetic: torch.Tensor, with_adversary: bool) -> dict[str, torch.Tensor]:
+    """One R step: L_R = l_real(D(R(x))) + lambda*||psi(R(x)) - psi(x)||_1 on (b, C, H, W)."""
+    refined = gan.refiner(synthetic)
+    reg = gan.self_reg(refined, synthetic)
+    out = {"loss_r_reg": reg.detach()}
+    loss = reg
+    if with_adversary:
+        # Through the bare D: its weights are not trained here, so no DDP gradient sync for it.
+        with frozen(unwrap(gan.discriminator)) as disc:
+            adv = gan.adversarial(disc(refined), REAL)
+        loss = loss + adv
+        out["loss_r_adv"] = adv.detach()
+    gan.opt_r.zero_grad(set_to_none=True)
+    loss.backward()
+    gan.opt_r.step()
+    out["mean_abs_change"] = (refined.detach() - synthetic).abs().mean()
+    return out
+
+
+def discriminator_update(gan: Gan, synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One D step on b real + b refined images, the refined half being b/2 refined now and b/2
+    drawn from this rank's history buffer (all current while the buffer is empty)."""
+    with torch.no_grad():
+        refined = unwrap(gan.refiner)(synthetic)
+    half = len(refined) // 2
+    past = gan.history.sample(len(refined) - half).to(refined.device)
+    fake = torch.cat([refined[: len(refined) - len(past)], past])
+    gan.history.push(refined[:half])
+    # One forward over [real; fake] so DDP sees a single forward per backward.
+    logits = gan.discriminator(torch.cat([real, fake]))
+    logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
+    loss = gan.adversarial(logits_real, REAL) + gan.adversarial(logits_fake, REFINED)
+    gan.opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    gan.opt_d.step()
+    return {
+        "loss_d": loss.detach(),
+        "d_acc_real": patch_accuracy(logits_real.detach(), REAL),
+        "d_acc_refined": patch_accuracy(logits_fake.detach(), REFINED),
+    }
+
+
+class MetricWindow:
+    """Averages scalar metrics over a report window and over all ranks."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.images = 0
+        self.start = time.perf_counter()
+
+    def add(self, values: dict[str, torch.Tensor], images: int) -> None:
+        for k, v in values.items():
+            self.sums[k] += float(v)
+            self.counts[k] += 1
+        self.images += images
+
+    def reduce(self, device: torch.device) -> dict[str, float]:
+        keys = sorted(self.sums)  # every rank runs the same phases, so the same keys
+        local = [self.sums[k] / self.counts[k] for k in keys]
+        elapsed = time.perf_counter() - self.start
+        vec = torch.tensor([*local, self.images / max(elapsed, 1e-9)], dtype=torch.float64, device=device)
+        world = 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            torch.distributed.all_reduce(vec)
+        vals = vec.tolist()
+        out = {k: v / world for k, v in zip(keys, vals[:-1], strict=True)}
+        out["images_per_s"] = vals[-1]  # summed over ranks: whole-job throughput
+        return out
+
+
+def _cycle(shard, batch_size: int, device: torch.device):
+    """Endless (b, C, H, W) float batches from this rank's shard; a new epoch when exhausted."""
+    while True:
+        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device):
+            yield batch["image"]
+
+
+def train_func(config: dict) -> None:
+    """Ray Train worker loop. `config` is TrainConfig.to_dict()."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = TrainConfig.model_validate(config)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is ours
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if not cfg.run.use_gpu:
+        torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+
+    refiner = ray.train.torch.prepare_model(Refiner(cfg.refiner))
+    discriminator = ray.train.torch.prepare_model(LocalDiscriminator(cfg.discriminator))
+    gan = Gan(
+        refiner=refiner,
+        discriminator=discriminator,
+        opt_r=make_optimizer(refiner.parameters(), cfg.optimizer_r),
+        opt_d=make_optimizer(discriminator.parameters(), cfg.optimizer_d),
+        adversarial=LocalAdversarialLoss(cfg.loss.reduction),
+        self_reg=SelfRegularization(cfg.loss.lam, cfg.loss.psi, cfg.loss.reduction),
+        history=ImageHistory(cfg.history_size // world, seed=cfg.seed * 100_003 + rank),
+    )
+    torch.manual_seed(cfg.seed * 100_003 + rank)  # per-rank stream for anything random later
+
+    step, metrics_log = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = checkpoints.load_train_state(Path(d))
+            unwrap(refiner).load_state_dict(state.refiner)
+            unwrap(discriminator).load_state_dict(state.discriminator)
+            gan.opt_r.load_state_dict(state.optimizer_r)
+            gan.opt_d.load_state_dict(state.optimizer_d)
+            checkpoints.load_history(Path(d), rank, world, gan.history)
+            step, metrics_log = state.step, state.metrics
+        print(f"[rank {rank}] resumed at step {step} with {len(gan.history)} history images")
+
+    synthetic = _cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, device)
+    real = _cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, device)
+    table = phase_table(cfg.schedule)
+    total = cfg.schedule.total_steps
+    b = cfg.batch_size
+    window = MetricWindow()
+    while step < total:
+        phase = phase_at(step, table)
+        for kind, repeats in phase.updates:
+            for _ in range(repeats):
+                if kind == "discriminator":
+                    window.add(discriminator_update(gan, next(synthetic), next(real)), 2 * b)
+                else:
+                    window.add(refiner_update(gan, next(synthetic), kind == "refiner"), b)
+        step += 1
+        save = step % cfg.run.checkpoint_every == 0 or step == total
+        if not (save or step % cfg.run.report_every == 0):
+            continue
+        metrics = {"step": step, "phase": phase.name, **window.reduce(device)}
+        _check_finite(metrics)
+        if rank == 0:
+            metrics_log.append(metrics)
+            print(_format_metrics(metrics, total))
+        if save:
+            with tempfile.TemporaryDirectory() as tmp:
+                _save(Path(tmp), rank, step, gan, metrics_log, cfg)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+        window = MetricWindow()
+
+
+def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cfg: TrainConfig) -> None:
+    state = None
+    if rank == 0:
+        refiner = unwrap(gan.refiner)
+        state = checkpoints.TrainState(
+            step=step,
+            refiner=refiner.state_dict(),
+            discriminator=unwrap(gan.discriminator).state_dict(),
+            optimizer_r=gan.opt_r.state_dict(),
+            optimizer_d=gan.opt_d.state_dict(),
+            metrics=metrics_log,
+        )
+        checkpoints.write_export(
+            directory / checkpoints.EXPORT_DIR,
+            refiner,
+            {"step": step, "run": cfg.run.name, "image": {"range": [-1.0, 1.0]}},
+        )
+    checkpoints.save_train_state(directory, rank, state, gan.history, cfg.to_dict())
+
+
+def _check_finite(metrics: dict) -> None:
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"step {metrics['step']}: non-finite {', '.join(bad)}; stopping before checkpointing")
+
+
+def _format_metrics(m: dict, total: int) -> str:
+    parts = [f"step {m['step']}/{total} [{m['phase']}]"]
+    parts += [f"{k}={v:.4g}" for k, v in m.items() if k not in ("step", "phase")]
+    return " ".join(parts)
+
+
+@dataclass
+class FitResult:
+    run_uri: str
+    step: int
+    metrics: list[dict]
+    export_uri: str
+
+
+def run_uri(cfg: TrainConfig) -> str:
+    return storage.join(storage.normalize(cfg.run.storage), cfg.run.name)
+
+
+def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
+    """Driver: validate inputs, run the TorchTrainer, then write export, curves and samples beside
+    the run. Needs a running Ray (local or a cluster's)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    s3 = cfg.data.s3
+    uri = run_uri(cfg)
+    started = storage.exists(storage.join(uri, "config.yaml"), s3)
+    if started and not resume:
+        raise SimganError(f"{uri} already holds a run: resume it (--resume) or pick another run.name")
+    if resume and not started:
+        raise SimganError(f"{uri}: no run to resume (config.yaml missing)")
+    syn, real = data.check_training_sets(
+        cfg.data.synthetic, cfg.data.real, cfg.refiner.channels,
+        cfg.batch_size * cfg.run.num_workers, s3,
+    )
+    try:
+        LocalDiscriminator(cfg.discriminator).output_shape(*syn.shape[1:])
+    except ValueError as e:
+        raise SimganError(str(e)) from None
+
+    # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    storage.make_dirs(uri, s3)
+    storage.write_bytes(storage.join(uri, "config.yaml"), dump_config(cfg).encode(), s3)
+    fs, path = storage.resolve(storage.normalize(cfg.run.storage), s3)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers,
+            use_gpu=cfg.run.use_gpu,
+            resources_per_worker={"CPU": cfg.run.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=path,
+            storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+        datasets={
+            "synthetic": data.image_dataset(cfg.data.synthetic, syn, s3),
+            "real": data.image_dataset(cfg.data.real, real, s3),
+        },
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise SimganError(f"{uri}: training produced no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        d = Path(d)
+        state_step = json.loads((d / checkpoints.EXPORT_DIR / "refiner.json").read_text())["step"]
+        metrics = json.loads((d / "metrics.json").read_text())
+        export_uri = storage.join(uri, checkpoints.EXPORT_DIR)
+        storage.copy_dir_to(str(d / checkpoints.EXPORT_DIR), export_uri, s3)
+        refiner, _ = checkpoints.load_export(d / checkpoints.EXPORT_DIR)
+    _write_pictures(uri, cfg, syn, real, refiner, metrics)
+    jsonl = "".join(json.dumps(m) + "\n" for m in metrics)
+    storage.write_bytes(storage.join(uri, "metrics.jsonl"), jsonl.encode(), s3)
+    return FitResult(run_uri=uri, step=state_step, metrics=metrics, export_uri=export_uri)
+
+
+def _write_pictures(uri: str, cfg: TrainConfig, syn, real, refiner: Refiner, metrics: list[dict]) -> None:
+    s3, n = cfg.data.s3, 16
+    _, synthetic, _ = data.head_images(cfg.data.synthetic, syn, n, s3)
+    _, real_images, _ = data.head_images(cfg.data.real, real, n, s3)
+    with torch.no_grad():
+        refined = refiner(torch.from_numpy(data.to_unit_range(synthetic))).numpy()
+    change = np.abs(refined - data.to_unit_range(synthetic))  # in [0, 2]
+    rows = [
+        ("synthetic", synthetic),
+        ("refined", data.to_uint8(refined)),
+        ("|R(x) - x|", data.to_uint8(change - 1.0)),
+        ("real", real_images),
+    ]
+    storage.write_bytes(storage.join(uri, "samples.png"), viz.image_grid(rows), s3)
+    if metrics:
+        storage.write_bytes(storage.join(uri, "curves.png"), viz.plot_curves(metrics), s3)

@@ -1,0 +1,61 @@
+"""Pictures a person would rather look at than read: image grids and training curves."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+LABEL_W = 90  # px column for row titles
+
+
+def image_grid(rows: list[tuple[str, np.ndarray]], scale: int = 3) -> bytes:
+    """rows: (title, uint8 (n, H, W, C)) each; -> PNG bytes, one titled row of tiles per entry."""
+    n = max(len(images) for _, images in rows)
+    h, w = rows[0][1].shape[1:3]
+    th, tw, pad = h * scale, w * scale, 2
+    canvas = Image.new("RGB", (LABEL_W + n * (tw + pad), len(rows) * (th + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (title, images) in enumerate(rows):
+        y = r * (th + pad)
+        draw.text((4, y + th // 2 - 6), title, fill="black")
+        for i, img in enumerate(images):
+            tile = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).convert("RGB")
+            canvas.paste(tile.resize((tw, th), Image.NEAREST), (LABEL_W + i * (tw + pad), y))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def plot_curves(metrics: list[dict]) -> bytes:
+    """Training curves from the metric reports, phase boundaries marked. -> PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("losses", ["loss_r_reg", "loss_r_adv", "loss_d"]),
+        ("discriminator accuracy", ["d_acc_real", "d_acc_refined"]),
+        ("mean |R(x) - x| ([-1, 1] units)", ["mean_abs_change"]),
+        ("throughput (images/s, all workers)", ["images_per_s"]),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    boundaries = [m["step"] for a, m in zip(metrics, metrics[1:], strict=False) if a["phase"] != m["phase"]]
+    for ax, (title, keys) in zip(axes.flat, panels, strict=True):
+        for key in keys:
+            pts = [(m["step"], m[key]) for m in metrics if key in m]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), label=key)
+        for b in boundaries:
+            ax.axvline(b, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
