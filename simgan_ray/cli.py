@@ -6,8 +6,6 @@ exit 2; a failed training run -> the workers' root cause in one line and exit 1.
 
 from __future__ import annotations
 
-import math
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -28,17 +26,6 @@ S3Endpoint = Annotated[
 
 def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
-
-
-def _init_local_ray(min_cpus: float = 1) -> None:
-    """Start (or join) a local Ray. Logical CPUs are raised above the workers' request so that
-    Ray Data's read/decode tasks can run beside the training workers on a small machine."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    cpus = max(os.cpu_count() or 1, math.ceil(min_cpus) + 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
 
 
 def _s3(endpoint: str | None):
@@ -70,7 +57,6 @@ def train(
             overrides[key] = value
     cfg = load_config(config, overrides)
     _echo(f"# resolved config -> {run_uri(cfg)}/config.yaml\n{dump_config(cfg)}")
-    _init_local_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)
     result = fit(cfg, resume=resume)
     last = result.metrics[-1] if result.metrics else {}
     _echo(
@@ -94,7 +80,6 @@ def simulate(
     """Render labelled synthetic digits (28x28, MNIST-style) as Parquet shards, in parallel on Ray."""
     from simgan_ray.simulate import simulate as run_simulation
 
-    _init_local_ray()
     manifest = run_simulation(out, count, shard_size, seed, _s3(s3_endpoint),
                               [str(d) for d in font_dir] if font_dir else None)
     _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "

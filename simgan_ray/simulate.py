@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from simgan_ray import shards, storage
 from simgan_ray.errors import SimganError
 from simgan_ray.progress import progress
+from simgan_ray.runtime import ensure_ray
 from simgan_ray.storage import S3Options
 
 SIMULATOR_VERSION = "digits-1"
@@ -166,6 +167,7 @@ def simulate(out: str, count: int, shard_size: int, seed: int, s3: S3Options = S
         raise SimganError(f"count and shard size must be >= 1, got {count} and {shard_size}")
     fonts = discover_fonts(tuple(str(d) for d in (font_dirs or default_font_dirs())))
     storage.make_dirs(out, s3)
+    ensure_ray()
     task = ray.remote(num_cpus=1)(_render_shard)
     ranges = shard_ranges(count, shard_size)
     pending = [task.remote(out, i, start, n, seed, fonts, s3) for i, (start, n) in enumerate(ranges)]

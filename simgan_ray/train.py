@@ -32,6 +32,7 @@ from simgan_ray.errors import SimganError
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy
 from simgan_ray.networks import LocalDiscriminator, Refiner
+from simgan_ray.runtime import ensure_ray
 
 
 @dataclass(frozen=True)
@@ -314,6 +315,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
 
     # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    ensure_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)
     storage.make_dirs(uri, s3)
     storage.write_bytes(storage.join(uri, "config.yaml"), dump_config(cfg).encode(), s3)
     fs, path = storage.resolve(storage.normalize(cfg.run.storage), s3)

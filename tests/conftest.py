@@ -1,0 +1,49 @@
+"""Shared fixtures: one local Ray for the whole session, tiny image sets on local disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from simgan_ray import shards, simulate
+
+TINY = {"refiner.features": 8, "refiner.blocks": 1, "discriminator.widths": [8, 8, 8, 8]}
+
+
+def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int) -> shards.Manifest:
+    """images: uint8 (n, H, W[, C]) -> a complete shard set (shards + manifest) at prefix."""
+    ids = [f"{kind}-{i:06d}" for i in range(len(images))]
+    written = [
+        shards.write_shard(str(prefix), i, shards.make_table(ids[s : s + shard_size], images[s : s + shard_size],
+                                                             labels[s : s + shard_size]))
+        for i, s in enumerate(range(0, len(images), shard_size))
+    ]
+    c = 1 if images.ndim == 3 else images.shape[3]
+    manifest = shards.Manifest(kind=kind, count=len(images), shape=[c, *images.shape[1:3]], shards=written)
+    shards.write_manifest(str(prefix), manifest)
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def digit_sets(tmp_path_factory):
+    """256 synthetic digits (labelled) and 256 'real' ones (another seed, blurred, unlabelled)."""
+    root = tmp_path_factory.mktemp("digits")
+    fonts = simulate.discover_fonts(tuple(str(d) for d in simulate.default_font_dirs()))
+    _, syn, labels = simulate.render_range(0, 256, 0, fonts)
+    _, real, _ = simulate.render_range(0, 256, 1, fonts)
+    real = (real.astype(np.float32) * 0.8).astype(np.uint8)  # a different 'domain'
+    write_set(root / "synthetic", "synthetic", syn, labels, 64)
+    write_set(root / "real", "real", real, [None] * len(real), 64)
+    return {"synthetic": str(root / "synthetic"), "real": str(root / "real"), "labels": [json.loads(x) for x in labels]}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray per test session (starting Ray costs seconds; a TorchTrainer, more)."""
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from simgan_ray.config import dump_config, load_config, parse_override
+from simgan_ray.errors import SimganError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_paper_defaults():
+    cfg = load_config()
+    assert (cfg.refiner.features, cfg.refiner.blocks) == (64, 4)
+    assert cfg.discriminator.widths == (96, 64, 32, 32)
+    assert (cfg.schedule.pretrain_refiner_steps, cfg.schedule.pretrain_discriminator_steps) == (1000, 200)
+    assert (cfg.schedule.k_g, cfg.schedule.k_d) == (2, 1)
+
+
+def test_resolve_order_defaults_file_cli(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("batch_size: 16\nloss: {lam: 0.3}\nschedule: {steps: 7}\n")
+    cfg = load_config(f, {"schedule.steps": 9})
+    assert cfg.batch_size == 16  # file beats default
+    assert cfg.loss.lam == 0.3 and cfg.loss.psi == "identity"  # untouched fields keep defaults
+    assert cfg.schedule.steps == 9  # CLI beats file
+
+
+def test_job_specs_validate():
+    for job in (ROOT / "jobs").glob("*.yaml"):
+        load_config(job)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = load_config(ROOT / "jobs" / "digits.yaml")
+    f = tmp_path / "resolved.yaml"
+    f.write_text(dump_config(cfg))
+    assert load_config(f) == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("loss: {lam: -1}\n", ["loss.lam", "greater than or equal to 0"]),
+        ("bogus_key: 3\n", ["bogus_key"]),
+        ("refiner: {featurez: 3}\n", ["refiner.featurez"]),
+        ("schedule: {k_g: 0}\n", ["schedule.k_g"]),
+        ("batch_size: many\n", ["batch_size", "integer"]),
+        ("refiner: {channels: 3}\n", ["discriminator.channels"]),
+        ("- a list\n", ["mapping"]),
+        ("a: [unclosed\n", ["not valid YAML"]),
+    ],
+)
+def test_errors_name_the_file_and_field(tmp_path, text, names):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(SimganError) as e:
+        load_config(f)
+    assert str(f) in str(e.value)
+    for name in names:
+        assert name in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(SimganError, match="nope.yaml: config file not found"):
+        load_config("nope.yaml")
+    with pytest.raises(SimganError, match="KEY=VALUE"):
+        parse_override("schedule.steps")
+    assert parse_override("loss.lam=0.5") == ("loss.lam", 0.5)
+    assert parse_override("discriminator.widths=[1,2,3,4]") == ("discriminator.widths", [1, 2, 3, 4])

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from simgan_ray import data, shards
+from simgan_ray.errors import SimganError
+
+from .conftest import write_set
+
+
+def test_unit_range_round_trip():
+    images = np.random.default_rng(0).integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
+    x = data.to_unit_range(images)
+    assert x.shape == (5, 3, 7, 9) and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(data.to_uint8(x), images)
+
+
+def test_check_training_sets(digit_sets, tmp_path):
+    syn, real = data.check_training_sets(digit_sets["synthetic"], digit_sets["real"], 1, 64)
+    assert syn.count == real.count == 256
+    with pytest.raises(SimganError, match="fewer than one batch"):
+        data.check_training_sets(digit_sets["synthetic"], digit_sets["real"], 1, 1000)
+    with pytest.raises(SimganError, match="refiner.channels is 3"):
+        data.check_training_sets(digit_sets["synthetic"], digit_sets["real"], 3, 8)
+    other = tmp_path / "big"
+    write_set(other, "real", np.zeros((4, 32, 32), np.uint8), [None] * 4, 4)
+    with pytest.raises(SimganError, match=r"1x28x28 .* are 1x32x32"):
+        data.check_training_sets(digit_sets["synthetic"], str(other), 1, 1)
+    with pytest.raises(SimganError, match="dataset not found"):
+        data.check_training_sets(str(tmp_path / "missing"), digit_sets["real"], 1, 1)
+    (tmp_path / "incomplete").mkdir()
+    with pytest.raises(SimganError, match="manifest.json: missing"):
+        data.check_training_sets(str(tmp_path / "incomplete"), digit_sets["real"], 1, 1)
+
+
+def test_decode_names_the_bad_image():
+    good = shards.encode_png(np.zeros((28, 28), np.uint8))
+    wrong = shards.encode_png(np.zeros((20, 28), np.uint8))
+    with pytest.raises(SimganError, match="image b: shape 1x20x28"):
+        data.decode_images(["a", "b"], [good, wrong], [1, 28, 28])
+    with pytest.raises(SimganError, match="image c: cannot decode"):
+        data.decode_images(["c"], [b"not a png"], [1, 28, 28])
+
+
+def test_ray_dataset_streams_decoded_images(ray_session, digit_sets):
+    manifest = shards.read_manifest(digit_sets["synthetic"])
+    ds = data.image_dataset(digit_sets["synthetic"], manifest)
+    batch = next(iter(ds.iter_batches(batch_size=32)))
+    assert batch["image"].shape == (32, 1, 28, 28) and batch["image"].dtype == np.float32
+    assert ds.count() == 256

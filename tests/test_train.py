@@ -1,0 +1,114 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from simgan_ray import checkpoints
+from simgan_ray.config import ScheduleConfig, load_config
+from simgan_ray.errors import SimganError
+from simgan_ray.history import ImageHistory
+from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization
+from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
+from simgan_ray.train import Gan, discriminator_update, fit, phase_at, phase_table, refiner_update
+
+from .conftest import TINY
+
+
+def test_phase_table_order_and_alternation():
+    table = phase_table(ScheduleConfig(pretrain_refiner_steps=2, pretrain_discriminator_steps=1, steps=3, k_g=2, k_d=1))
+    names = [phase_at(s, table).name for s in range(6)]
+    assert names == ["pretrain_refiner"] * 2 + ["pretrain_discriminator"] + ["adversarial"] * 3
+    assert phase_at(5, table).updates == (("refiner", 2), ("discriminator", 1))
+    with pytest.raises(IndexError):
+        phase_at(6, table)
+
+
+def tiny_gan(history: int = 64) -> Gan:
+    torch.manual_seed(0)
+    r = Refiner(RefinerConfig(features=4, blocks=1))
+    d = LocalDiscriminator(DiscriminatorConfig(widths=(4, 4, 4, 4)))
+    return Gan(r, d, torch.optim.Adam(r.parameters()), torch.optim.Adam(d.parameters()),
+               LocalAdversarialLoss(), SelfRegularization(0.1), ImageHistory(history, 0))
+
+
+def test_refiner_update_trains_only_the_refiner():
+    gan = tiny_gan()
+    d_before = [p.clone() for p in gan.discriminator.parameters()]
+    r_before = [p.clone() for p in gan.refiner.parameters()]
+    out = refiner_update(gan, torch.rand(8, 1, 28, 28) * 2 - 1, with_adversary=True)
+    assert set(out) == {"loss_r_reg", "loss_r_adv", "mean_abs_change"}
+    assert all(torch.equal(a, b) for a, b in zip(d_before, gan.discriminator.parameters(), strict=True))
+    assert all(p.grad is None for p in gan.discriminator.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(r_before, gan.refiner.parameters(), strict=True))
+    pre = refiner_update(gan, torch.rand(8, 1, 28, 28) * 2 - 1, with_adversary=False)
+    assert "loss_r_adv" not in pre
+
+
+def test_discriminator_update_uses_history_half():
+    gan = tiny_gan(history=64)
+    r_before = [p.clone() for p in gan.refiner.parameters()]
+    out = discriminator_update(gan, torch.rand(8, 1, 28, 28) * 2 - 1, torch.rand(8, 1, 28, 28) * 2 - 1)
+    assert set(out) == {"loss_d", "d_acc_real", "d_acc_refined"}
+    assert len(gan.history) == 4  # half of the refined batch goes into the buffer
+    seen = []
+    original = gan.history.sample
+    gan.history.sample = lambda n: seen.append(n) or original(n)
+    discriminator_update(gan, torch.rand(8, 1, 28, 28) * 2 - 1, torch.rand(8, 1, 28, 28) * 2 - 1)
+    assert seen == [4]  # D's refined half: 4 current + 4 from history
+    assert len(gan.history) == 8
+    assert all(torch.equal(a, b) for a, b in zip(r_before, gan.refiner.parameters(), strict=True))
+
+
+def _latest_checkpoint(run: Path) -> Path:
+    """Ray Train names checkpoint dirs by timestamp: the last in name order is the newest."""
+    return max(p for p in run.glob("checkpoint_*") if p.is_dir())
+
+
+def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_path):
+    """A real 2-worker DDP TorchTrainer run (gloo) of 20 steps, then a resumed run to 30."""
+    overrides = {
+        **TINY,
+        "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
+        "run.storage": str(tmp_path), "run.name": "r", "run.num_workers": 2, "run.cpus_per_worker": 1,
+        "run.report_every": 5, "run.checkpoint_every": 10,
+        "batch_size": 8, "history_size": 40,
+        "schedule.pretrain_refiner_steps": 6, "schedule.pretrain_discriminator_steps": 4, "schedule.steps": 10,
+    }
+    cfg = load_config(None, overrides)
+    first = fit(cfg)
+    run = tmp_path / "r"
+    assert first.step == 20
+    assert [m["step"] for m in first.metrics] == [5, 10, 15, 20]
+    assert [m["phase"] for m in first.metrics] == ["pretrain_refiner", "pretrain_discriminator"] + ["adversarial"] * 2
+    last = first.metrics[-1]
+    for key in ("loss_r_adv", "loss_r_reg", "loss_d", "d_acc_real", "d_acc_refined", "mean_abs_change", "images_per_s"):
+        assert key in last
+    assert last["mean_abs_change"] > 0
+    for artefact in ("config.yaml", "samples.png", "curves.png", "metrics.jsonl", "export/refiner.pt"):
+        assert (run / artefact).exists(), artefact
+    refiner, meta = checkpoints.load_export(run / "export")
+    assert meta["step"] == 20 and meta["refiner"]["features"] == 8
+
+    ckpt = _latest_checkpoint(run)
+    shards_ = sorted(p.name for p in ckpt.glob("history-rank*.pt"))
+    assert shards_ == ["history-rank00000.pt", "history-rank00001.pt"]  # one per rank, merged by Ray
+    hist = [torch.load(ckpt / s, weights_only=True)["history"] for s in shards_]
+    assert all(h["capacity"] == 20 for h in hist)  # history_size / world_size
+    # D ran 4 pretrain + 5 adversarial updates, pushing 4 images each: the 20-slot shards are full.
+    assert all(len(h["images"]) == 20 for h in hist)
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    # Adam's step count: 6 pretrain + 10 x k_g=2 adversarial refiner updates.
+    assert state["optimizer_r"]["state"][0]["step"].item() == 6 + 2 * 10
+    assert state["optimizer_d"]["state"][0]["step"].item() == 4 + 10
+
+    with pytest.raises(SimganError, match="already holds a run"):
+        fit(cfg)
+    longer = load_config(None, {**overrides, "schedule.steps": 20})
+    second = fit(longer, resume=True)
+    assert second.step == 30
+    steps = [m["step"] for m in second.metrics]
+    assert steps == [5, 10, 15, 20, 25, 30]  # the log continues: nothing lost, nothing repeated
+    state = torch.load(_latest_checkpoint(run) / "state.pt", weights_only=True)
+    assert state["step"] == 30
+    assert state["optimizer_r"]["state"][0]["step"].item() == 6 + 2 * 20  # continued, not reset
+    assert state["optimizer_d"]["state"][0]["step"].item() == 4 + 20
