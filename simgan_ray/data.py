@@ -52,7 +52,7 @@ def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options()):
 
     fs, _ = storage.resolve(prefix, s3)
     paths = [storage.resolve(uri, s3)[1] for uri in shards.shard_uris(prefix, manifest)]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["id", "image"])
+    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(["id", "image"])
     return ds.map_batches(_decode_batch, batch_format="numpy", fn_kwargs={"shape": manifest.shape})
 
 

@@ -42,7 +42,8 @@ def plot_curves(metrics: list[dict]) -> bytes:
         ("throughput (images/s, all workers)", ["images_per_s"]),
     ]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    boundaries = [m["step"] for a, m in zip(metrics, metrics[1:], strict=False) if a["phase"] != m["phase"]]
+    # Last reported step of each phase (exact when phase lengths are multiples of report_every).
+    boundaries = [a["step"] for a, m in zip(metrics, metrics[1:], strict=False) if a["phase"] != m["phase"]]
     for ax, (title, keys) in zip(axes.flat, panels, strict=True):
         for key in keys:
             pts = [(m["step"], m[key]) for m in metrics if key in m]
