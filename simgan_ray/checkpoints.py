@@ -14,6 +14,7 @@ Everything is loaded with torch.load(weights_only=True): no pickle from a file i
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -21,9 +22,11 @@ from pathlib import Path
 
 import torch
 
+from simgan_ray import storage
 from simgan_ray.errors import SimganError
 from simgan_ray.history import ImageHistory
 from simgan_ray.networks import Refiner, RefinerConfig
+from simgan_ray.storage import S3Options
 
 EXPORT_FORMAT = "simgan-ray-refiner/1"
 EXPORT_DIR = "export"
@@ -67,13 +70,16 @@ def save_train_state(directory: Path, rank: int, state: TrainState | None, histo
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def _load(path: Path) -> dict:
+def _load(source: Path | bytes, name: str | None = None) -> dict:
+    """torch.load with weights_only=True of a local file or of bytes read from storage."""
+    name = name or str(source)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                          weights_only=True)
     except FileNotFoundError:
-        raise SimganError(f"{path}: missing") from None
+        raise SimganError(f"{name}: missing") from None
     except Exception as e:  # an unpickling refusal or a corrupt zip
-        raise SimganError(f"{path}: not a simgan-ray tensor file ({str(e).splitlines()[0]})") from None
+        raise SimganError(f"{name}: not a simgan-ray tensor file ({str(e).splitlines()[0]})") from None
 
 
 def load_train_state(directory: Path) -> TrainState:
@@ -102,26 +108,28 @@ def write_export(directory: Path, refiner: Refiner, meta: dict) -> None:
     (directory / "refiner.json").write_text(json.dumps(doc, indent=2))
 
 
-def load_export(directory: str | os.PathLike) -> tuple[Refiner, dict]:
-    """-> (Refiner in eval mode on CPU, its refiner.json). Refuses anything else."""
-    directory = Path(directory)
-    meta_path = directory / "refiner.json"
+def load_export(uri: str | os.PathLike, s3: S3Options = S3Options()) -> tuple[Refiner, dict]:
+    """Export directory (local or s3://) -> (Refiner in eval mode on CPU, its refiner.json).
+    Anything that is not a refiner export is refused with the reason."""
+    uri = str(uri)
+    meta_uri, weights_uri = storage.join(uri, "refiner.json"), storage.join(uri, "refiner.pt")
+    if not storage.exists(meta_uri, s3):
+        raise SimganError(f"{meta_uri}: missing; {uri} is not a refiner export")
     try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise SimganError(f"{meta_path}: missing; {directory} is not a refiner export") from None
-    except json.JSONDecodeError as e:
-        raise SimganError(f"{meta_path}: not JSON ({e})") from None
-    if meta.get("format") != EXPORT_FORMAT:
-        raise SimganError(f"{meta_path}: format {meta.get('format')!r}, expected {EXPORT_FORMAT!r}")
+        meta = json.loads(storage.read_bytes(meta_uri, s3))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SimganError(f"{meta_uri}: not JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise SimganError(f"{meta_uri}: format {found!r}, expected {EXPORT_FORMAT!r}")
     try:
         refiner = Refiner(RefinerConfig(**meta["refiner"]))
     except (TypeError, ValueError, KeyError) as e:
-        raise SimganError(f"{meta_path}: bad refiner config ({e})") from None
-    state = _load(directory / "refiner.pt")
+        raise SimganError(f"{meta_uri}: bad refiner config ({e})") from None
+    state = _load(storage.read_bytes(weights_uri, s3), weights_uri)
     try:
         refiner.load_state_dict(state)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         reason = str(e).splitlines()[0]
-        raise SimganError(f"{directory / 'refiner.pt'}: does not match refiner.json ({reason})") from None
+        raise SimganError(f"{weights_uri}: does not match refiner.json ({reason})") from None
     return refiner.eval(), meta

@@ -59,6 +59,9 @@ def train(
     _echo(f"# resolved config -> {run_uri(cfg)}/config.yaml\n{dump_config(cfg)}")
     result = fit(cfg, resume=resume)
     last = result.metrics[-1] if result.metrics else {}
+    if result.skipped:
+        _echo(f"skipped {len(result.skipped)} corrupt image(s), listed in {result.run_uri}/skipped.txt; "
+              f"first: {result.skipped[0]}")
     _echo(
         f"done: step {result.step}; export {result.export_uri}; pictures {result.run_uri}/samples.png, "
         f"{result.run_uri}/curves.png; last metrics "
@@ -84,6 +87,31 @@ def simulate(
                               [str(d) for d in font_dir] if font_dir else None)
     _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
           f"({len(manifest.source['fonts'])} fonts)")
+
+
+@app.command()
+def ingest(
+    src: Annotated[str, typer.Option(help="folder or s3:// prefix of PNG/JPEG files (any size)")],
+    out: Annotated[str, typer.Option(help="output image set: local dir or s3://bucket/prefix")],
+    height: Annotated[int, typer.Option(help="target height, px")] = 28,
+    width: Annotated[int, typer.Option(help="target width, px")] = 28,
+    channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB)")] = 1,
+    fit: Annotated[str, typer.Option(help="resize (stretch), crop (centre crop) or pad (letterbox)")] = "crop",
+    shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
+    strict: Annotated[bool, typer.Option(help="fail on an unreadable file instead of skipping it")] = False,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Pack real image files into an image set (Parquet shards + manifest), in parallel on Ray."""
+    from simgan_ray.ingest import Target
+    from simgan_ray.ingest import ingest as run_ingest
+
+    if channels not in (1, 3) or fit not in ("resize", "crop", "pad"):
+        raise SimganError(f"--channels must be 1 or 3 and --fit resize, crop or pad (got {channels}, {fit!r})")
+    manifest = run_ingest(src, out, Target(height, width, channels, fit), shard_size, strict, _s3(s3_endpoint))
+    _echo(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards to {out}")
+    if manifest.source["skipped"]:
+        _echo(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
+              f"first: {manifest.source['skipped_files'][0]}")
 
 
 @data_app.command("fetch-mnist")

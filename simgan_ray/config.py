@@ -58,6 +58,9 @@ class DataConfig(Section):
     synthetic: str = "data/digits/synthetic"  # shard directory/prefix (see README, data format)
     real: str = "data/digits/real"
     s3: S3Options = S3Options()
+    shuffle_files: bool = True  # new shard order on every pass over a set
+    local_shuffle_buffer: int = Field(0, ge=0)  # images mixed per worker before batching; 0 = off
+    strict: bool = False  # a corrupt image fails the run instead of being skipped and counted
 
 
 class RunConfig(Section):

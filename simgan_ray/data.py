@@ -6,12 +6,17 @@ p / 127.5 - 1. Decoding runs in Ray Data `map_batches` tasks, streamed to the tr
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from simgan_ray import shards, storage
 from simgan_ray.errors import SimganError
 from simgan_ray.shards import Manifest
 from simgan_ray.storage import S3Options
+
+logger = logging.getLogger(__name__)
 
 
 def to_unit_range(images: np.ndarray) -> np.ndarray:
@@ -24,36 +29,110 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip((images.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
+def decode_image(image_id: str, blob: bytes, shape: list[int]) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 (H, W, C), which must be the set's [C, H, W]."""
+    c, h, w = shape
+    try:
+        img = shards.decode_png(blob)
+    except Exception as e:  # PIL raises several types for corrupt or truncated data
+        raise SimganError(f"image {image_id}: cannot decode ({e})") from None
+    if img.shape != (h, w, c):
+        raise SimganError(
+            f"image {image_id}: shape {img.shape[2]}x{img.shape[0]}x{img.shape[1]} (CxHxW) != the set's {c}x{h}x{w}"
+        )
+    return img
+
+
 def decode_images(ids, blobs, shape: list[int]) -> np.ndarray:
-    """PNG blobs -> uint8 (n, H, W, C); every image must have the manifest's [C, H, W]."""
+    """PNG blobs -> uint8 (n, H, W, C); the first bad image raises."""
     c, h, w = shape
     out = np.empty((len(blobs), h, w, c), np.uint8)
-    for i, blob in enumerate(blobs):
-        try:
-            img = shards.decode_png(blob)
-        except Exception as e:  # PIL raises several types for corrupt data
-            raise SimganError(f"image {ids[i]}: cannot decode ({e})") from None
-        if img.shape != (h, w, c):
-            raise SimganError(
-                f"image {ids[i]}: shape {img.shape[2]}x{img.shape[0]}x{img.shape[1]} (CxHxW) "
-                f"!= the set's {c}x{h}x{w}"
-            )
-        out[i] = img
+    for i, (image_id, blob) in enumerate(zip(ids, blobs, strict=True)):
+        out[i] = decode_image(image_id, blob, shape)
     return out
 
 
-def _decode_batch(batch: dict, shape: list[int]) -> dict:
-    return {"image": to_unit_range(decode_images(batch["id"], batch["image"], shape))}
+class SkipLedger:
+    """Ray actor collecting images skipped as corrupt by decode tasks anywhere in the cluster."""
+
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+    def record(self, reasons: list[str]) -> None:
+        self.skipped.extend(reasons)
+
+    def report(self) -> list[str]:
+        return list(self.skipped)
 
 
-def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options()):
-    """Lazy Ray Dataset of decoded images of the set at `prefix` (no object listing)."""
+def new_skip_ledger():
+    import ray
+
+    return ray.remote(num_cpus=0)(SkipLedger).remote()
+
+
+def _decode_batch(batch: dict, shape: list[int], strict: bool, ledger) -> dict:
+    """Arrow batch (id, image, path) -> {"image": float32 (n, C, H, W)}. Corrupt images fail the
+    job when `strict`, else are dropped and recorded in the ledger with their shard."""
+    good, bad = [], []
+    for image_id, blob, path in zip(batch["id"], batch["image"], batch["path"], strict=True):
+        try:
+            good.append(decode_image(image_id, blob, shape))
+        except SimganError as e:
+            if strict:
+                raise SimganError(f"{path}: {e}") from None
+            bad.append(f"{path}: {e}")
+    if bad:
+        logger.warning("skipping %d corrupt image(s), first: %s", len(bad), bad[0])
+        ledger.record.remote(bad)
+    c, h, w = shape
+    images = np.stack(good) if good else np.empty((0, h, w, c), np.uint8)
+    return {"image": to_unit_range(images)}
+
+
+def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), *, shuffle_files: bool = False,
+                  seed: int | None = None, strict: bool = True, ledger=None):
+    """Lazy, streaming Ray Dataset of the decoded images of the set at `prefix`: the shard list
+    comes from the manifest (no object listing); with `shuffle_files` the shard order is
+    reshuffled on every pass (epoch)."""
     import ray.data
+    from ray.data.datasource.file_based_datasource import FileShuffleConfig
 
     fs, _ = storage.resolve(prefix, s3)
     paths = [storage.resolve(uri, s3)[1] for uri in shards.shard_uris(prefix, manifest)]
-    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(["id", "image"])
-    return ds.map_batches(_decode_batch, batch_format="numpy", fn_kwargs={"shape": manifest.shape})
+    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
+    ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, include_paths=True)
+    ds = ds.select_columns(["id", "image", "path"])
+    return ds.map_batches(_decode_batch, batch_format="numpy",
+                          fn_kwargs={"shape": manifest.shape, "strict": strict, "ledger": ledger})
+
+
+def check_shards(prefix: str, manifest: Manifest, s3: S3Options = S3Options()) -> None:
+    """Read every shard's Parquet footer (one small request each, in parallel): the schema must
+    have the image columns and the row count must match the manifest. Names the bad shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.resolve(prefix, s3)
+    required = {"id": pa.string(), "image": pa.binary()}
+
+    def check(entry: dict) -> None:
+        uri = storage.join(prefix, entry["name"])
+        try:
+            meta = pq.read_metadata(storage.resolve(uri, s3)[1], filesystem=fs)
+        except FileNotFoundError:
+            raise SimganError(f"{uri}: shard listed in the manifest is missing") from None
+        except (OSError, pa.ArrowException) as e:
+            raise SimganError(f"{uri}: not a readable Parquet shard ({str(e).splitlines()[0]})") from None
+        schema = meta.schema.to_arrow_schema()
+        for name, typ in required.items():
+            if schema.get_field_index(name) < 0 or not schema.field(name).type.equals(typ):
+                raise SimganError(f"{uri}: wrong schema: needs column {name!r} of type {typ}, has {schema}")
+        if meta.num_rows != entry["rows"]:
+            raise SimganError(f"{uri}: {meta.num_rows} rows, the manifest says {entry['rows']}")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(check, manifest.shards))
 
 
 def check_training_sets(synthetic: str, real: str, channels: int, min_count: int,
@@ -68,6 +147,7 @@ def check_training_sets(synthetic: str, real: str, channels: int, min_count: int
     if syn.shape[0] != channels:
         raise SimganError(f"images have {syn.shape[0]} channels but refiner.channels is {channels}")
     for name, m, uri in (("synthetic", syn, synthetic), ("real", rl, real)):
+        check_shards(uri, m, s3)
         if m.count < min_count:
             raise SimganError(
                 f"{name} set {uri} has {m.count} images, fewer than one batch on every worker "

@@ -16,3 +16,24 @@ def ensure_ray(min_cpus: float = 1) -> None:
         return
     cpus = max(os.cpu_count() or 1, math.ceil(min_cpus) + 1)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+
+
+def run_tasks(fn, calls: list[tuple], what: str) -> list:
+    """Run fn(*args) for every args tuple as a Ray task (1 CPU each), with progress lines.
+    Results come back in the order of `calls`."""
+    import ray
+
+    from simgan_ray.progress import progress
+
+    ensure_ray()
+    task = ray.remote(num_cpus=1)(fn)
+    refs = [task.remote(*args) for args in calls]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending = list(refs)
+    with progress(len(refs), what) as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            results[index[ready[0]]] = ray.get(ready[0])
+            bar.update(1)
+    return results

@@ -97,7 +97,9 @@ def write_manifest(prefix: str, manifest: Manifest, s3: S3Options = S3Options())
 def read_manifest(prefix: str, s3: S3Options = S3Options()) -> Manifest:
     uri = storage.join(prefix, MANIFEST)
     if not storage.exists(prefix, s3):
-        raise SimganError(f"{prefix}: dataset not found (create it with `simgan-ray simulate` or `simgan-ray data`)")
+        bucket = storage.missing_bucket(prefix, s3)
+        what = f"bucket '{bucket}' does not exist" if bucket else "dataset not found"
+        raise SimganError(f"{prefix}: {what} (create it with `simgan-ray simulate`, `ingest` or `data`)")
     if not storage.exists(uri, s3):
         raise SimganError(f"{uri}: missing; {prefix} is not a complete simgan-ray image set")
     try:

@@ -20,8 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from simgan_ray import shards, storage
 from simgan_ray.errors import SimganError
-from simgan_ray.progress import progress
-from simgan_ray.runtime import ensure_ray
+from simgan_ray.runtime import run_tasks
 from simgan_ray.storage import S3Options
 
 SIMULATOR_VERSION = "digits-1"
@@ -160,28 +159,18 @@ def _render_shard(out: str, index: int, start: int, count: int, seed: int, fonts
 def simulate(out: str, count: int, shard_size: int, seed: int, s3: S3Options = S3Options(),
              font_dirs: list[str] | None = None) -> shards.Manifest:
     """Render `count` digits into Parquet shards under `out`, one Ray task per shard, then write
-    the manifest. Needs a running Ray (ray.init)."""
-    import ray
-
+    the manifest (last, so a set without one is visibly incomplete)."""
     if count < 1 or shard_size < 1:
         raise SimganError(f"count and shard size must be >= 1, got {count} and {shard_size}")
     fonts = discover_fonts(tuple(str(d) for d in (font_dirs or default_font_dirs())))
     storage.make_dirs(out, s3)
-    ensure_ray()
-    task = ray.remote(num_cpus=1)(_render_shard)
-    ranges = shard_ranges(count, shard_size)
-    pending = [task.remote(out, i, start, n, seed, fonts, s3) for i, (start, n) in enumerate(ranges)]
-    done: list[dict] = []
-    with progress(len(pending), "simulate shards") as bar:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            done.extend(ray.get(ready))
-            bar.update(1)
+    calls = [(out, i, start, n, seed, fonts, s3) for i, (start, n) in enumerate(shard_ranges(count, shard_size))]
+    written = run_tasks(_render_shard, calls, "simulate shards")
     manifest = shards.Manifest(
         kind="synthetic",
         count=count,
         shape=[1, SIZE, SIZE],
-        shards=sorted(done, key=lambda s: s["name"]),
+        shards=written,
         source={
             "simulator": SIMULATOR_VERSION,
             "seed": seed,

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import resource
 import tempfile
 import time
 from collections import defaultdict
@@ -156,21 +157,29 @@ class MetricWindow:
         keys = sorted(self.sums)  # every rank runs the same phases, so the same keys
         local = [self.sums[k] / self.counts[k] for k in keys]
         elapsed = time.perf_counter() - self.start
-        vec = torch.tensor([*local, self.images / max(elapsed, 1e-9)], dtype=torch.float64, device=device)
+        total = torch.tensor([*local, self.images / max(elapsed, 1e-9)], dtype=torch.float64, device=device)
+        # Peak resident memory of this worker process, MiB (Linux reports ru_maxrss in KiB).
+        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024], dtype=torch.float64,
+                            device=device)
         world = 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             world = torch.distributed.get_world_size()
-            torch.distributed.all_reduce(vec)
-        vals = vec.tolist()
+            torch.distributed.all_reduce(total)
+            torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+        vals = total.tolist()
         out = {k: v / world for k, v in zip(keys, vals[:-1], strict=True)}
         out["images_per_s"] = vals[-1]  # summed over ranks: whole-job throughput
+        out["worker_peak_rss_mb"] = peak.item()  # max over ranks
         return out
 
 
-def _cycle(shard, batch_size: int, device: torch.device):
+def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device):
     """Endless (b, C, H, W) float batches from this rank's shard; a new epoch when exhausted."""
     while True:
-        for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=True, device=device):
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size, drop_last=True, device=device,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+        ):
             yield batch["image"]
 
 
@@ -215,8 +224,9 @@ def train_func(config: dict) -> None:
             step, metrics_log = state.step, state.metrics
         print(f"[rank {rank}] resumed at step {step} with {len(gan.history)} history images")
 
-    synthetic = _cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, device)
-    real = _cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, device)
+    buffer = cfg.data.local_shuffle_buffer
+    synthetic = _cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device)
+    real = _cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device)
     table = phase_table(cfg.schedule)
     total = cfg.schedule.total_steps
     b = cfg.batch_size
@@ -285,6 +295,7 @@ class FitResult:
     step: int
     metrics: list[dict]
     export_uri: str
+    skipped: list[str]  # "<shard>: image <id>: <why>" for each corrupt image skipped
 
 
 def run_uri(cfg: TrainConfig) -> str:
@@ -294,6 +305,7 @@ def run_uri(cfg: TrainConfig) -> str:
 def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
     """Driver: validate inputs, run the TorchTrainer, then write export, curves and samples beside
     the run. Needs a running Ray (local or a cluster's)."""
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -319,6 +331,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
     storage.make_dirs(uri, s3)
     storage.write_bytes(storage.join(uri, "config.yaml"), dump_config(cfg).encode(), s3)
     fs, path = storage.resolve(storage.normalize(cfg.run.storage), s3)
+    ledger = data.new_skip_ledger()
     trainer = TorchTrainer(
         train_func,
         train_loop_config=cfg.to_dict(),
@@ -335,11 +348,15 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         ),
         datasets={
-            "synthetic": data.image_dataset(cfg.data.synthetic, syn, s3),
-            "real": data.image_dataset(cfg.data.real, real, s3),
+            name: data.image_dataset(prefix, manifest, s3, shuffle_files=cfg.data.shuffle_files,
+                                     seed=cfg.seed, strict=cfg.data.strict, ledger=ledger)
+            for name, prefix, manifest in (("synthetic", cfg.data.synthetic, syn), ("real", cfg.data.real, real))
         },
     )
     result = trainer.fit()
+    skipped = ray.get(ledger.report.remote())
+    if skipped:
+        storage.write_bytes(storage.join(uri, "skipped.txt"), "".join(f"{x}\n" for x in skipped).encode(), s3)
     if result.checkpoint is None:
         raise SimganError(f"{uri}: training produced no checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -348,11 +365,11 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
         metrics = json.loads((d / "metrics.json").read_text())
         export_uri = storage.join(uri, checkpoints.EXPORT_DIR)
         storage.copy_dir_to(str(d / checkpoints.EXPORT_DIR), export_uri, s3)
-        refiner, _ = checkpoints.load_export(d / checkpoints.EXPORT_DIR)
+        refiner, _ = checkpoints.load_export(str(d / checkpoints.EXPORT_DIR))
     _write_pictures(uri, cfg, syn, real, refiner, metrics)
     jsonl = "".join(json.dumps(m) + "\n" for m in metrics)
     storage.write_bytes(storage.join(uri, "metrics.jsonl"), jsonl.encode(), s3)
-    return FitResult(run_uri=uri, step=state_step, metrics=metrics, export_uri=export_uri)
+    return FitResult(run_uri=uri, step=state_step, metrics=metrics, export_uri=export_uri, skipped=skipped)
 
 
 def _write_pictures(uri: str, cfg: TrainConfig, syn, real, refiner: Refiner, metrics: list[dict]) -> None:

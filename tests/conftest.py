@@ -9,6 +9,10 @@ import pytest
 
 from simgan_ray import shards, simulate
 
+from .s3server import MotoServer, use_fake_credentials
+
+use_fake_credentials()  # before the session's Ray starts, so its workers inherit them
+
 TINY = {"refiner.features": 8, "refiner.blocks": 1, "discriminator.widths": [8, 8, 8, 8]}
 
 
@@ -47,3 +51,11 @@ def ray_session():
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on a free loopback port for the whole session; stopped by PID."""
+    server = MotoServer()
+    yield server
+    server.stop()
