@@ -140,7 +140,9 @@ def main() -> None:
     try:
         app()
     except SimganError as e:
-        _echo(f"error: {e}")
+        # Raised inside a Ray task, it arrives as RayTaskError(SimganError): print the original.
+        cause = getattr(e, "cause", None)
+        _echo(f"error: {cause if isinstance(cause, SimganError) else e}")
         sys.exit(2)
     except Exception as e:
         from ray.train import TrainingFailedError

@@ -1,7 +1,8 @@
 """Image sets as Ray Datasets: Parquet shards named by the manifest -> decoded float tensors.
 
-Decoded batches hold "image": float32 (n, C, H, W) in [-1, 1]; pixel p in [0, 255] maps to
-p / 127.5 - 1. Decoding runs in Ray Data `map_batches` tasks, streamed to the training workers.
+Decoded batches hold "image": uint8 (n, C, H, W). Decoding runs in Ray Data `map_batches` tasks,
+streamed to the training workers, which scale to float in [-1, 1] themselves (pixel p -> p / 127.5 - 1,
+`unit_range`): moving uint8 through the object store is 4x less traffic than float32.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from simgan_ray.shards import Manifest
 from simgan_ray.storage import S3Options
 
 logger = logging.getLogger(__name__)
+
+
+def unit_range(images):
+    """uint8 (n, C, H, W) array or tensor -> float32 in [-1, 1] (on the tensor's device)."""
+    return images.float() / 127.5 - 1.0 if hasattr(images, "float") else images.astype(np.float32) / 127.5 - 1.0
 
 
 def to_unit_range(images: np.ndarray) -> np.ndarray:
@@ -35,7 +41,7 @@ def decode_image(image_id: str, blob: bytes, shape: list[int]) -> np.ndarray:
     try:
         img = shards.decode_png(blob)
     except Exception as e:  # PIL raises several types for corrupt or truncated data
-        raise SimganError(f"image {image_id}: cannot decode ({e})") from None
+        raise SimganError(f"image {image_id}: cannot decode ({shards.image_error(e)})") from None
     if img.shape != (h, w, c):
         raise SimganError(
             f"image {image_id}: shape {img.shape[2]}x{img.shape[0]}x{img.shape[1]} (CxHxW) != the set's {c}x{h}x{w}"
@@ -72,7 +78,7 @@ def new_skip_ledger():
 
 
 def _decode_batch(batch: dict, shape: list[int], strict: bool, ledger) -> dict:
-    """Arrow batch (id, image, path) -> {"image": float32 (n, C, H, W)}. Corrupt images fail the
+    """Arrow batch (id, image, path) -> {"image": uint8 (n, C, H, W)}. Corrupt images fail the
     job when `strict`, else are dropped and recorded in the ledger with their shard."""
     good, bad = [], []
     for image_id, blob, path in zip(batch["id"], batch["image"], batch["path"], strict=True):
@@ -87,7 +93,7 @@ def _decode_batch(batch: dict, shape: list[int], strict: bool, ledger) -> dict:
         ledger.record.remote(bad)
     c, h, w = shape
     images = np.stack(good) if good else np.empty((0, h, w, c), np.uint8)
-    return {"image": to_unit_range(images)}
+    return {"image": images.transpose(0, 3, 1, 2)}
 
 
 def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), *, shuffle_files: bool = False,
@@ -101,7 +107,17 @@ def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), 
     fs, _ = storage.resolve(prefix, s3)
     paths = [storage.resolve(uri, s3)[1] for uri in shards.shard_uris(prefix, manifest)]
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
-    ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, include_paths=True)
+    ctx = ray.data.DataContext.get_current()
+    v2 = ctx.use_datasource_v2
+    # Ray 2.60's V2 Parquet reader packs all of a set's small (few-MB) shards into ONE read task:
+    # no parallel decoding (measured: 1 task for 20 shards, 17k vs 22k images/s on 2 cores). The
+    # V1 reader runs one task per shard. The dataset keeps a copy of the context it was built with.
+    ctx.use_datasource_v2 = False
+    try:
+        ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, include_paths=True,
+                                   override_num_blocks=len(paths))
+    finally:
+        ctx.use_datasource_v2 = v2
     ds = ds.select_columns(["id", "image", "path"])
     return ds.map_batches(_decode_batch, batch_format="numpy",
                           fn_kwargs={"shape": manifest.shape, "strict": strict, "ledger": ledger})

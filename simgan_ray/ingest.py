@@ -56,8 +56,8 @@ def _ingest_shard(src: str, out: str, index: int, files: list[str], target: Targ
             raise
         except Exception as e:  # PIL: UnidentifiedImageError, OSError (truncated), ValueError, ...
             if strict:
-                raise SimganError(f"{uri}: not a readable image ({e})") from None
-            skipped.append(f"{uri}: {e}")
+                raise SimganError(f"{uri}: not a readable image ({shards.image_error(e)})") from None
+            skipped.append(f"{uri}: {shards.image_error(e)}")
             continue
         ids.append(uri[len(src.rstrip("/")) + 1 :])  # id = path relative to the source
     if not ids:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from simgan_ray import storage
 from simgan_ray.errors import SimganError
@@ -59,6 +59,13 @@ def encode_png(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def image_error(error: Exception) -> str:
+    """A short reason for a PIL decode failure (PIL's own names an in-memory buffer object)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not a recognised image format"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def decode_png(data: bytes) -> np.ndarray:

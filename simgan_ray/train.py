@@ -180,7 +180,7 @@ def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device):
             batch_size=batch_size, drop_last=True, device=device,
             local_shuffle_buffer_size=shuffle_buffer or None,
         ):
-            yield batch["image"]
+            yield data.unit_range(batch["image"])
 
 
 def train_func(config: dict) -> None:

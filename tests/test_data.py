@@ -45,5 +45,32 @@ def test_ray_dataset_streams_decoded_images(ray_session, digit_sets):
     manifest = shards.read_manifest(digit_sets["synthetic"])
     ds = data.image_dataset(digit_sets["synthetic"], manifest)
     batch = next(iter(ds.iter_batches(batch_size=32)))
-    assert batch["image"].shape == (32, 1, 28, 28) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (32, 1, 28, 28) and batch["image"].dtype == np.uint8
+    x = data.unit_range(batch["image"])
+    assert x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
     assert ds.count() == 256
+
+
+def test_corrupt_image_in_a_shard_is_skipped_and_counted_or_fatal_when_strict(ray_session, tmp_path):
+    images = np.full((10, 28, 28), 100, np.uint8)
+    write_set(tmp_path / "set", "real", images, [None] * 10, 5)
+    manifest = shards.read_manifest(str(tmp_path / "set"))
+    # Replace shard 1 with one whose third image is truncated PNG bytes.
+    table = shards.make_table([f"x{i}" for i in range(5)], images[:5], [None] * 5)
+    blobs = table["image"].to_pylist()
+    blobs[2] = blobs[2][:20]
+    import pyarrow as pa
+
+    table = table.set_column(1, "image", pa.array(blobs, pa.binary()))
+    shards.write_shard(str(tmp_path / "set"), 1, table)
+
+    ledger = data.new_skip_ledger()
+    ds = data.image_dataset(str(tmp_path / "set"), manifest, strict=False, ledger=ledger)
+    assert ds.count() == 9
+    skipped = ray_session.get(ledger.report.remote())
+    assert len(skipped) == 1
+    assert "shard-00001.parquet: image x2: cannot decode" in skipped[0]
+
+    strict = data.image_dataset(str(tmp_path / "set"), manifest, strict=True)
+    with pytest.raises(Exception, match=r"shard-00001.parquet: image x2: cannot decode"):
+        strict.count()

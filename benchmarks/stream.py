@@ -1,0 +1,183 @@
+"""Streaming benchmark: is Ray Data fast enough to feed SimGAN training from S3?
+
+One run, one machine, one moto S3 server on loopback holding N synthetic images:
+  (a) direct:  pyarrow reads + decodes the shards, one process per core (the ceiling)
+  (b) ray:     the Ray Data pipeline training uses (read_parquet -> decode map_batches), no-op consumer
+  (c) train:   the same pipeline feeding the real SimGAN update step (2 R + 1 D updates per step)
+  (d) memory:  the same update step on in-memory tensors
+Prints images/s of each, peak RSS of the driver and of Ray's worker processes, and last the
+ratios (b)/(a) (goal >= 0.8) and (c)/(d) (goal >= 0.95).
+
+    .venv/bin/python benchmarks/stream.py --count 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simgan_ray import data, shards, storage  # noqa: E402
+from simgan_ray.config import load_config  # noqa: E402
+from simgan_ray.history import ImageHistory  # noqa: E402
+from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization  # noqa: E402
+from simgan_ray.networks import LocalDiscriminator, Refiner  # noqa: E402
+from simgan_ray.simulate import simulate  # noqa: E402
+from simgan_ray.storage import S3Options  # noqa: E402
+from simgan_ray.train import Gan, discriminator_update, make_optimizer, refiner_update  # noqa: E402
+from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
+
+
+def _decode_shard(uri: str, shape: list[int], endpoint: str) -> int:
+    import pyarrow.parquet as pq
+
+    s3 = S3Options(endpoint_url=endpoint)
+    fs, path = storage.resolve(uri, s3)
+    table = pq.read_table(path, filesystem=fs, columns=["id", "image"])
+    images = data.decode_images(table["id"].to_pylist(), table["image"].to_pylist(), shape)
+    return len(images.transpose(0, 3, 1, 2))  # the same work as the pipeline's decode step
+
+
+def direct(prefix: str, manifest, endpoint: str) -> float:
+    """(a) images/s, shards decoded in a process pool of one process per core."""
+    uris = shards.shard_uris(prefix, manifest)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        n = sum(pool.map(_decode_shard, uris, [manifest.shape] * len(uris), [endpoint] * len(uris)))
+    return n / (time.perf_counter() - start)
+
+
+def through_ray(ds, batch_size: int) -> float:
+    """(b) images/s through the Ray Data pipeline into a consumer that does nothing."""
+    start, n = time.perf_counter(), 0
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        n += len(batch["image"])
+    return n / (time.perf_counter() - start)
+
+
+def make_gan(cfg) -> Gan:
+    torch.manual_seed(0)
+    r, d = Refiner(cfg.refiner), LocalDiscriminator(cfg.discriminator)
+    return Gan(r, d, make_optimizer(r.parameters(), cfg.optimizer_r), make_optimizer(d.parameters(), cfg.optimizer_d),
+               LocalAdversarialLoss(cfg.loss.reduction), SelfRegularization(cfg.loss.lam), ImageHistory(3200, 0))
+
+
+def train_steps(gan: Gan, batches, steps: int, batch_size: int) -> float:
+    """Images/s of `steps` adversarial steps: 2 R updates + 1 D update = 4 batches per step."""
+    start = time.perf_counter()
+    for _ in range(steps):
+        refiner_update(gan, next(batches), True)
+        refiner_update(gan, next(batches), True)
+        discriminator_update(gan, next(batches), next(batches))
+    return steps * 4 * batch_size / (time.perf_counter() - start)
+
+
+def endless(ds, batch_size: int, shuffle_buffer: int):
+    """(b, C, H, W) batches from the pipeline, pass after pass, as the training workers read them."""
+    while True:
+        for batch in ds.iter_torch_batches(batch_size=batch_size, drop_last=True,
+                                           local_shuffle_buffer_size=shuffle_buffer):
+            yield data.unit_range(batch["image"])
+
+
+def ray_worker_private_mb() -> float:
+    """Largest private resident memory (RssAnon) among this machine's Ray worker processes, MiB.
+    Not VmRSS: that also counts the pages of Ray's shared-memory object store a worker touched."""
+    peak = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                continue
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return peak
+
+
+class RssSampler(threading.Thread):
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.peak = max(self.peak, ray_worker_private_mb())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=100_000)
+    ap.add_argument("--shard-size", type=int, default=5000)
+    ap.add_argument("--batch-size", type=int, default=32, help="per update, as in jobs/digits.yaml")
+    ap.add_argument("--train-steps", type=int, default=150)
+    args = ap.parse_args()
+
+    use_fake_credentials()
+    import ray
+
+    server = MotoServer()
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False)
+        s3 = S3Options(endpoint_url=server.endpoint)
+        prefix = server.make_bucket("bench") + "/synthetic"
+        t = time.perf_counter()
+        manifest = simulate(prefix, args.count, args.shard_size, seed=0, s3=s3)
+        sim_s = time.perf_counter() - t
+        print(f"simulate: {args.count} images in {sim_s:.1f}s = {args.count / sim_s:.0f} images/s "
+              f"({len(manifest.shards)} shards, {os.cpu_count()} cores, into moto S3)")
+
+        a = direct(prefix, manifest, server.endpoint)
+        print(f"(a) pyarrow direct read+decode, {os.cpu_count()} processes: {a:,.0f} images/s")
+
+        sampler = RssSampler()
+        sampler.start()
+        ds = data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=0)
+        b = through_ray(ds, 256)
+        print(f"(b) Ray Data pipeline -> no-op consumer: {b:,.0f} images/s")
+
+        cfg = load_config(ROOT / "jobs" / "digits.yaml")
+        torch.set_num_threads(os.cpu_count())  # both (c) and (d) compute on every core
+        # As in `simgan-ray train`, the training step owns the cores it computes on (there: the
+        # workers' CPU reservations) and Ray Data decodes on what is left: one core here.
+        from ray.data import ExecutionResources
+
+        train_ds = data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=1)
+        train_ds.context.execution_options.resource_limits = ExecutionResources(cpu=max(1, os.cpu_count() - 1))
+        stream = endless(train_ds, args.batch_size, args.batch_size * 8)
+        train_steps(make_gan(cfg), stream, 5, args.batch_size)  # warm-up
+        c = train_steps(make_gan(cfg), stream, args.train_steps, args.batch_size)
+        stream.close()  # ends the pipeline's iterator while Ray is still up
+        sampler.stop.set()
+        print(f"(c) Ray Data pipeline -> SimGAN step (batch {args.batch_size}): {c:,.0f} images/s")
+
+        fixed = [torch.rand(args.batch_size, *manifest.shape) * 2 - 1 for _ in range(16)]
+        memory = itertools.cycle(fixed)
+        train_steps(make_gan(cfg), memory, 5, args.batch_size)
+        d = train_steps(make_gan(cfg), memory, args.train_steps, args.batch_size)
+        print(f"(d) in-memory tensors -> SimGAN step: {d:,.0f} images/s")
+
+        driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak memory: driver RSS {driver_mb:,.0f} MiB; largest Ray worker private RSS "
+              f"{sampler.peak:,.0f} MiB, sampled every 0.5 s (for {args.count:,} images of {manifest.shape})")
+        print(f"ratio (b)/(a) = {b / a:.2f}  (goal >= 0.80)")
+        print(f"ratio (c)/(d) = {c / d:.2f}  (goal >= 0.95)")
+    finally:
+        ray.shutdown()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
