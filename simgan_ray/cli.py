@@ -114,6 +114,36 @@ def ingest(
               f"first: {manifest.source['skipped_files'][0]}")
 
 
+@app.command()
+def refine(
+    model: Annotated[str, typer.Option(help="training run directory or refiner export (local or s3://)")],
+    input: Annotated[str, typer.Option("--input", help="image set to refine (e.g. a simulator output)")],
+    output: Annotated[str, typer.Option(help="output prefix for the refined set")],
+    batch_size: Annotated[int, typer.Option(help="images per refiner forward pass")] = 256,
+    concurrency: Annotated[int, typer.Option(help="refiner actors (each loads the model once)")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per actor (0: CPU; bf16 autocast on GPU)")] = 0.0,
+    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per actor (its torch threads on CPU)")] = 1.0,
+    format_: Annotated[str, typer.Option("--format", help="parquet, or png: also one PNG per image + labels.jsonl")]
+    = "parquet",
+    overwrite: Annotated[bool, typer.Option(help="replace an output prefix holding another job's output")] = False,
+    strict: Annotated[bool, typer.Option(help="fail on a corrupt input image instead of skipping it")] = False,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Refine a whole image set with a trained refiner, resumably: finished shards are kept."""
+    from simgan_ray.refine import RefineJob
+    from simgan_ray.refine import refine as run_refine
+
+    if format_ not in ("parquet", "png"):
+        raise SimganError(f"--format must be parquet or png, got {format_!r}")
+    job = RefineJob(model=model, input=input, output=output, batch_size=batch_size, concurrency=concurrency,
+                    gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, png=format_ == "png",
+                    overwrite=overwrite, strict=strict, s3=_s3(s3_endpoint))
+    s = run_refine(job)
+    _echo(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
+          f"{s.shards_skipped} already done; {s.bytes_written / 1e6:.1f} MB written in {s.seconds:.1f}s "
+          f"({s.images_per_s:.0f} images/s); {len(s.skipped_images)} corrupt images skipped")
+
+
 @data_app.command("fetch-mnist")
 def fetch_mnist(
     out: Annotated[str, typer.Option(help="output prefix; writes <out>/real, <out>/dev, <out>/test")],

@@ -156,6 +156,15 @@ def list_files(uri: str, suffixes: tuple[str, ...], options: S3Options = S3Optio
     )
 
 
+def delete_tree(uri: str, options: S3Options = S3Options()) -> None:
+    """Remove everything under `uri` (nothing if it does not exist)."""
+    fs, path = resolve(uri, options)
+    with _reporting(uri):
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+
+
 def make_dirs(uri: str, options: S3Options = S3Options()) -> None:
     if not is_s3(uri):
         os.makedirs(_local_path(uri), exist_ok=True)

@@ -183,13 +183,14 @@ def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device):
             yield data.unit_range(batch["image"])
 
 
-def train_func(config: dict) -> None:
-    """Ray Train worker loop. `config` is TrainConfig.to_dict()."""
+def train_func(loop_config: dict) -> None:
+    """Ray Train worker loop. loop_config: {"config": TrainConfig.to_dict(), "image_shape": [C, H, W]}."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
-    cfg = TrainConfig.model_validate(config)
+    cfg = TrainConfig.model_validate(loop_config["config"])
+    image_shape = list(loop_config["image_shape"])
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is ours
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -250,14 +251,15 @@ def train_func(config: dict) -> None:
             print(_format_metrics(metrics, total))
         if save:
             with tempfile.TemporaryDirectory() as tmp:
-                _save(Path(tmp), rank, step, gan, metrics_log, cfg)
+                _save(Path(tmp), rank, step, gan, metrics_log, cfg, image_shape)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
         window = MetricWindow()
 
 
-def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cfg: TrainConfig) -> None:
+def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cfg: TrainConfig,
+          image_shape: list[int]) -> None:
     state = None
     if rank == 0:
         refiner = unwrap(gan.refiner)
@@ -272,7 +274,7 @@ def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cf
         checkpoints.write_export(
             directory / checkpoints.EXPORT_DIR,
             refiner,
-            {"step": step, "run": cfg.run.name, "image": {"range": [-1.0, 1.0]}},
+            {"step": step, "run": cfg.run.name, "image_shape": image_shape, "pixel_range": [-1.0, 1.0]},
         )
     checkpoints.save_train_state(directory, rank, state, gan.history, cfg.to_dict())
 
@@ -334,7 +336,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
     ledger = data.new_skip_ledger()
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=cfg.to_dict(),
+        train_loop_config={"config": cfg.to_dict(), "image_shape": syn.shape},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
             use_gpu=cfg.run.use_gpu,
