@@ -70,7 +70,7 @@ def save_train_state(directory: Path, rank: int, state: TrainState | None, histo
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def _load(source: Path | bytes, name: str | None = None) -> dict:
+def load_tensors(source: Path | bytes, name: str | None = None) -> dict:
     """torch.load with weights_only=True of a local file or of bytes read from storage."""
     name = name or str(source)
     try:
@@ -83,7 +83,7 @@ def _load(source: Path | bytes, name: str | None = None) -> dict:
 
 
 def load_train_state(directory: Path) -> TrainState:
-    raw = _load(directory / "state.pt")
+    raw = load_tensors(directory / "state.pt")
     metrics = json.loads((directory / "metrics.json").read_text())
     return TrainState(metrics=metrics, **raw)
 
@@ -93,11 +93,11 @@ def load_history(directory: Path, rank: int, world_size: int, history: ImageHist
     different number of ranks, all saved images are pooled and dealt out again."""
     files = sorted(directory.glob("history-rank*.pt"))
     if len(files) == world_size:
-        saved = _load(directory / _history_file(rank))
+        saved = load_tensors(directory / _history_file(rank))
         history.load_state_dict(saved["history"])
         torch.set_rng_state(saved["torch_rng"])
         return
-    states = [_load(f)["history"] for f in files]
+    states = [load_tensors(f)["history"] for f in files]
     history.push(ImageHistory.reshard(states, rank, world_size))
 
 
@@ -126,7 +126,7 @@ def load_export(uri: str | os.PathLike, s3: S3Options = S3Options()) -> tuple[Re
         refiner = Refiner(RefinerConfig(**meta["refiner"]))
     except (TypeError, ValueError, KeyError) as e:
         raise SimganError(f"{meta_uri}: bad refiner config ({e})") from None
-    state = _load(storage.read_bytes(weights_uri, s3), weights_uri)
+    state = load_tensors(storage.read_bytes(weights_uri, s3), weights_uri)
     try:
         refiner.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from simgan_ray.config import dump_config
 from simgan_ray.errors import SimganError
 
 app = typer.Typer(help="Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray.", no_args_is_help=True,
@@ -47,7 +48,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the run <storage>/<name> from its latest checkpoint")] = False,
 ) -> None:
     """Train a refiner: validate and print the resolved config, write it beside the run, train."""
-    from simgan_ray.config import dump_config, load_config, parse_override
+    from simgan_ray.config import load_config, parse_override
     from simgan_ray.train import fit, run_uri
 
     overrides = dict(parse_override(s) for s in set_ or [])
@@ -142,6 +143,76 @@ def refine(
     _echo(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
           f"{s.shards_skipped} already done; {s.bytes_written / 1e6:.1f} MB written in {s.seconds:.1f}s "
           f"({s.images_per_s:.0f} images/s); {len(s.skipped_images)} corrupt images skipped")
+
+
+@app.command()
+def evaluate(
+    synthetic: Annotated[str, typer.Option(help="labelled synthetic set")],
+    real_train: Annotated[str, typer.Option(help="labelled real set for the ceiling classifier (digits: mnist/dev)")],
+    real_test: Annotated[str, typer.Option(help="labelled real set errors are reported on (digits: mnist/test)")],
+    real_pool: Annotated[str, typer.Option(help="unlabelled real images for the two-sample test (digits: mnist/real)")],
+    out: Annotated[str, typer.Option(help="report directory: report.json, report.md, *.png")],
+    refiner: Annotated[str | None, typer.Option(help="training run or refiner export")] = None,
+    refined: Annotated[str | None, typer.Option(help="or: a set written by `simgan-ray refine`")] = None,
+    label_key: Annotated[str, typer.Option(help="class field of the JSON labels")] = "digit",
+    num_classes: Annotated[int, typer.Option(help="number of classes")] = 10,
+    seeds: Annotated[int, typer.Option(help="classifier seeds per training source")] = 3,
+    train_images: Annotated[int, typer.Option(help="training images per classifier")] = 20000,
+    test_images: Annotated[int, typer.Option(help="real test images")] = 10000,
+    epochs: Annotated[int, typer.Option(help="classifier epochs")] = 3,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Table 1 on real data: classifiers trained on raw vs refined synthetic vs real, realism, labels."""
+    from simgan_ray.evaluate import EvalConfig, markdown
+    from simgan_ray.evaluate import evaluate as run_evaluate
+
+    cfg = EvalConfig(synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool, out=out,
+                     refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes, seeds=seeds,
+                     train_images=train_images, test_images=test_images, epochs=epochs, s3=_s3(s3_endpoint))
+    typer.echo(markdown(run_evaluate(cfg)))
+    _echo(f"report: {out}/report.json, {out}/report.md, {out}/samples.png, {out}/errors.png")
+
+
+@app.command()
+def probe(
+    real_train: Annotated[str, typer.Option(help="labelled real set the probe classifier learns from")],
+    real_test: Annotated[str, typer.Option(help="labelled real set whose features are the reference")],
+    out: Annotated[str, typer.Option(help="probe directory (probe.pt, probe.json)")],
+    label_key: Annotated[str, typer.Option(help="class field of the JSON labels")] = "digit",
+    num_classes: Annotated[int, typer.Option(help="number of classes")] = 10,
+    train_images: Annotated[int, typer.Option(help="training images")] = 10000,
+    epochs: Annotated[int, typer.Option(help="epochs")] = 3,
+    s3_endpoint: S3Endpoint = None,
+) -> None:
+    """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
+    from simgan_ray.evaluate import EvalConfig, build_probe
+
+    cfg = EvalConfig(synthetic=real_train, real_train=real_train, real_test=real_test, real_pool=real_train, out=out,
+                     label_key=label_key, num_classes=num_classes, train_images=train_images, epochs=epochs,
+                     s3=_s3(s3_endpoint))
+    meta = build_probe(real_train, real_test, out, cfg)
+    _echo(f"probe written to {out}: its classifier's real test error is {100 * meta['test_error']:.2f}%")
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Option(help="tune spec YAML (see jobs/digits-tune.yaml)")],
+    name: Annotated[str | None, typer.Option(help="sweep name; results in <storage>/<name>")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="trials")] = None,
+) -> None:
+    """Sweep train-config fields with ASHA, each trial a Ray Train run, ranked by the probe metric."""
+    from simgan_ray.tune import load_spec, run_sweep
+
+    overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
+    spec, base = load_spec(config, overrides)
+    _echo(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}; base config:\n"
+          f"{dump_config(base)}")
+    summary = run_sweep(spec, base)
+    best = summary["best"]
+    _echo(f"best trial {best['trial']}: {spec.metric}={best[spec.metric]:.4g} with "
+          + ", ".join(f"{k}={best[k]}" for k in spec.search)
+          + f"; results in {summary['out']}/results.md, best config {summary['out']}/best.yaml, "
+          f"refiner {summary['out']}/best/export")
 
 
 @data_app.command("fetch-mnist")

@@ -63,6 +63,15 @@ class DataConfig(Section):
     strict: bool = False  # a corrupt image fails the run instead of being skipped and counted
 
 
+class ProbeConfig(Section):
+    """Real-data score during training (`simgan-ray probe` makes one): at every report, rank 0
+    refines the first `images` synthetic images and reports probe_fd (Frechet distance of the
+    probe classifier's features to the real test set; lower = more real) and probe_label_acc."""
+
+    uri: str | None = None
+    images: int = Field(1000, ge=2)
+
+
 class RunConfig(Section):
     storage: str = "runs"  # local dir or s3:// prefix; the run lives in <storage>/<name>
     name: str = Field("simgan", pattern=r"^[A-Za-z0-9._-]+$")
@@ -86,6 +95,7 @@ class TrainConfig(Section):
     optimizer_d: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()
+    probe: ProbeConfig = ProbeConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
@@ -119,7 +129,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
+def format_errors(source: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -148,7 +158,18 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        raise SimganError(_format_errors(source, e)) from None
+        raise SimganError(format_errors(source, e)) from None
+
+
+def with_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "overrides") -> TrainConfig:
+    """A copy of `cfg` with {'dotted.key': value} applied, validated again."""
+    tree = cfg.to_dict()
+    for key, value in overrides.items():
+        _set_dotted(tree, key, value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as e:
+        raise SimganError(format_errors(source, e)) from None
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -226,6 +226,7 @@ def train_func(loop_config: dict) -> None:
         print(f"[rank {rank}] resumed at step {step} with {len(gan.history)} history images")
 
     buffer = cfg.data.local_shuffle_buffer
+    probe = _load_probe(cfg) if rank == 0 and cfg.probe.uri else None
     synthetic = _cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device)
     real = _cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device)
     table = phase_table(cfg.schedule)
@@ -245,6 +246,11 @@ def train_func(loop_config: dict) -> None:
         if not (save or step % cfg.run.report_every == 0):
             continue
         metrics = {"step": step, "phase": phase.name, **window.reduce(device)}
+        if probe is not None:
+            from simgan_ray.evaluate import refine_images
+
+            net, images, labels = probe
+            metrics.update(net.score(refine_images(unwrap(refiner), images), labels))
         _check_finite(metrics)
         if rank == 0:
             metrics_log.append(metrics)
@@ -256,6 +262,15 @@ def train_func(loop_config: dict) -> None:
         else:
             ray.train.report(metrics)
         window = MetricWindow()
+
+
+def _load_probe(cfg: TrainConfig):
+    """(probe, uint8 synthetic images (n, C, H, W), their class labels) for the real-data score."""
+    from simgan_ray.evaluate import load_probe, load_set
+
+    probe = load_probe(cfg.probe.uri, cfg.data.s3)
+    images, labels = load_set(cfg.data.synthetic, cfg.probe.images, cfg.data.s3, probe.meta["label_key"])
+    return probe, images, labels
 
 
 def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cfg: TrainConfig,
@@ -304,7 +319,7 @@ def run_uri(cfg: TrainConfig) -> str:
     return storage.join(storage.normalize(cfg.run.storage), cfg.run.name)
 
 
-def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
+def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None) -> FitResult:
     """Driver: validate inputs, run the TorchTrainer, then write export, curves and samples beside
     the run. Needs a running Ray (local or a cluster's)."""
     import ray
@@ -326,6 +341,10 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
         LocalDiscriminator(cfg.discriminator).output_shape(*syn.shape[1:])
     except ValueError as e:
         raise SimganError(str(e)) from None
+    if cfg.probe.uri:
+        from simgan_ray.evaluate import load_probe
+
+        load_probe(cfg.probe.uri, s3)  # refuses a missing or foreign probe before any Ray work
 
     # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -348,6 +367,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> FitResult:
             storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=callbacks,
         ),
         datasets={
             name: data.image_dataset(prefix, manifest, s3, shuffle_files=cfg.data.shuffle_files,

@@ -59,3 +59,17 @@ def s3_server():
     server = MotoServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def labelled_real_sets(tmp_path_factory):
+    """Labelled 'real' sets (another simulator seed, dimmed) standing in for MNIST dev / test."""
+    root = tmp_path_factory.mktemp("labelled")
+    fonts = simulate.discover_fonts(tuple(str(d) for d in simulate.default_font_dirs()))
+    out = {}
+    for name, seed in (("dev", 21), ("test", 22)):
+        _, images, labels = simulate.render_range(0, 300, seed, fonts)
+        write_set(root / name, name, (images.astype(np.float32) * 0.8).astype(np.uint8),
+                  [json.dumps({"digit": json.loads(x)["digit"]}) for x in labels], 100)
+        out[name] = str(root / name)
+    return out

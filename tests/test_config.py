@@ -26,8 +26,18 @@ def test_resolve_order_defaults_file_cli(tmp_path):
 
 
 def test_job_specs_validate():
-    for job in (ROOT / "jobs").glob("*.yaml"):
-        load_config(job)
+    import yaml
+
+    from simgan_ray.tune import load_spec
+
+    jobs = sorted((ROOT / "jobs").glob("*.yaml"))
+    assert len(jobs) >= 2
+    for job in jobs:
+        if "search" in yaml.safe_load(job.read_text()):
+            spec, base = load_spec(job)
+            assert spec.search and base.probe.uri == spec.probe.uri
+        else:
+            load_config(job)
 
 
 def test_round_trip_through_yaml(tmp_path):

@@ -1,0 +1,207 @@
+"""Hyperparameter sweeps: Ray Tune over Ray Train runs, ranked by a real-data metric.
+
+Each trial is a driver function that builds its own TorchTrainer (the Train V2 pattern, not the
+deprecated `Tuner(trainer)`), with `TuneReportCallback` passing every report on to Tune, where
+ASHA stops the weaker trials early. The ranking metric comes from the probe (see ProbeConfig):
+`probe_fd`, the Frechet distance of refined synthetic images to the real test set in the feature
+space of a classifier trained on real labelled images, reported at every training report.
+
+Outputs in <storage>/<name>/: results.csv and results.md (one row per trial, best first),
+best.yaml (the best trial's full train config) and best/export (its refiner).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from simgan_ray import storage
+from simgan_ray.config import TrainConfig, dump_config, format_errors, load_config, with_overrides
+from simgan_ray.errors import SimganError
+
+
+class Dist(BaseModel):
+    """One search dimension: exactly one of the keys."""
+
+    model_config = ConfigDict(extra="forbid")
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None  # [low, high)
+
+    @model_validator(mode="after")
+    def _one(self) -> Dist:
+        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+        if self.loguniform is not None and min(self.loguniform) <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        return self
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.choice is not None:
+            return tune.choice(self.choice)
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        if self.loguniform is not None:
+            return tune.loguniform(*self.loguniform)
+        return tune.randint(*self.randint)
+
+
+class ProbeSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    uri: str  # where the probe lives; built from the two sets below if missing
+    real_train: str
+    real_test: str
+    train_images: int = Field(10_000, ge=10)
+    epochs: int = Field(3, ge=1)
+
+
+class TuneSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: str  # train config YAML, relative to the spec file
+    overrides: dict[str, Any] = {}  # dotted train-config keys applied to every trial
+    search: dict[str, Dist]  # dotted train-config key -> distribution
+    probe: ProbeSource
+    scheduler: Literal["asha"] = "asha"
+    metric: Literal["probe_fd", "probe_label_acc"] = "probe_fd"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)  # >1 only where CPUs/GPUs for several runs exist
+    grace_period: int = Field(100, ge=1)  # steps every trial runs before ASHA may stop it
+    reduction_factor: int = Field(2, ge=2)
+    storage: str = "runs"
+    name: str = Field("tune", pattern=r"^[A-Za-z0-9._-]+$")
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[TuneSpec, TrainConfig]:
+    """The sweep spec and the base train config every trial starts from (spec overrides applied)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SimganError(f"{path}: tune spec not found") from None
+    except yaml.YAMLError as e:
+        raise SimganError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    for key, value in (overrides or {}).items():
+        raw[key] = value
+    try:
+        spec = TuneSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SimganError(format_errors(str(path), e)) from None
+    base = load_config(path.parent / spec.base, {**spec.overrides, "probe.uri": spec.probe.uri})
+    for key, dist in spec.search.items():  # every searched key must be a valid train-config field
+        example = dist.choice[0] if dist.choice is not None else (dist.uniform or dist.loguniform or dist.randint)[0]
+        with_overrides(base, {key: example}, f"{path}: search.{key}")
+    return spec, base
+
+
+def _trial(params: dict, base: dict, trials_storage: str) -> None:
+    """One trial: the base config plus this trial's parameters, trained by `fit`, every report
+    forwarded to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from simgan_ray.train import fit
+
+    cfg = with_overrides(TrainConfig.model_validate(base),
+                         {**params, "run.storage": trials_storage, "run.name": tune.get_context().get_trial_id()})
+    fit(cfg, callbacks=[TuneReportCallback()])
+
+
+def ensure_probe(spec: TuneSpec, base: TrainConfig) -> dict:
+    from simgan_ray.evaluate import EvalConfig, build_probe, load_probe
+
+    s3 = base.data.s3
+    if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
+        return load_probe(spec.probe.uri, s3).meta
+    cfg = EvalConfig(synthetic=base.data.synthetic, real_train=spec.probe.real_train, real_test=spec.probe.real_test,
+                     real_pool=spec.probe.real_train, out=spec.probe.uri, train_images=spec.probe.train_images,
+                     epochs=spec.probe.epochs, s3=s3)
+    return build_probe(spec.probe.real_train, spec.probe.real_test, spec.probe.uri, cfg)
+
+
+def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
+    """Run the sweep; write results.csv/.md, best.yaml and best/export. -> summary dict."""
+    from ray import tune
+
+    from simgan_ray.runtime import ensure_ray
+
+    s3 = base.data.s3
+    out = storage.join(storage.normalize(spec.storage), spec.name)
+    if storage.exists(storage.join(out, "results.csv"), s3):
+        raise SimganError(f"{out} already holds a finished sweep; pick another name")
+    ensure_ray(base.run.num_workers * base.run.cpus_per_worker)
+    probe_meta = ensure_probe(spec, base)
+    fs, path = storage.resolve(storage.normalize(spec.storage), s3)
+    trials_storage = storage.join(out, "trials")
+    total = base.schedule.total_steps
+    scheduler = tune.schedulers.ASHAScheduler(
+        # max_t one past the end: a trial that reaches its last step must end by itself, so that
+        # `fit` still writes its export; ASHA stops only the trials it prunes at a rung.
+        time_attr="step", max_t=total + 1, grace_period=min(spec.grace_period, total),
+        reduction_factor=spec.reduction_factor,
+    )
+    trainable = tune.with_parameters(_trial, base=base.to_dict(), trials_storage=trials_storage)
+    tuner = tune.Tuner(
+        # The trial function only drives its TorchTrainer; the workers hold the CPUs. (Tune
+        # refuses an empty request, hence a sliver.)
+        tune.with_resources(trainable, {"cpu": 0.01}),
+        param_space={key: dist.to_tune() for key, dist in spec.search.items()},
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
+                                    num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials),
+        run_config=tune.RunConfig(name=spec.name, storage_path=path, storage_filesystem=fs),
+    )
+    results = tuner.fit()
+    rows = []
+    for result in results:
+        if result.error is not None or not result.metrics:
+            rows.append({"trial": result.path.rsplit("/", 1)[-1], "status": f"error: {result.error}"})
+            continue
+        m = result.metrics
+        rows.append({"trial": m["trial_id"], "status": "ok", "step": m["step"], spec.metric: m.get(spec.metric),
+                     "probe_label_acc": m.get("probe_label_acc"),
+                     **{k: result.config[k] for k in spec.search}})
+    for r in rows:
+        if r["status"] == "ok" and r["step"] < total:
+            r["status"] = f"stopped by ASHA at step {r['step']}"
+    done = [r for r in rows if r["status"] == "ok" and r[spec.metric] is not None]
+    if not done:
+        raise SimganError(f"{out}: no trial finished with {spec.metric}; see the trial logs under {out}")
+    sign = -1 if spec.mode == "max" else 1
+    done.sort(key=lambda r: sign * r[spec.metric])
+    rows = done + [r for r in rows if r not in done]
+    best = done[0]  # among trials that ran to the end (they have an export)
+    _write_results(out, rows, spec, s3)
+    best_cfg = with_overrides(base, {**{k: best[k] for k in spec.search},
+                                     "run.storage": trials_storage, "run.name": best["trial"]})
+    storage.write_bytes(storage.join(out, "best.yaml"), dump_config(best_cfg).encode(), s3)
+    best_export = storage.join(trials_storage, best["trial"], "export")
+    for name in ("refiner.pt", "refiner.json"):
+        storage.write_bytes(storage.join(out, "best", "export", name),
+                            storage.read_bytes(storage.join(best_export, name), s3), s3)
+    return {"out": out, "best": best, "trials": len(rows), "probe_test_error": probe_meta["test_error"]}
+
+
+def _write_results(out: str, rows: list[dict], spec: TuneSpec, s3) -> None:
+    columns = ["trial", "status", "step", spec.metric, "probe_label_acc", *spec.search]
+    columns = list(dict.fromkeys(columns))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_bytes(storage.join(out, "results.csv"), buf.getvalue().encode(), s3)
+
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    storage.write_bytes(storage.join(out, "results.md"), ("\n".join(lines) + "\n").encode(), s3)

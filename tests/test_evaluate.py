@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from simgan_ray import checkpoints
+from simgan_ray.errors import SimganError
+from simgan_ray.evaluate import EvalConfig, build_probe, evaluate, frechet_distance, load_probe, load_set
+from simgan_ray.networks import Refiner, RefinerConfig
+
+
+def test_frechet_distance_by_hand():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifted = a + np.array([3.0, 0.0, 4.0])
+    assert frechet_distance(a, shifted) == pytest.approx(25.0, rel=1e-6)  # same covariance: |d|^2
+    scaled = a * 2.0  # N(0, I) vs N(0, 4I): Tr(I + 4I - 2*2I) = 3
+    assert frechet_distance(a, scaled) == pytest.approx(3.0, rel=0.05)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    torch.manual_seed(1)
+    d = tmp_path_factory.mktemp("export")
+    checkpoints.write_export(d, Refiner(RefinerConfig(features=4, blocks=1)), {"image_shape": [1, 28, 28]})
+    return str(d)
+
+
+def small(**kw) -> dict:
+    return {"seeds": 2, "train_images": 256, "test_images": 200, "epochs": 1, "batch_size": 64, **kw}
+
+
+def test_evaluate_reports_table_realism_and_labels(ray_session, digit_sets, labelled_real_sets, export, tmp_path):
+    cfg = EvalConfig(synthetic=digit_sets["synthetic"], real_train=labelled_real_sets["dev"],
+                     real_test=labelled_real_sets["test"], real_pool=digit_sets["real"], out=str(tmp_path / "rep"),
+                     refiner=export, **small())
+    report = evaluate(cfg)
+    for source in ("synthetic", "refined", "real"):
+        e = report["test_error"][source]
+        assert len(e["runs"]) == 2 and 0 <= e["mean"] <= 1 and e["sd"] >= 0
+    assert report["relative_error_reduction"] == pytest.approx(
+        (report["test_error"]["synthetic"]["mean"] - report["test_error"]["refined"]["mean"])
+        / report["test_error"]["synthetic"]["mean"])
+    for key in ("two_sample_accuracy", "label_preservation"):
+        assert set(report[key]) == {"synthetic", "refined"}
+        assert all(0 <= v <= 1 for v in report[key].values())
+    assert report["frechet_distance"]["refined"] > 0
+    assert report["counts"] == {"synthetic": 256, "real_train": 256, "real_test": 200, "real_pool": 256}
+    for name in ("report.json", "report.md", "samples.png", "errors.png"):
+        assert (tmp_path / "rep" / name).exists()
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["test_error"] == report["test_error"]
+    assert "Relative error reduction" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_evaluate_refuses_bad_requests(digit_sets, labelled_real_sets, export, tmp_path):
+    base = {"synthetic": digit_sets["synthetic"], "real_train": labelled_real_sets["dev"],
+            "real_test": labelled_real_sets["test"], "real_pool": digit_sets["real"], "out": str(tmp_path)}
+    with pytest.raises(SimganError, match="exactly one of --refiner"):
+        evaluate(EvalConfig(**base, **small()))
+    with pytest.raises(SimganError, match="integer 'digit'"):  # the real pool has no labels
+        evaluate(EvalConfig(**{**base, "real_train": digit_sets["real"]}, refiner=export, **small()))
+    out = subprocess.run([str(Path(sys.executable).with_name("simgan-ray")), "evaluate",
+                          "--synthetic", base["synthetic"], "--real-train", base["real_train"],
+                          "--real-test", base["real_test"], "--real-pool", base["real_pool"], "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "exactly one of --refiner" in out.stderr
+
+
+def test_probe_round_trip_and_scores(labelled_real_sets, digit_sets, tmp_path):
+    cfg = EvalConfig(synthetic="", real_train=labelled_real_sets["dev"], real_test=labelled_real_sets["test"],
+                     real_pool="", out="", **small())
+    meta = build_probe(labelled_real_sets["dev"], labelled_real_sets["test"], str(tmp_path / "probe"), cfg)
+    assert 0 <= meta["test_error"] <= 1
+    probe = load_probe(str(tmp_path / "probe"), cfg.s3)
+    x, y = load_set(labelled_real_sets["test"], 200, cfg.s3, "digit")
+    own = probe.score(x, y)
+    assert own["probe_fd"] == pytest.approx(0.0, abs=1e-3)  # the reference set against itself
+    sx, sy = load_set(digit_sets["synthetic"], 200, cfg.s3, "digit")
+    assert probe.score(sx, sy)["probe_fd"] > own["probe_fd"]
+    with pytest.raises(SimganError, match="is not a probe"):
+        load_probe(str(tmp_path), cfg.s3)

@@ -1,0 +1,67 @@
+import csv
+
+import pytest
+import yaml
+
+from simgan_ray import checkpoints
+from simgan_ray.config import load_config
+from simgan_ray.errors import SimganError
+from simgan_ray.tune import load_spec, run_sweep
+
+from .conftest import TINY
+
+
+def write_spec(tmp_path, digit_sets, labelled_real_sets, **extra) -> str:
+    base = {
+        "batch_size": 8, "history_size": 16,
+        "refiner": {"features": 8, "blocks": 1}, "discriminator": {"widths": [8, 8, 8, 8]},
+        "schedule": {"pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2, "steps": 4},
+        "data": {"synthetic": digit_sets["synthetic"], "real": digit_sets["real"]},
+        "run": {"num_workers": 1, "report_every": 2, "checkpoint_every": 4},
+        "probe": {"images": 64},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    spec = {
+        "base": "base.yaml",
+        "search": {"loss.lam": {"loguniform": [0.01, 1.0]}, "optimizer_r.lr": {"choice": [0.001, 0.0003]}},
+        "probe": {"uri": str(tmp_path / "probe"), "real_train": labelled_real_sets["dev"],
+                  "real_test": labelled_real_sets["test"], "train_images": 200, "epochs": 1},
+        "num_samples": 2, "grace_period": 4, "storage": str(tmp_path / "runs"), "name": "sweep", **extra,
+    }
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    return str(tmp_path / "tune.yaml")
+
+
+def test_two_trial_sweep_ranks_by_the_probe(ray_session, digit_sets, labelled_real_sets, tmp_path):
+    spec, base = load_spec(write_spec(tmp_path, digit_sets, labelled_real_sets))
+    assert base.refiner.features == TINY["refiner.features"]
+    summary = run_sweep(spec, base)
+    out = tmp_path / "runs" / "sweep"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    fds = [float(r["probe_fd"]) for r in rows]
+    assert fds == sorted(fds)  # best first
+    assert summary["best"]["trial"] == rows[0]["trial"]
+    assert "| trial |" in (out / "results.md").read_text()
+    best = load_config(out / "best.yaml")
+    assert best.loss.lam == pytest.approx(float(rows[0]["loss.lam"]))
+    refiner, meta = checkpoints.load_export(str(out / "best" / "export"))
+    assert meta["step"] == 8
+    with pytest.raises(SimganError, match="already holds a finished sweep"):
+        run_sweep(spec, base)
+
+
+def test_spec_errors_name_the_field(tmp_path, digit_sets, labelled_real_sets):
+    path = write_spec(tmp_path, digit_sets, labelled_real_sets, num_samples=0)
+    with pytest.raises(SimganError, match="num_samples"):
+        load_spec(path)
+    spec = yaml.safe_load(open(path))
+    spec["num_samples"] = 2
+    spec["search"]["refiner.nope"] = {"choice": [1]}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SimganError, match=r"search.refiner.nope: refiner.nope"):
+        load_spec(path)
+    spec["search"] = {"loss.lam": {"choice": [1], "uniform": [0, 1]}}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SimganError, match="exactly one of choice"):
+        load_spec(path)
