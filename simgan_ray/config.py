@@ -7,15 +7,28 @@ forbids unknown keys, so a typo is an error naming the field, never a silently i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    ValidationError,
+    model_validator,
+)
 
 from simgan_ray.errors import SimganError
 from simgan_ray.losses import Psi, Reduction
 from simgan_ray.networks import DiscriminatorConfig, RefinerConfig
-from simgan_ray.storage import S3Options
+from simgan_ray.storage import S3Options, normalize
+
+# A local path or s3:// URI, made absolute when the config is resolved: Ray Train workers and Tune
+# trials run in other working directories, so a relative path would point elsewhere there.
+Location = Annotated[str, AfterValidator(normalize)]
 
 
 class Section(BaseModel):
@@ -55,8 +68,8 @@ class ScheduleConfig(Section):
 
 
 class DataConfig(Section):
-    synthetic: str = "data/digits/synthetic"  # shard directory/prefix (see README, data format)
-    real: str = "data/digits/real"
+    synthetic: Location = "data/digits/synthetic"  # shard directory/prefix (see README, data format)
+    real: Location = "data/digits/real"
     s3: S3Options = S3Options()
     shuffle_files: bool = True  # new shard order on every pass over a set
     local_shuffle_buffer: int = Field(0, ge=0)  # images mixed per worker before batching; 0 = off
@@ -68,12 +81,12 @@ class ProbeConfig(Section):
     refines the first `images` synthetic images and reports probe_fd (Frechet distance of the
     probe classifier's features to the real test set; lower = more real) and probe_label_acc."""
 
-    uri: str | None = None
+    uri: Location | None = None
     images: int = Field(1000, ge=2)
 
 
 class RunConfig(Section):
-    storage: str = "runs"  # local dir or s3:// prefix; the run lives in <storage>/<name>
+    storage: Location = "runs"  # local dir or s3:// prefix; the run lives in <storage>/<name>
     name: str = Field("simgan", pattern=r"^[A-Za-z0-9._-]+$")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False

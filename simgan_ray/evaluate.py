@@ -76,7 +76,6 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epoc
     """The fixed recipe: Adam, `epochs` passes, shuffled mini-batches, no augmentation.
     x: uint8 (n, C, H, W); y: int64 (n,)."""
     torch.manual_seed(seed)
-    torch.set_num_threads(1)
     net = TaskNet(x.shape[1], classes)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))  # writable copies of Ray's arrays
@@ -110,6 +109,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def _task_run(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int,
               cfg: EvalConfig) -> dict:
     """One downstream classifier (a Ray task): train, then test error on real data."""
+    torch.set_num_threads(1)  # one CPU per task; the tasks run side by side
     start = time.perf_counter()
     net = train_classifier(x, y, cfg.num_classes, seed, cfg.epochs, cfg.batch_size, cfg.lr)
     return {"source": name, "seed": seed, "test_error": 1.0 - accuracy(net, test_x, test_y),
@@ -117,7 +117,8 @@ def _task_run(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_
 
 
 def _two_sample(name: str, fake: np.ndarray, real: np.ndarray, seed: int, cfg: EvalConfig) -> dict:
-    """Held-out accuracy of a fresh CNN telling `fake` (label 0) from `real` (label 1)."""
+    """Held-out accuracy of a fresh CNN telling `fake` (label 0) from `real` (label 1); a Ray task."""
+    torch.set_num_threads(1)
     n = min(len(fake), len(real))
     rng = np.random.default_rng(seed)
     x = np.concatenate([fake[:n], real[:n]])

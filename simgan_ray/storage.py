@@ -12,7 +12,6 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -38,7 +37,7 @@ def is_s3(uri: str) -> bool:
 
 
 def _local_path(uri: str) -> str:
-    return str(Path(uri.removeprefix("file://")).expanduser().resolve())
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
 
 
 @cache

@@ -21,8 +21,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from simgan_ray import storage
-from simgan_ray.config import TrainConfig, dump_config, format_errors, load_config, with_overrides
+from simgan_ray.config import Location, TrainConfig, dump_config, format_errors, load_config, with_overrides
 from simgan_ray.errors import SimganError
+
+TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
 
 
 class Dist(BaseModel):
@@ -57,9 +59,9 @@ class Dist(BaseModel):
 
 class ProbeSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    uri: str  # where the probe lives; built from the two sets below if missing
-    real_train: str
-    real_test: str
+    uri: Location  # where the probe lives; built from the two sets below if missing
+    real_train: Location
+    real_test: Location
     train_images: int = Field(10_000, ge=10)
     epochs: int = Field(3, ge=1)
 
@@ -77,7 +79,7 @@ class TuneSpec(BaseModel):
     max_concurrent_trials: int = Field(1, ge=1)  # >1 only where CPUs/GPUs for several runs exist
     grace_period: int = Field(100, ge=1)  # steps every trial runs before ASHA may stop it
     reduction_factor: int = Field(2, ge=2)
-    storage: str = "runs"
+    storage: Location = "runs"
     name: str = Field("tune", pattern=r"^[A-Za-z0-9._-]+$")
 
 
@@ -138,7 +140,8 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     out = storage.join(storage.normalize(spec.storage), spec.name)
     if storage.exists(storage.join(out, "results.csv"), s3):
         raise SimganError(f"{out} already holds a finished sweep; pick another name")
-    ensure_ray(base.run.num_workers * base.run.cpus_per_worker)
+    # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
+    ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
     probe_meta = ensure_probe(spec, base)
     fs, path = storage.resolve(storage.normalize(spec.storage), s3)
     trials_storage = storage.join(out, "trials")
@@ -151,9 +154,8 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     )
     trainable = tune.with_parameters(_trial, base=base.to_dict(), trials_storage=trials_storage)
     tuner = tune.Tuner(
-        # The trial function only drives its TorchTrainer; the workers hold the CPUs. (Tune
-        # refuses an empty request, hence a sliver.)
-        tune.with_resources(trainable, {"cpu": 0.01}),
+        # The workers hold the CPUs; Tune refuses an empty request, hence a sliver for the driver.
+        tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPU}),
         param_space={key: dist.to_tune() for key, dist in spec.search.items()},
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials),
