@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from simgan_ray.config import dump_config
 from simgan_ray.errors import SimganError
 
 app = typer.Typer(help="Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray.", no_args_is_help=True,
@@ -48,7 +47,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the run <storage>/<name> from its latest checkpoint")] = False,
 ) -> None:
     """Train a refiner: validate and print the resolved config, write it beside the run, train."""
-    from simgan_ray.config import load_config, parse_override
+    from simgan_ray.config import dump_config, load_config, parse_override
     from simgan_ray.train import fit, run_uri
 
     overrides = dict(parse_override(s) for s in set_ or [])
@@ -201,6 +200,7 @@ def tune(
     num_samples: Annotated[int | None, typer.Option(help="trials")] = None,
 ) -> None:
     """Sweep train-config fields with ASHA, each trial a Ray Train run, ranked by the probe metric."""
+    from simgan_ray.config import dump_config
     from simgan_ray.tune import load_spec, run_sweep
 
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}

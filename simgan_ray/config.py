@@ -167,7 +167,8 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         tree = loaded or {}
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
-        source = f"{source} + overrides" if "overrides" not in source else source
+    if overrides:
+        source += " + overrides"
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
