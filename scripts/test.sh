@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint and the whole test suite (CPU only; starts its own local Ray). ~3 minutes on 2 cores.
+# Lint and the whole test suite (CPU only; starts its own local Ray and moto S3 servers). ~5 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
