@@ -15,7 +15,9 @@ def ensure_ray(min_cpus: float = 1) -> None:
     if ray.is_initialized():
         return
     cpus = max(os.cpu_count() or 1, math.ceil(min_cpus) + 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    # The dashboard serves the State API, which Ray Train's PlacementGroupCleaner needs to free a
+    # stopped run's CPUs (without it, a Tune trial stopped by ASHA leaks its workers' reservation).
+    ray.init(num_cpus=cpus, include_dashboard=True, log_to_driver=True)
 
 
 def run_tasks(fn, calls: list[tuple], what: str) -> list:

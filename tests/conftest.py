@@ -48,7 +48,7 @@ def ray_session():
     """One local Ray per test session (starting Ray costs seconds; a TorchTrainer, more)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True)  # State API, as in runtime.py
     yield ray
     ray.shutdown()
 
