@@ -91,7 +91,7 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epoc
 
 @torch.no_grad()
 def predict(net: TaskNet, x: np.ndarray, features: bool = False) -> np.ndarray:
-    out = [(net.features if features else net)(data.unit_range(torch.from_numpy(x[i : i + 1024])))
+    out = [(net.features if features else net)(data.unit_range(torch.tensor(x[i : i + 1024])))
            for i in range(0, len(x), 1024)]
     return torch.cat(out).numpy()
 
