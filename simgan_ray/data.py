@@ -90,7 +90,10 @@ def _decode_batch(batch: dict, shape: list[int], strict: bool, ledger) -> dict:
             bad.append(f"{path}: {e}")
     if bad:
         logger.warning("skipping %d corrupt image(s), first: %s", len(bad), bad[0])
-        ledger.record.remote(bad)
+        import ray
+
+        # Waited for: once this task is done, the skips are in the ledger (rare path, one call).
+        ray.get(ledger.record.remote(bad))
     c, h, w = shape
     images = np.stack(good) if good else np.empty((0, h, w, c), np.uint8)
     return {"image": images.transpose(0, 3, 1, 2)}
