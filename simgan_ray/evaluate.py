@@ -24,7 +24,7 @@ from torch import nn
 
 from simgan_ray import checkpoints, data, shards, storage, viz
 from simgan_ray.errors import SimganError
-from simgan_ray.refine import resolve_export
+from simgan_ray.refine import refine_images, resolve_export
 from simgan_ray.runtime import ensure_ray
 from simgan_ray.storage import S3Options
 
@@ -206,20 +206,6 @@ def load_set(prefix: str, n: int, s3: S3Options, key: str | None) -> tuple[np.nd
     manifest = shards.read_manifest(prefix, s3)
     _, images, labels = data.head_images(prefix, manifest, min(n, manifest.count), s3)
     return images.transpose(0, 3, 1, 2).copy(), _labels(labels, key, prefix) if key else None
-
-
-def refine_images(refiner, images: np.ndarray) -> np.ndarray:
-    """uint8 (n, C, H, W) -> refined uint8 (n, C, H, W), on the refiner's device, in eval mode."""
-    device = next(refiner.parameters()).device
-    was_training = refiner.training
-    refiner.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), 512):
-            y = refiner(data.unit_range(torch.from_numpy(images[i : i + 512]).to(device)))
-            out.append(data.to_uint8(y.float().cpu().numpy()).transpose(0, 3, 1, 2))
-    refiner.train(was_training)
-    return np.concatenate(out)
 
 
 def _mean_sd(values: list[float]) -> dict:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from simgan_ray import checkpoints, data, shards, storage
 from simgan_ray.errors import SimganError
@@ -80,6 +81,23 @@ def model_hash(export: str, s3: S3Options) -> str:
     return hashlib.sha256(storage.read_bytes(storage.join(export, "refiner.pt"), s3)).hexdigest()[:16]
 
 
+def refine_images(refiner: torch.nn.Module, images: np.ndarray, batch_size: int = 512,
+                  bf16: bool = False) -> np.ndarray:
+    """uint8 (n, C, H, W) -> refined uint8 (n, C, H, W), in batches on the refiner's device and in
+    eval mode (bf16 autocast on CUDA when asked). The one place a refiner is applied to images."""
+    device = next(refiner.parameters()).device
+    was_training = refiner.training
+    refiner.eval()
+    out = np.empty_like(images)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+        for start in range(0, len(images), batch_size):
+            chunk = np.ascontiguousarray(images[start : start + batch_size])
+            y = refiner(data.unit_range(torch.from_numpy(chunk).to(device)))
+            out[start : start + len(chunk)] = data.to_uint8(y.float().cpu().numpy()).transpose(0, 3, 1, 2)
+    refiner.train(was_training)
+    return out
+
+
 def _done_uri(output: str, shard: str) -> str:
     return storage.join(output, DONE_DIR, shard.removesuffix(".parquet") + ".json")
 
@@ -88,27 +106,12 @@ class ShardRefiner:
     """Ray Data actor: loads the refiner once, then refines whole shards (batch = shard names)."""
 
     def __init__(self, export: str, model_id: str, job: RefineJob, shape: list[int]) -> None:
-        import torch
-
-        self.torch = torch
         self.job, self.shape, self.model_id = job, shape, model_id
         self.device = torch.device("cuda" if job.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(job.cpus_per_worker)))
         refiner, _ = checkpoints.load_export(export, job.s3)
         self.refiner = refiner.to(self.device)
-
-    def _refine(self, images: np.ndarray) -> np.ndarray:
-        """uint8 (n, H, W, C) -> refined uint8 (n, H, W, C), in batches of job.batch_size."""
-        torch = self.torch
-        out = np.empty_like(images)
-        for start in range(0, len(images), self.job.batch_size):
-            chunk = images[start : start + self.job.batch_size].transpose(0, 3, 1, 2)
-            x = data.unit_range(torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device))
-            with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
-                y = self.refiner(x)
-            out[start : start + len(chunk)] = data.to_uint8(y.float().cpu().numpy())
-        return out
 
     def refine_shard(self, name: str) -> dict:
         job = self.job
@@ -125,7 +128,11 @@ class ShardRefiner:
                 if job.strict:
                     raise SimganError(f"{src}: {e}") from None
                 skipped.append(f"{src}: {e}")
-        refined = self._refine(np.stack(images)) if images else np.empty((0, *self.shape[1:], self.shape[0]), np.uint8)
+        refined = (
+            refine_images(self.refiner, np.stack(images).transpose(0, 3, 1, 2), job.batch_size,
+                          bf16=self.device.type == "cuda").transpose(0, 2, 3, 1)
+            if images else np.empty((0, *self.shape[1:], self.shape[0]), np.uint8)
+        )
         kept_ids, kept_labels = [ids[i] for i in keep], [labels[i] for i in keep]
         out = shards.make_table(kept_ids, [im[..., 0] if im.shape[-1] == 1 else im for im in refined], kept_labels)
         out = out.append_column("source_shard", pa.array([name] * len(keep), pa.string()))

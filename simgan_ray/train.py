@@ -247,7 +247,7 @@ def train_func(loop_config: dict) -> None:
             continue
         metrics = {"step": step, "phase": phase.name, **window.reduce(device)}
         if probe is not None:
-            from simgan_ray.evaluate import refine_images
+            from simgan_ray.refine import refine_images
 
             net, images, labels = probe
             metrics.update(net.score(refine_images(unwrap(refiner), images), labels))
