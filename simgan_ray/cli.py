@@ -6,6 +6,7 @@ exit 2; a failed training run -> the workers' root cause in one line and exit 1.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -24,8 +25,52 @@ S3Endpoint = Annotated[
 ]
 
 
+Cluster = Annotated[
+    Path | None,
+    typer.Option(help="Ray cluster-launcher YAML (cluster/*.yaml): run this command there as a Ray Job"),
+]
+Address = Annotated[
+    str | None, typer.Option(help="or the cluster's Jobs API directly: http://HEAD:8265 or ray://HEAD:10001")
+]
+Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="on a cluster: follow the job's logs to its end")]
+# Options naming data locations: made absolute before a job leaves for a cluster, whose working
+# directory differs from yours.
+_LOCATIONS = {"out"}
+
+
 def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
+
+
+def _submit_if_cluster(cluster: Path | None, address: str | None, wait: bool, job) -> None:
+    """With --cluster/--address, submit job() (a cluster.JobSpec) and exit with the job's status."""
+    from simgan_ray.cluster import jobs_address, submit
+
+    target = jobs_address(cluster, address)
+    if target is not None:
+        raise typer.Exit(submit(target, job(), wait, _echo))
+
+
+def _argv(ctx: typer.Context) -> list[str]:
+    """This command's own options as given (cluster options left out), for its job on a cluster."""
+    from simgan_ray.storage import is_s3, normalize
+
+    argv = [ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name in ("cluster", "address", "wait") or value is None:
+            continue
+        if param.is_flag:
+            argv += [param.opts[0]] if value else param.secondary_opts[:1]
+            continue
+        for v in value if param.multiple else [value]:
+            v = str(v)
+            if param.name in _LOCATIONS:
+                v = normalize(v)
+                if not is_s3(v):
+                    _echo(f"note: {param.opts[0]} {v} is a local path: it must exist on the cluster's nodes")
+            argv += [param.opts[0], v]
+    return argv
 
 
 def _s3(endpoint: str | None):
@@ -45,8 +90,12 @@ def train(
         list[str] | None, typer.Option("--set", help="override any field: --set schedule.steps=50 (repeatable)")
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run <storage>/<name> from its latest checkpoint")] = False,
+    cluster: Cluster = None,
+    address: Address = None,
+    wait: Wait = True,
 ) -> None:
     """Train a refiner: validate and print the resolved config, write it beside the run, train."""
+    from simgan_ray.cluster import JobSpec
     from simgan_ray.config import dump_config, load_config, parse_override
     from simgan_ray.train import fit, run_uri
 
@@ -57,6 +106,8 @@ def train(
             overrides[key] = value
     cfg = load_config(config, overrides)
     _echo(f"# resolved config -> {run_uri(cfg)}/config.yaml\n{dump_config(cfg)}")
+    _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
+        ["train", "--config", "config.yaml", *(["--resume"] if resume else [])], {"config.yaml": dump_config(cfg)}))
     result = fit(cfg, resume=resume)
     last = result.metrics[-1] if result.metrics else {}
     if result.skipped:
@@ -71,6 +122,7 @@ def train(
 
 @app.command()
 def simulate(
+    ctx: typer.Context,
     out: Annotated[str, typer.Option(help="output prefix: local dir or s3://bucket/prefix")],
     count: Annotated[int, typer.Option(help="number of images")] = 10000,
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
@@ -79,10 +131,15 @@ def simulate(
         list[Path] | None, typer.Option(help="font directories (default: matplotlib's bundled fonts)")
     ] = None,
     s3_endpoint: S3Endpoint = None,
+    cluster: Cluster = None,
+    address: Address = None,
+    wait: Wait = True,
 ) -> None:
     """Render labelled synthetic digits (28x28, MNIST-style) as Parquet shards, in parallel on Ray."""
+    from simgan_ray.cluster import JobSpec
     from simgan_ray.simulate import simulate as run_simulation
 
+    _submit_if_cluster(cluster, address, wait, lambda: JobSpec(_argv(ctx), {}))
     manifest = run_simulation(out, count, shard_size, seed, _s3(s3_endpoint),
                               [str(d) for d in font_dir] if font_dir else None)
     _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
@@ -116,28 +173,51 @@ def ingest(
 
 @app.command()
 def refine(
-    model: Annotated[str, typer.Option(help="training run directory or refiner export (local or s3://)")],
-    input: Annotated[str, typer.Option("--input", help="image set to refine (e.g. a simulator output)")],
-    output: Annotated[str, typer.Option(help="output prefix for the refined set")],
-    batch_size: Annotated[int, typer.Option(help="images per refiner forward pass")] = 256,
-    concurrency: Annotated[int, typer.Option(help="refiner actors (each loads the model once)")] = 1,
-    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per actor (0: CPU; bf16 autocast on GPU)")] = 0.0,
-    cpus_per_worker: Annotated[float, typer.Option(help="CPUs per actor (its torch threads on CPU)")] = 1.0,
-    format_: Annotated[str, typer.Option("--format", help="parquet, or png: also one PNG per image + labels.jsonl")]
-    = "parquet",
-    overwrite: Annotated[bool, typer.Option(help="replace an output prefix holding another job's output")] = False,
-    strict: Annotated[bool, typer.Option(help="fail on a corrupt input image instead of skipping it")] = False,
+    ctx: typer.Context,
+    config: Annotated[Path | None, typer.Option(help="refine job YAML (see jobs/refine-1m.yaml); options override it")]
+    = None,
+    model: Annotated[str | None, typer.Option(help="training run directory or refiner export (local or s3://)")]
+    = None,
+    input: Annotated[str | None, typer.Option("--input", help="image set to refine (e.g. a simulator output)")] = None,
+    output: Annotated[str | None, typer.Option(help="output prefix for the refined set")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="images per refiner forward pass [256]")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="refiner actors, each loads the model once [1]")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(help="GPUs per actor (0: CPU; bf16 autocast on GPU) [0]")]
+    = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="CPUs per actor (its torch threads on CPU) [1]")]
+    = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="parquet, or png: also one PNG per image + labels.jsonl [parquet]")
+    ] = None,
+    overwrite: Annotated[
+        bool | None, typer.Option("--overwrite/--no-overwrite", help="replace an output prefix holding another job's")
+    ] = None,
+    strict: Annotated[
+        bool | None, typer.Option("--strict/--no-strict", help="fail on a corrupt input image instead of skipping it")
+    ] = None,
     s3_endpoint: S3Endpoint = None,
+    cluster: Cluster = None,
+    address: Address = None,
+    wait: Wait = True,
 ) -> None:
     """Refine a whole image set with a trained refiner, resumably: finished shards are kept."""
-    from simgan_ray.refine import RefineJob
+    import yaml
+
+    from simgan_ray.cluster import JobSpec
+    from simgan_ray.refine import load_refine_job
     from simgan_ray.refine import refine as run_refine
 
-    if format_ not in ("parquet", "png"):
+    if format_ not in (None, "parquet", "png"):
         raise SimganError(f"--format must be parquet or png, got {format_!r}")
-    job = RefineJob(model=model, input=input, output=output, batch_size=batch_size, concurrency=concurrency,
-                    gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, png=format_ == "png",
-                    overwrite=overwrite, strict=strict, s3=_s3(s3_endpoint))
+    given = {"model": model, "input": input, "output": output, "batch_size": batch_size, "concurrency": concurrency,
+             "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
+             "png": None if format_ is None else format_ == "png", "overwrite": overwrite, "strict": strict,
+             "s3": None if s3_endpoint is None else {"endpoint_url": s3_endpoint}}
+    job = load_refine_job(config, {k: v for k, v in given.items() if v is not None})
+    resolved = dataclasses.asdict(job)
+    _echo(f"# refine job\n{yaml.safe_dump(resolved, sort_keys=False)}")
+    _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
+        ["refine", "--config", "refine.yaml"], {"refine.yaml": yaml.safe_dump(resolved, sort_keys=False)}))
     s = run_refine(job)
     _echo(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
           f"{s.shards_skipped} already done; {s.bytes_written / 1e6:.1f} MB written in {s.seconds:.1f}s "
@@ -198,8 +278,14 @@ def tune(
     config: Annotated[Path, typer.Option(help="tune spec YAML (see jobs/digits-tune.yaml)")],
     name: Annotated[str | None, typer.Option(help="sweep name; results in <storage>/<name>")] = None,
     num_samples: Annotated[int | None, typer.Option(help="trials")] = None,
+    cluster: Cluster = None,
+    address: Address = None,
+    wait: Wait = True,
 ) -> None:
-    """Sweep train-config fields with ASHA, each trial a Ray Train run, ranked by the probe metric."""
+    """Sweep train-config fields with ASHA or PBT, each trial a Ray Train run, ranked by the probe metric."""
+    import yaml
+
+    from simgan_ray.cluster import JobSpec
     from simgan_ray.config import dump_config
     from simgan_ray.tune import load_spec, run_sweep
 
@@ -207,6 +293,10 @@ def tune(
     spec, base = load_spec(config, overrides)
     _echo(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}; base config:\n"
           f"{dump_config(base)}")
+    resolved = {**spec.model_dump(mode="json"), "base": "base.yaml", "overrides": {}}  # base holds the overrides
+    _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
+        ["tune", "--config", "tune.yaml"], {"tune.yaml": yaml.safe_dump(resolved, sort_keys=False),
+                                            "base.yaml": dump_config(base)}))
     summary = run_sweep(spec, base)
     best = summary["best"]
     _echo(f"best trial {best['trial']}: {spec.metric}={best[spec.metric]:.4g} with "

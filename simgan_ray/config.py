@@ -150,21 +150,27 @@ def format_errors(source: str, err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def read_yaml(path: str | Path, what: str) -> dict:
+    """The mapping in the YAML file at `path` ({} if empty); errors name the file and say what it
+    should have been (`what`: "config file", "tune spec", ...)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise SimganError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as e:
+        raise SimganError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise SimganError(f"{path}: expected a mapping at the top level ({what})")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """defaults < YAML file at `path` < `overrides` ({'dotted.key': value})."""
     tree: dict = {}
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise SimganError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise SimganError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise SimganError(f"{path}: expected a mapping of sections at the top level")
-        tree = loaded or {}
+        tree = read_yaml(path, "config file")
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
     if overrides:

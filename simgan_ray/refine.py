@@ -18,10 +18,12 @@ under the same name, so an interrupted job finishes with exactly the output of a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +53,25 @@ class RefineJob:
     overwrite: bool = False
     strict: bool = False  # a corrupt input image fails the job instead of being skipped
     s3: S3Options = field(default_factory=S3Options)
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+
+def load_refine_job(path: str | Path | None, overrides: dict) -> RefineJob:
+    """A refine job: RefineJob's defaults < the YAML file at `path` (jobs/refine-1m.yaml) <
+    `overrides` (the CLI options given). Errors name the file and field."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from simgan_ray.config import format_errors, read_yaml
+
+    tree = read_yaml(path, "refine job file") if path is not None else {}
+    try:
+        job = TypeAdapter(RefineJob).validate_python({**tree, **overrides})
+    except ValidationError as e:
+        raise SimganError(format_errors(str(path or "refine options"), e)) from None
+    # Absolute local paths: the job may run elsewhere (a Ray Job on a cluster has its own cwd).
+    return dataclasses.replace(job, model=storage.normalize(job.model), input=storage.normalize(job.input),
+                               output=storage.normalize(job.output))
 
 
 @dataclass

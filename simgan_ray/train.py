@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import resource
+import socket
 import tempfile
 import time
 from collections import defaultdict
@@ -184,7 +185,8 @@ def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device):
 
 
 def train_func(loop_config: dict) -> None:
-    """Ray Train worker loop. loop_config: {"config": TrainConfig.to_dict(), "image_shape": [C, H, W]}."""
+    """Ray Train worker loop. loop_config: {"config": TrainConfig.to_dict(), "image_shape": [C, H, W],
+    "start_from": a ray.train.Checkpoint of another run to start from, or None}."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
@@ -213,7 +215,8 @@ def train_func(loop_config: dict) -> None:
     torch.manual_seed(cfg.seed * 100_003 + rank)  # per-rank stream for anything random later
 
     step, metrics_log = 0, []
-    checkpoint = ray.train.get_checkpoint()
+    # This run's own latest checkpoint (resume, or a restart after a worker failure) comes first.
+    checkpoint = ray.train.get_checkpoint() or loop_config["start_from"]
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = checkpoints.load_train_state(Path(d))
@@ -221,10 +224,16 @@ def train_func(loop_config: dict) -> None:
             unwrap(discriminator).load_state_dict(state.discriminator)
             gan.opt_r.load_state_dict(state.optimizer_r)
             gan.opt_d.load_state_dict(state.optimizer_d)
+            # The config, not the checkpoint, sets learning rates: a resumed run may change them
+            # (`--resume --set optimizer_r.lr=...`, or PBT restarting a trial with mutated values).
+            for opt, opt_cfg in ((gan.opt_r, cfg.optimizer_r), (gan.opt_d, cfg.optimizer_d)):
+                for group in opt.param_groups:
+                    group["lr"] = opt_cfg.lr
             checkpoints.load_history(Path(d), rank, world, gan.history)
             step, metrics_log = state.step, state.metrics
         print(f"[rank {rank}] resumed at step {step} with {len(gan.history)} history images")
 
+    _record_placement(cfg, rank, device)
     buffer = cfg.data.local_shuffle_buffer
     probe = _load_probe(cfg) if rank == 0 and cfg.probe.uri else None
     synthetic = _cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device)
@@ -262,6 +271,24 @@ def train_func(loop_config: dict) -> None:
         else:
             ray.train.report(metrics)
         window = MetricWindow()
+
+
+def _record_placement(cfg: TrainConfig, rank: int, device: torch.device) -> None:
+    """Where each rank runs (Ray node id, host, device, torch threads), printed and written by rank 0 to
+    <run>/workers.json: on a cluster, the first thing to check when throughput or NCCL looks off."""
+    import ray
+
+    mine = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads()}
+    everyone = [mine]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        everyone = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, mine)
+    if rank == 0:
+        print("workers: " + "; ".join(f"rank {w['rank']} on {w['host']} node {w['node_id'][:8]} ({w['device']}, "
+                                      f"{w['torch_threads']} threads)" for w in everyone))
+        storage.write_bytes(storage.join(run_uri(cfg), "workers.json"), json.dumps(everyone, indent=1).encode(),
+                            cfg.data.s3)
 
 
 def _load_probe(cfg: TrainConfig):
@@ -319,9 +346,11 @@ def run_uri(cfg: TrainConfig) -> str:
     return storage.join(storage.normalize(cfg.run.storage), cfg.run.name)
 
 
-def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None) -> FitResult:
+def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, resume_from=None) -> FitResult:
     """Driver: validate inputs, run the TorchTrainer, then write export, curves and samples beside
-    the run. Needs a running Ray (local or a cluster's)."""
+    the run. Needs a running Ray (local or a cluster's). `resume` continues this run from its own
+    latest checkpoint; `resume_from` (a ray.train.Checkpoint of another run, e.g. the one PBT
+    clones) starts this new run from that state."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -355,7 +384,7 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None) -
     ledger = data.new_skip_ledger()
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"config": cfg.to_dict(), "image_shape": syn.shape},
+        train_loop_config={"config": cfg.to_dict(), "image_shape": syn.shape, "start_from": resume_from},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
             use_gpu=cfg.run.use_gpu,

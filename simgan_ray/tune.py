@@ -1,10 +1,14 @@
 """Hyperparameter sweeps: Ray Tune over Ray Train runs, ranked by a real-data metric.
 
 Each trial is a driver function that builds its own TorchTrainer (the Train V2 pattern, not the
-deprecated `Tuner(trainer)`), with `TuneReportCallback` passing every report on to Tune, where
-ASHA stops the weaker trials early. The ranking metric comes from the probe (see ProbeConfig):
-`probe_fd`, the Frechet distance of refined synthetic images to the real test set in the feature
-space of a classifier trained on real labelled images, reported at every training report.
+deprecated `Tuner(trainer)`); a Train callback forwards every report to the trial, which reports it
+to Tune. With ASHA, Tune stops the weaker trials early. With PBT, every Train checkpoint is also
+reported as the trial's Tune checkpoint: PBT restarts a weak trial from a strong trial's checkpoint
+with mutated hyperparameters, which `fit` resumes as a new Train run (`resume_from`).
+
+The ranking metric comes from the probe (see ProbeConfig): `probe_fd`, the Frechet distance of
+refined synthetic images to the real test set in the feature space of a classifier trained on real
+labelled images, reported at every training report.
 
 Outputs in <storage>/<name>/: results.csv and results.md (one row per trial, best first),
 best.yaml (the best trial's full train config) and best/export (its refiner).
@@ -14,17 +18,31 @@ from __future__ import annotations
 
 import csv
 import io
+import tempfile
+import threading
+import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ray.train import UserCallback
 
 from simgan_ray import storage
-from simgan_ray.config import Location, TrainConfig, dump_config, format_errors, load_config, with_overrides
+from simgan_ray.config import (
+    Location,
+    TrainConfig,
+    dump_config,
+    format_errors,
+    load_config,
+    read_yaml,
+    with_overrides,
+)
 from simgan_ray.errors import SimganError
 
 TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
+# Fields PBT may change when it restarts a trial from another's checkpoint: nothing that changes a
+# tensor's shape (network sizes, history capacity) or the data.
+PBT_MUTABLE = ("loss.lam", "optimizer_r.lr", "optimizer_d.lr", "schedule.k_g", "schedule.k_d")
 
 
 class Dist(BaseModel):
@@ -72,13 +90,22 @@ class TuneSpec(BaseModel):
     overrides: dict[str, Any] = {}  # dotted train-config keys applied to every trial
     search: dict[str, Dist]  # dotted train-config key -> distribution
     probe: ProbeSource
-    scheduler: Literal["asha"] = "asha"
+    scheduler: Literal["asha", "pbt"] = "asha"
     metric: Literal["probe_fd", "probe_label_acc"] = "probe_fd"
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(8, ge=1)
     max_concurrent_trials: int = Field(1, ge=1)  # >1 only where CPUs/GPUs for several runs exist
     grace_period: int = Field(100, ge=1)  # steps every trial runs before ASHA may stop it
     reduction_factor: int = Field(2, ge=2)
+    # PBT: every `perturbation_interval` steps, a trial in the bottom `quantile_fraction` restarts
+    # from a top trial's latest checkpoint with that trial's hyperparameters perturbed (x0.8 / x1.2)
+    # or, with `resample_probability`, drawn again from `search`.
+    perturbation_interval: int = Field(200, ge=1)
+    # synch: trials wait for each other at every perturbation (paused, resumed from checkpoints), so
+    # PBT compares the whole population even when the machine runs one trial at a time.
+    synch: bool = True
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
     storage: Location = "runs"
     name: str = Field("tune", pattern=r"^[A-Za-z0-9._-]+$")
 
@@ -86,12 +113,7 @@ class TuneSpec(BaseModel):
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[TuneSpec, TrainConfig]:
     """The sweep spec and the base train config every trial starts from (spec overrides applied)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SimganError(f"{path}: tune spec not found") from None
-    except yaml.YAMLError as e:
-        raise SimganError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = read_yaml(path, "tune spec")
     for key, value in (overrides or {}).items():
         raw[key] = value
     try:
@@ -102,20 +124,76 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tupl
     for key, dist in spec.search.items():  # every searched key must be a valid train-config field
         example = dist.choice[0] if dist.choice is not None else (dist.uniform or dist.loguniform or dist.randint)[0]
         with_overrides(base, {key: example}, f"{path}: search.{key}")
+    if spec.scheduler == "pbt":
+        fixed = [key for key in spec.search if key not in PBT_MUTABLE]
+        if fixed:
+            raise SimganError(f"{path}: search.{fixed[0]}: PBT can only mutate {', '.join(PBT_MUTABLE)} "
+                              "mid-run; set the others in overrides or sweep them with scheduler: asha")
+        if base.run.checkpoint_every != base.run.report_every:
+            # PBT clones the checkpoint of a trial's latest report, so every report must carry one.
+            raise SimganError(f"{path}: scheduler pbt needs run.checkpoint_every == run.report_every "
+                              f"(got {base.run.checkpoint_every} and {base.run.report_every})")
     return spec, base
 
 
-def _trial(params: dict, base: dict, trials_storage: str) -> None:
-    """One trial: the base config plus this trial's parameters, trained by `fit`, every report
-    forwarded to Tune."""
+class _ForwardReports(UserCallback):
+    """Train callback (it runs in the Train controller actor): every report's metrics, plus the run
+    name, and its checkpoint go into a queue read by the trial function."""
+
+    def __init__(self, queue, run: str):
+        self.queue, self.run = queue, run
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        self.queue.put(({**metrics[0], "run": self.run}, checkpoint))
+
+
+def _trial(params: dict, base: dict, trials_storage: str, report_checkpoints: bool) -> None:
+    """One trial: the base config plus this trial's parameters, trained by `fit` in a thread while
+    this function reports each Train report to Tune (with a copy of its checkpoint for PBT).
+    Restarted by PBT, the trial resumes the checkpoint it was given as a new Train run."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.train import Checkpoint
+    from ray.util.queue import Queue
 
     from simgan_ray.train import fit
 
-    cfg = with_overrides(TrainConfig.model_validate(base),
-                         {**params, "run.storage": trials_storage, "run.name": tune.get_context().get_trial_id()})
-    fit(cfg, callbacks=[TuneReportCallback()])
+    start = tune.get_checkpoint()  # None on a first start
+    trial_id = tune.get_context().get_trial_id()
+    name = trial_id if start is None else f"{trial_id}-{uuid.uuid4().hex[:6]}"
+    cfg = with_overrides(TrainConfig.model_validate(base), {**params, "run.storage": trials_storage, "run.name": name})
+    queue = Queue(actor_options={"num_cpus": 0})
+    forward = _ForwardReports(queue, name)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fit(cfg, callbacks=[forward], resume_from=start)
+        except BaseException as e:  # re-raised below, in the trial's own thread
+            failure.append(e)
+        finally:
+            queue.put(None)
+
+    def report(metrics: dict, checkpoint) -> None:
+        if not (report_checkpoints and checkpoint is not None):
+            return tune.report(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint.to_directory(d)
+            tune.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    thread = threading.Thread(target=run, name=f"fit-{name}", daemon=True)
+    thread.start()
+    final = None
+    while (item := queue.get()) is not None:
+        if item[0]["step"] >= cfg.schedule.total_steps:
+            final = item  # Tune stops the trial on its last step: report it once `fit` wrote the export
+        else:
+            report(*item)
+    thread.join()
+    queue.shutdown()
+    if failure:
+        raise failure[0]
+    if final is not None:
+        report(*final)
 
 
 def ensure_probe(spec: TuneSpec, base: TrainConfig) -> dict:
@@ -146,20 +224,29 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     fs, path = storage.resolve(storage.normalize(spec.storage), s3)
     trials_storage = storage.join(out, "trials")
     total = base.schedule.total_steps
-    scheduler = tune.schedulers.ASHAScheduler(
-        # max_t one past the end: a trial that reaches its last step must end by itself, so that
-        # `fit` still writes its export; ASHA stops only the trials it prunes at a rung.
-        time_attr="step", max_t=total + 1, grace_period=min(spec.grace_period, total),
-        reduction_factor=spec.reduction_factor,
-    )
-    trainable = tune.with_parameters(_trial, base=base.to_dict(), trials_storage=trials_storage)
+    if spec.scheduler == "pbt":
+        scheduler = tune.schedulers.PopulationBasedTraining(
+            time_attr="step", perturbation_interval=spec.perturbation_interval,
+            hyperparam_mutations={key: dist.to_tune() for key, dist in spec.search.items()},
+            quantile_fraction=spec.quantile_fraction, resample_probability=spec.resample_probability,
+            synch=spec.synch,
+        )
+    else:
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="step", max_t=total, grace_period=min(spec.grace_period, total),
+            reduction_factor=spec.reduction_factor,
+        )
+    trainable = tune.with_parameters(_trial, base=base.to_dict(), trials_storage=trials_storage,
+                                     report_checkpoints=spec.scheduler == "pbt")
     tuner = tune.Tuner(
         # The workers hold the CPUs; Tune refuses an empty request, hence a sliver for the driver.
         tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPU}),
         param_space={key: dist.to_tune() for key, dist in spec.search.items()},
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
                                     num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials),
-        run_config=tune.RunConfig(name=spec.name, storage_path=path, storage_filesystem=fs),
+        # PBT warns that keeping <= 2 checkpoints can delete one it is about to clone.
+        run_config=tune.RunConfig(name=spec.name, storage_path=path, storage_filesystem=fs, stop={"step": total},
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
     )
     results = tuner.fit()
     rows = []
@@ -168,12 +255,13 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
             rows.append({"trial": result.path.rsplit("/", 1)[-1], "status": f"error: {result.error}"})
             continue
         m = result.metrics
-        rows.append({"trial": m["trial_id"], "status": "ok", "step": m["step"], spec.metric: m.get(spec.metric),
+        rows.append({"trial": m["trial_id"], "run": m["run"], "status": "ok", "step": m["step"],
+                     spec.metric: m.get(spec.metric),
                      "probe_label_acc": m.get("probe_label_acc"),
                      **{k: result.config[k] for k in spec.search}})
     for r in rows:
         if r["status"] == "ok" and r["step"] < total:
-            r["status"] = f"stopped by ASHA at step {r['step']}"
+            r["status"] = f"stopped by {spec.scheduler.upper()} at step {r['step']}"
     done = [r for r in rows if r["status"] == "ok" and r[spec.metric] is not None]
     if not done:
         raise SimganError(f"{out}: no trial finished with {spec.metric}; see the trial logs under {out}")
@@ -183,9 +271,9 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     best = done[0]  # among trials that ran to the end (they have an export)
     _write_results(out, rows, spec, s3)
     best_cfg = with_overrides(base, {**{k: best[k] for k in spec.search},
-                                     "run.storage": trials_storage, "run.name": best["trial"]})
+                                     "run.storage": trials_storage, "run.name": best["run"]})
     storage.write_bytes(storage.join(out, "best.yaml"), dump_config(best_cfg).encode(), s3)
-    best_export = storage.join(trials_storage, best["trial"], "export")
+    best_export = storage.join(trials_storage, best["run"], "export")
     for name in ("refiner.pt", "refiner.json"):
         storage.write_bytes(storage.join(out, "best", "export", name),
                             storage.read_bytes(storage.join(best_export, name), s3), s3)
@@ -193,7 +281,7 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
 
 
 def _write_results(out: str, rows: list[dict], spec: TuneSpec, s3) -> None:
-    columns = ["trial", "status", "step", spec.metric, "probe_label_acc", *spec.search]
+    columns = ["trial", "run", "status", "step", spec.metric, "probe_label_acc", *spec.search]
     columns = list(dict.fromkeys(columns))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")

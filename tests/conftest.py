@@ -48,7 +48,9 @@ def ray_session():
     """One local Ray per test session (starting Ray costs seconds; a TorchTrainer, more)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True)  # State API, as in runtime.py
+    from simgan_ray.runtime import start_local_ray
+
+    start_local_ray(4)
     yield ray
     ray.shutdown()
 

@@ -28,16 +28,23 @@ def test_resolve_order_defaults_file_cli(tmp_path):
 def test_job_specs_validate():
     import yaml
 
+    from simgan_ray.refine import load_refine_job
     from simgan_ray.tune import load_spec
 
     jobs = sorted((ROOT / "jobs").glob("*.yaml"))
-    assert len(jobs) >= 2
+    assert {j.name for j in jobs} >= {"digits.yaml", "digits-tune.yaml", "eyes.yaml", "refine-1m.yaml"}
     for job in jobs:
-        if "search" in yaml.safe_load(job.read_text()):
+        raw = yaml.safe_load(job.read_text())
+        if "search" in raw:
             spec, base = load_spec(job)
             assert spec.search and base.probe.uri == spec.probe.uri
+        elif "input" in raw:
+            assert load_refine_job(job, {}).gpus_per_worker >= 0
         else:
             load_config(job)
+    eyes = load_config(ROOT / "jobs" / "eyes.yaml")  # the paper's gaze setting on 4 GPUs
+    assert (eyes.run.num_workers, eyes.batch_size * eyes.run.num_workers, eyes.run.use_gpu) == (4, 512, True)
+    assert (eyes.refiner.features, eyes.refiner.blocks, eyes.discriminator.widths) == (64, 4, (96, 64, 32, 32))
 
 
 def test_round_trip_through_yaml(tmp_path):

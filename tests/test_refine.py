@@ -13,11 +13,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from simgan_ray import checkpoints, shards, storage
 from simgan_ray.errors import SimganError
 from simgan_ray.networks import Refiner, RefinerConfig
-from simgan_ray.refine import RefineJob, refine
+from simgan_ray.refine import RefineJob, load_refine_job, refine
 from simgan_ray.simulate import simulate
 from simgan_ray.storage import S3Options
 
@@ -35,7 +36,8 @@ def setup(ray_session, s3_server, tmp_path_factory):
     checkpoints.write_export(export, Refiner(RefinerConfig(features=8, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     storage.copy_dir_to(str(export), f"{bucket}/model/export", s3)
-    return {"s3": s3, "bucket": bucket, "model": f"{bucket}/model", "endpoint": s3_server.endpoint}
+    return {"s3": s3, "bucket": bucket, "model": f"{bucket}/model", "endpoint": s3_server.endpoint,
+            "tmp": tmp_path_factory.mktemp("jobs")}
 
 
 def read_set(prefix: str, s3: S3Options, extra=("label", "source_shard", "model")) -> dict:
@@ -82,8 +84,11 @@ def test_interrupted_job_resumes_to_the_same_output(setup):
     reference = refine(RefineJob(model=setup["model"], input=f"{bucket}/synthetic", output=f"{bucket}/ref2",
                                  batch_size=32, s3=s3))
     assert reference.rows_out == 300
-    args = [str(BIN), "refine", "--model", setup["model"], "--input", f"{bucket}/synthetic",
-            "--output", f"{bucket}/interrupted", "--batch-size", "32", "--s3-endpoint", setup["endpoint"]]
+    spec = setup["tmp"] / "job.yaml"  # a job file (jobs/refine-1m.yaml style) plus CLI options
+    spec.write_text(yaml.safe_dump({"model": setup["model"], "input": f"{bucket}/synthetic", "batch_size": 32,
+                                    "output": "overridden below"}))
+    args = [str(BIN), "refine", "--config", str(spec), "--output", f"{bucket}/interrupted",
+            "--s3-endpoint", setup["endpoint"]]
     # Its own process group, so that the kill takes the local Ray it starts down with it.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fs, _ = storage.resolve(bucket, s3)
@@ -146,3 +151,16 @@ def test_bad_inputs_are_refused_before_anything_is_written(setup, tmp_path):
                                                                  "input": "s3://x/y", "model": "0" * 16}).encode(), s3)
     with pytest.raises(SimganError, match="holds another refinement job's output"):
         refine(RefineJob(model=setup["model"], output=f"{bucket}/other", **base))
+
+
+def test_refine_job_file_resolves_defaults_file_then_options(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("model: runs/x\ninput: s3://b/in\noutput: s3://b/out\nbatch_size: 64\n")
+    job = load_refine_job(path, {"batch_size": 16, "png": True})
+    assert (job.batch_size, job.png, job.concurrency) == (16, True, 1)  # option > file > default
+    assert job.model == str(Path("runs/x").resolve()) and job.input == "s3://b/in"
+    path.write_text("model: runs/x\ninput: s3://b/in\noutput: s3://b/out\nbatch_sise: 64\n")
+    with pytest.raises(SimganError, match=r"job.yaml: batch_sise: Unexpected keyword argument"):
+        load_refine_job(path, {})
+    with pytest.raises(SimganError, match=r"refine options: model: .*required"):
+        load_refine_job(None, {"input": "a", "output": "b"})

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,9 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
         assert (run / artefact).exists(), artefact
     refiner, meta = checkpoints.load_export(run / "export")
     assert meta["step"] == 20 and meta["refiner"]["features"] == 8
+    workers = json.loads((run / "workers.json").read_text())
+    # One torch thread per worker (run.cpus_per_worker): 2 workers on 2 cores do not oversubscribe.
+    assert [(w["rank"], w["torch_threads"], w["device"]) for w in workers] == [(0, 1, "cpu"), (1, 1, "cpu")]
 
     ckpt = _latest_checkpoint(run)
     shards_ = sorted(p.name for p in ckpt.glob("history-rank*.pt"))
@@ -103,7 +107,8 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
 
     with pytest.raises(SimganError, match="already holds a run"):
         fit(cfg)
-    longer = load_config(None, {**overrides, "schedule.steps": 20})
+    # Resumed with a new refiner learning rate: the config wins over the checkpoint's optimizer state.
+    longer = load_config(None, {**overrides, "schedule.steps": 20, "optimizer_r.lr": 2e-4})
     second = fit(longer, resume=True)
     assert second.step == 30
     steps = [m["step"] for m in second.metrics]
@@ -111,4 +116,5 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
     state = torch.load(_latest_checkpoint(run) / "state.pt", weights_only=True)
     assert state["step"] == 30
     assert state["optimizer_r"]["state"][0]["step"].item() == 6 + 2 * 20  # continued, not reset
+    assert state["optimizer_r"]["param_groups"][0]["lr"] == 2e-4
     assert state["optimizer_d"]["state"][0]["step"].item() == 4 + 20

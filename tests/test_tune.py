@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 import yaml
@@ -11,13 +12,13 @@ from simgan_ray.tune import load_spec, run_sweep
 from .conftest import TINY
 
 
-def write_spec(tmp_path, digit_sets, labelled_real_sets, **extra) -> str:
+def write_spec(tmp_path, digit_sets, labelled_real_sets, run=None, **extra) -> str:
     base = {
         "batch_size": 8, "history_size": 16,
         "refiner": {"features": 8, "blocks": 1}, "discriminator": {"widths": [8, 8, 8, 8]},
         "schedule": {"pretrain_refiner_steps": 2, "pretrain_discriminator_steps": 2, "steps": 4},
         "data": {"synthetic": digit_sets["synthetic"], "real": digit_sets["real"]},
-        "run": {"num_workers": 1, "report_every": 2, "checkpoint_every": 4},
+        "run": run or {"num_workers": 1, "report_every": 2, "checkpoint_every": 4},
         "probe": {"images": 64},
     }
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
@@ -66,4 +67,34 @@ def test_spec_errors_name_the_field(tmp_path, digit_sets, labelled_real_sets):
     spec["search"] = {"loss.lam": {"choice": [1], "uniform": [0, 1]}}
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(SimganError, match="exactly one of choice"):
+        load_spec(path)
+
+
+def test_pbt_sweep_restarts_trials_from_checkpoints(ray_session, digit_sets, labelled_real_sets, tmp_path):
+    # One trial at a time: synch PBT pauses each trial at step 4 and, once both got there, restarts
+    # them from checkpoints; the bottom half from the top trial's checkpoint, with mutated values.
+    path = write_spec(tmp_path, digit_sets, labelled_real_sets, scheduler="pbt", perturbation_interval=4,
+                      quantile_fraction=0.5, run={"num_workers": 1, "report_every": 4, "checkpoint_every": 4})
+    spec, base = load_spec(path)
+    summary = run_sweep(spec, base)
+    out = tmp_path / "runs" / "sweep"
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "ok"] and {r["step"] for r in rows} == {"8"}
+    for row in rows:
+        assert row["run"].startswith(row["trial"] + "-")  # its last Train run resumed a checkpoint
+        steps = [m["step"] for m in map(json.loads, open(out / "trials" / row["run"] / "metrics.jsonl"))]
+        assert steps == [4, 8]  # the history of the checkpoint it started from, then its own step
+    refiner, meta = checkpoints.load_export(str(out / "best" / "export"))
+    assert meta["step"] == 8 and summary["best"]["run"] == rows[0]["run"]
+
+
+def test_pbt_spec_refuses_what_pbt_cannot_mutate(tmp_path, digit_sets, labelled_real_sets):
+    path = write_spec(tmp_path, digit_sets, labelled_real_sets, scheduler="pbt")
+    with pytest.raises(SimganError, match="checkpoint_every == run.report_every"):
+        load_spec(path)
+    spec = yaml.safe_load(open(path))
+    spec["search"]["refiner.features"] = {"choice": [8, 16]}
+    spec["overrides"] = {"run.report_every": 4}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SimganError, match="search.refiner.features: PBT can only mutate"):
         load_spec(path)

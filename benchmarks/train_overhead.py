@@ -1,0 +1,110 @@
+"""Training overhead: the whole `simgan-ray train` path with one worker vs a bare PyTorch loop.
+
+One run, one machine, the same model, batch, schedule and thread count on both sides:
+  bare:  the SimGAN update functions of `simgan_ray.train` (K_g R updates + K_d D updates per step,
+         history buffer included) in this process, on in-memory tensors: the ceiling
+  ray:   `fit()`, i.e. Ray Train (1 worker) + Ray Data streaming the same images from Parquet
+         shards on local disk + history buffer + metric reports + checkpoints
+images/s counts every image an update consumes (R: b synthetic; D: b real + b refined), as the
+`images_per_s` metric does. The Ray path's figure is its steady state: the median of its reports
+in the adversarial phase, the first one (warm-up) left out; its end-to-end time is printed too.
+Last line: ray / bare (goal >= 0.90).
+
+    .venv/bin/python benchmarks/train_overhead.py [--threads 2] [--steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simgan_ray import data  # noqa: E402
+from simgan_ray.config import load_config  # noqa: E402
+from simgan_ray.history import ImageHistory  # noqa: E402
+from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization  # noqa: E402
+from simgan_ray.networks import LocalDiscriminator, Refiner  # noqa: E402
+from simgan_ray.runtime import start_local_ray  # noqa: E402
+from simgan_ray.simulate import simulate  # noqa: E402
+from simgan_ray.storage import S3Options  # noqa: E402
+from simgan_ray.train import Gan, discriminator_update, fit, make_optimizer, refiner_update  # noqa: E402
+
+
+def bare(cfg, images: torch.Tensor, steps: int) -> float:
+    """images/s of `steps` adversarial steps on in-memory uint8 images (n, C, H, W)."""
+    torch.manual_seed(cfg.seed)
+    r, d = Refiner(cfg.refiner), LocalDiscriminator(cfg.discriminator)
+    gan = Gan(r, d, make_optimizer(r.parameters(), cfg.optimizer_r), make_optimizer(d.parameters(), cfg.optimizer_d),
+              LocalAdversarialLoss(cfg.loss.reduction),
+              SelfRegularization(cfg.loss.lam, cfg.loss.psi, cfg.loss.reduction),
+              ImageHistory(cfg.history_size, cfg.seed))
+    b, n = cfg.batch_size, len(images)
+    cursor = 0
+
+    def batch() -> torch.Tensor:  # the same uint8 -> [-1, 1] conversion the workers do
+        nonlocal cursor
+        cursor = (cursor + b) % (n - b)
+        return data.unit_range(images[cursor: cursor + b])
+
+    def step() -> int:
+        for _ in range(cfg.schedule.k_g):
+            refiner_update(gan, batch(), True)
+        for _ in range(cfg.schedule.k_d):
+            discriminator_update(gan, batch(), batch())
+        return (cfg.schedule.k_g + 2 * cfg.schedule.k_d) * b
+
+    for _ in range(20):  # warm-up, and fills some history
+        step()
+    start, count = time.perf_counter(), 0
+    for _ in range(steps):
+        count += step()
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--count", type=int, default=20_000, help="synthetic images (also used as the real set)")
+    ap.add_argument("--steps", type=int, default=300, help="adversarial steps measured")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads = the worker's CPUs")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start_local_ray(args.threads + 1)  # the worker's CPUs plus one for Ray Data's decode tasks
+        manifest = simulate(f"{tmp}/synthetic", args.count, 2000, seed=0)
+        simulate(f"{tmp}/real", args.count, 2000, seed=1)
+        cfg = load_config(ROOT / "jobs" / "digits.yaml", {
+            "data.synthetic": f"{tmp}/synthetic", "data.real": f"{tmp}/real", "run.storage": f"{tmp}/runs",
+            "run.name": "overhead", "run.num_workers": 1, "run.cpus_per_worker": args.threads,
+            "schedule.pretrain_refiner_steps": 10, "schedule.pretrain_discriminator_steps": 10,
+            "schedule.steps": args.steps, "run.report_every": 25, "run.checkpoint_every": 100,
+        })
+        t = time.perf_counter()
+        result = fit(cfg)
+        wall = time.perf_counter() - t
+        adversarial = [m["images_per_s"] for m in result.metrics if m["phase"] == "adversarial"][1:]
+        ray_ips = statistics.median(adversarial)
+        total_images = (cfg.schedule.k_g + 2 * cfg.schedule.k_d) * cfg.batch_size * args.steps
+        print(f"ray path: `fit`, 1 worker x {args.threads} threads, batch {cfg.batch_size}, {args.steps} adversarial "
+              f"steps: median {ray_ips:,.0f} images/s over {len(adversarial)} reports "
+              f"(range {min(adversarial):,.0f}-{max(adversarial):,.0f}); end to end {wall:.1f} s including "
+              f"Ray Train start-up = {total_images / wall:,.0f} adversarial images/s")
+
+        torch.set_num_threads(args.threads)
+        hwc = data.head_images(f"{tmp}/synthetic", manifest, 4096, S3Options())[1]  # uint8 (n, H, W, C)
+        images = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+        bare_ips = bare(cfg, images, args.steps)
+        print(f"bare: the same updates in one process on in-memory tensors, {args.threads} threads: "
+              f"{bare_ips:,.0f} images/s")
+    print(f"ratio ray / bare = {ray_ips / bare_ips:.2f}  (goal >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()

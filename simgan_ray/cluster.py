@@ -1,0 +1,155 @@
+"""Running a command on a Ray cluster: find the cluster's Jobs API, submit, follow.
+
+Without `--cluster`/`--address` every command runs on a local Ray in its own process (the embedded
+default). With them, the CLI validates and resolves the command's config here, then submits the
+same command as a Ray Job: entrypoint `python -m simgan_ray <command> ...`, a runtime env whose
+working dir holds the resolved config files and whose `py_modules` carries this package (so the
+cluster runs the code you submitted from), then follows the job's logs to its exit status.
+
+Credentials never travel with a job: the cluster's nodes read s3:// data with their own (instance
+role / service account / environment) credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from simgan_ray.config import read_yaml
+from simgan_ray.errors import SimganError
+
+DEFAULT_DASHBOARD_PORT = 8265
+_DASHBOARD_PORT = re.compile(r"--dashboard-port[= ](\d+)")
+
+
+def _ray_schema() -> dict:
+    import ray.autoscaler
+
+    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+
+
+def load_cluster(path: str | Path) -> dict:
+    """A Ray cluster-launcher YAML, validated against Ray's own schema plus what submitting needs
+    (a head). -> the parsed config; a SimganError naming the file and field otherwise."""
+    import jsonschema
+
+    cfg = read_yaml(path, "cluster config")
+    try:
+        jsonschema.validate(cfg, _ray_schema())
+    except jsonschema.ValidationError as e:
+        field = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise SimganError(f"{path}: {field}: {e.message}") from None
+    provider = cfg["provider"]
+    if provider["type"] == "local" and not provider.get("head_ip"):
+        raise SimganError(f"{path}: provider.head_ip: a provider: local cluster needs its head's address")
+    types = cfg.get("available_node_types")
+    if types is not None and cfg.get("head_node_type") not in types:
+        raise SimganError(f"{path}: head_node_type: {cfg.get('head_node_type')!r} is not one of available_node_types "
+                          f"({', '.join(types)})")
+    if not cfg.get("head_start_ray_commands"):
+        raise SimganError(f"{path}: head_start_ray_commands: no `ray start --head` command, so no head")
+    return cfg
+
+
+def dashboard_port(cfg: dict) -> int:
+    """The head's dashboard (Jobs API) port: --dashboard-port of its `ray start --head`, or Ray's default."""
+    for command in cfg["head_start_ray_commands"]:
+        if "--head" in command and (m := _DASHBOARD_PORT.search(command)):
+            return int(m.group(1))
+    return DEFAULT_DASHBOARD_PORT
+
+
+def jobs_address(cluster: str | Path | None, address: str | None) -> str | None:
+    """Where to submit: --address (http://host:port of the dashboard, or ray://host:port of a Ray
+    Client server), else the head of --cluster, else None (run locally)."""
+    if address:
+        if not re.match(r"^(https?|ray)://[^/\s]+", address):
+            raise SimganError(f"--address {address!r}: expected http://HOST:PORT (dashboard) or ray://HOST:PORT")
+        return address
+    if cluster is None:
+        return None
+    cfg = load_cluster(cluster)
+    if cfg["provider"]["type"] == "local":
+        host = cfg["provider"]["head_ip"]
+    else:  # a cloud cluster: ask the launcher, which knows how to find its head node
+        done = subprocess.run(["ray", "get-head-ip", str(cluster)], capture_output=True, text=True)
+        host = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
+        if not host:
+            raise SimganError(f"{cluster}: `ray get-head-ip` found no head ({done.stderr.strip()[-200:]}); "
+                              "is the cluster up (`ray up`)? or pass --address http://HEAD:8265")
+    return f"http://{host}:{dashboard_port(cfg)}"
+
+
+@dataclass
+class JobSpec:
+    """A command to run on the cluster: argv after `simgan-ray`, and files its working dir holds."""
+
+    argv: list[str]
+    files: dict[str, str]  # name -> text (the resolved config files argv refers to)
+
+
+def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
+    """Submit `job` to the cluster at `address`; with `wait`, print its logs as they come and
+    return its exit status (0 succeeded, 1 failed or stopped). Without, return 0 once submitted."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    import simgan_ray
+
+    entrypoint = shlex.join(["python", "-m", "simgan_ray", *job.argv])
+    # Ray 2.60 clusters require a token by default: send ours (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    # ~/.ray/auth_token) the way `ray.init` does when it joins a cluster.
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    try:
+        client = JobSubmissionClient(address)
+    except AuthenticationError:
+        raise SimganError(f"{address}: the cluster wants an auth token: put the head's ~/.ray/auth_token in "
+                          "RAY_AUTH_TOKEN or in your ~/.ray/auth_token") from None
+    except Exception as e:  # connection refused, wrong port, not a Ray dashboard
+        raise SimganError(f"{address}: no Ray Jobs API there: {str(e).splitlines()[0]}") from None
+    with tempfile.TemporaryDirectory() as wd:
+        for name, text in job.files.items():
+            (Path(wd) / name).write_text(text)
+        job_id = client.submit_job(
+            entrypoint=entrypoint,
+            submission_id=f"simgan-{job.argv[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+            runtime_env={"working_dir": wd, "py_modules": [str(Path(simgan_ray.__file__).parent)]},
+            metadata={"simgan_ray.command": job.argv[0]},
+        )
+    echo(f"submitted job {job_id} to {address}: {entrypoint}")
+    if not wait:
+        echo(f"follow it: ray job logs --follow {job_id} --address {address}; "
+             f"stop it: ray job stop {job_id} --address {address}")
+        return 0
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        echo(f"stopped following; job {job_id} goes on (ray job stop {job_id} --address {address} ends it)")
+        return 130
+    status = client.get_job_status(job_id)
+    while not status.is_terminal():  # the log stream can end a moment before the status does
+        time.sleep(0.5)
+        status = client.get_job_status(job_id)
+    if status == JobStatus.SUCCEEDED:
+        echo(f"job {job_id} succeeded")
+        return 0
+    info = client.get_job_info(job_id)
+    why = (info.message or "").strip().splitlines()
+    echo(f"job {job_id} {status.value.lower()}" + (f": {why[-1]}" if why else ""))
+    return info.driver_exit_code or 1

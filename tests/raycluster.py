@@ -1,0 +1,124 @@
+"""A real two-node Ray cluster on loopback for tests: `ray start --head` and `ray start --address`
+on free ports, each node in its own process group, stopped by exactly those groups.
+
+`ray start --block` keeps the node's processes (GCS, raylet, dashboard, workers) children of the
+command, in a new session, so stopping the cluster kills those process groups and nothing else:
+`ray stop` would also kill any other Ray on the machine (the test session's own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .s3server import free_port
+
+
+def _node_ports() -> list[str]:
+    ports = {name: free_port() for name in ("node-manager-port", "object-manager-port", "metrics-export-port",
+                                            "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                            "runtime-env-agent-port")}
+    return [f"--{name}={port}" for name, port in ports.items()]
+
+
+class LocalCluster:
+    """nodes: {node name: CPUs}; the first is the head. Each node also gets a custom resource
+    named after it, so tests can tell nodes apart."""
+
+    def __init__(self, nodes: dict[str, int], log_dir: Path) -> None:
+        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.procs: list[subprocess.Popen] = []
+        self.log_dir = log_dir
+        bin_dir = str(Path(sys.executable).parent)
+        # The nodes run job entrypoints (`python -m simgan_ray`) with this virtualenv's Python; no
+        # RAY_ADDRESS of the test session leaks into them.
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+        self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
+        self.env["RAY_AUTH_MODE"] = "token"  # as a real cluster's nodes: all share ~/.ray/auth_token
+        self.ray = str(Path(bin_dir) / "ray")
+        try:
+            for i, (name, cpus) in enumerate(nodes.items()):
+                self._start(name, cpus, head=i == 0)
+            self._wait_for_nodes(len(nodes))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, name: str, cpus: int, head: bool) -> None:
+        common = [f"--num-cpus={cpus}", "--num-gpus=0", f"--resources={json.dumps({name: 1})}", f"--node-name={name}",
+                  "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block", *_node_ports()]
+        if head:
+            args = ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]
+        else:
+            args = [f"--address={self.address}"]
+        log = open(self.log_dir / f"ray-{name}.log", "wb")
+        self.procs.append(subprocess.Popen([self.ray, "start", *args, *common], env=self.env, stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True))
+        if head:
+            self._wait_for_dashboard()
+            # The head made (or found) ~/.ray/auth_token; send it with our State API calls.
+            from ray._private.authentication.authentication_token_setup import (
+                maybe_enable_token_auth_if_token_available,
+            )
+
+            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+    def _wait_for_dashboard(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
+                return
+            except OSError as e:
+                if getattr(e, "code", None):  # answered with an HTTP status (e.g. 401): it is up
+                    return
+                if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                    raise RuntimeError(f"Ray head did not come up; see {self.log_dir}/ray-*.log") from e
+                time.sleep(0.5)
+
+    def nodes(self) -> list:
+        """The cluster's nodes as the State API lists them (node_id, node_name, state, ...)."""
+        from ray.util.state import list_nodes
+
+        return list_nodes(address=self.dashboard)
+
+    def _wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while len([n for n in self.nodes() if n.state == "ALIVE"]) < count:
+            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                raise RuntimeError(f"{count} Ray nodes did not come up; see {self.log_dir}/ray-*.log")
+            time.sleep(0.5)
+
+    def node_names(self) -> dict[str, str]:
+        """Ray node id -> the --node-name it was started with."""
+        return {n.node_id: n.node_name for n in self.nodes()}
+
+    def stop(self) -> None:
+        """SIGTERM each node's process group (the `ray start --block` session), then SIGKILL what is left."""
+        for proc in reversed(self.procs):  # workers before the head
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=5)  # a node drains for up to 30 s first; not needed here
+                except subprocess.TimeoutExpired:
+                    pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # anything of that group still alive
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
