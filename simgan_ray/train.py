@@ -362,6 +362,9 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
         raise SimganError(f"{uri} already holds a run: resume it (--resume) or pick another run.name")
     if resume and not started:
         raise SimganError(f"{uri}: no run to resume (config.yaml missing)")
+    for field, prefix in (("data.synthetic", cfg.data.synthetic), ("data.real", cfg.data.real)):
+        if storage.is_within(uri, prefix) or storage.is_within(prefix, uri):
+            raise SimganError(f"run {uri} overlaps {field} {prefix}: a run never writes into its input")
     syn, real = data.check_training_sets(
         cfg.data.synthetic, cfg.data.real, cfg.refiner.channels,
         cfg.batch_size * cfg.run.num_workers, s3,

@@ -43,3 +43,10 @@ def test_missing_dataset_is_one_line(tmp_path):
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "nothing: dataset not found" in last
     assert "Traceback" not in out.stderr
+
+
+def test_a_run_inside_its_input_is_refused(tmp_path, digit_sets):
+    out = run("train", "--set", f"data.synthetic={digit_sets['synthetic']}", "--set", f"data.real={digit_sets['real']}",
+              "--storage", digit_sets["synthetic"], "--name", "oops")
+    assert out.returncode == 2 and "overlaps data.synthetic" in out.stderr.strip().splitlines()[-1]
+    assert not (Path(digit_sets["synthetic"]) / "oops").exists()

@@ -5,10 +5,12 @@ data and run on a moto S3 server."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from ray.job_submission import JobStatus, JobSubmissionClient
 
 from simgan_ray import storage
 from simgan_ray.cluster import dashboard_port, jobs_address, load_cluster
@@ -17,6 +19,7 @@ from simgan_ray.storage import S3Options
 
 from .conftest import TINY
 from .raycluster import LocalCluster
+from .s3server import FAKE_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,6 +110,7 @@ def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
         assert f"to http://127.0.0.1:{cluster.dashboard_port}" in done.stderr and "succeeded" in done.stderr
         assert "done: step 8" in done.stdout + done.stderr  # the job's own output, followed live
+        assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
 
         workers = json.loads(storage.read_bytes(f"{bucket}/runs/on-cluster/workers.json", s3))
         names = cluster.node_names()
@@ -114,6 +118,21 @@ def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
         run_cfg = yaml.safe_load(storage.read_bytes(f"{bucket}/runs/on-cluster/config.yaml", s3))
         assert run_cfg["run"]["num_workers"] == 2 and run_cfg["data"]["synthetic"] == f"{bucket}/synthetic"
         assert storage.exists(f"{bucket}/runs/on-cluster/export/refiner.pt", s3)
+
+        # --no-wait: submitted and detached; the job (simulate, options passed through) runs on its own.
+        sim = subprocess.run([sys.executable, "-m", "simgan_ray", "simulate", "--address", cluster.dashboard,
+                              "--no-wait", "--count", "20", "--shard-size", "10", "--out", f"{bucket}/sim",
+                              "--s3-endpoint", s3_server.endpoint],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert sim.returncode == 0 and "ray job logs --follow" in sim.stderr, sim.stderr[-2000:]
+        job_id = sim.stderr.split("submitted job ")[1].split()[0]
+        client = JobSubmissionClient(cluster.dashboard)
+        wait = time.monotonic() + 180
+        while not client.get_job_status(job_id).is_terminal():
+            assert time.monotonic() < wait
+            time.sleep(0.5)
+        assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, client.get_job_logs(job_id)[-2000:]
+        assert json.loads(storage.read_bytes(f"{bucket}/sim/manifest.json", s3))["count"] == 20
 
         # A bad config never leaves this machine: refused before submission, exit 2, one line.
         bad = subprocess.run([*cli[:-len(sets)], "--set", "loss.lam=-1"], env=env, capture_output=True,

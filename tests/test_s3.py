@@ -3,6 +3,7 @@ with data and checkpoints in the bucket, everything read back from the bucket.""
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -19,7 +20,7 @@ from simgan_ray.storage import S3Options
 from simgan_ray.train import fit
 
 from .conftest import TINY
-from .s3server import MotoServer
+from .s3server import FAKE_CREDENTIALS, MotoServer
 from .test_ingest import image_bytes
 
 
@@ -76,6 +77,25 @@ def test_simulate_ingest_train_on_s3(ray_session, s3_server, tmp_path):
     with torch.no_grad():
         out = refiner(torch.from_numpy(images.transpose(0, 3, 1, 2)).float() / 127.5 - 1)
     assert out.shape == (4, 1, 28, 28)
+
+    # The AWS keys were in every process's environment: they are in no artifact, no log, no config.
+    session_dir = Path(ray_session._private.worker._global_node.get_session_dir_path())
+    assert_no_credentials_in(fs, "simgan-e2e", [tmp_path, session_dir])
+
+
+def assert_no_credentials_in(fs, bucket: str, local_dirs: list[Path]) -> None:
+    secrets = [FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"].encode(), FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"].encode()]
+    infos = fs.get_file_info(pafs.FileSelector(bucket, recursive=True))
+    objects = [i.path for i in infos if i.type == pafs.FileType.File]
+    files = [p for d in local_dirs for p in d.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert len(objects) > 10 and len(files) > 10
+    for name, read in [(o, lambda o=o: fs.open_input_stream(o).read()) for o in objects] + \
+                      [(str(f), f.read_bytes) for f in files]:
+        try:
+            blob = read()
+        except OSError:  # a socket or a file a Ray process removed meanwhile
+            continue
+        assert not any(s in blob for s in secrets), f"credentials in {name}"
 
 
 def test_missing_bucket_and_shard_problems_are_named(s3_server):
