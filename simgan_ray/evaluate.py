@@ -25,7 +25,7 @@ from torch import nn
 from simgan_ray import checkpoints, data, shards, storage, viz
 from simgan_ray.errors import SimganError
 from simgan_ray.refine import refine_images, resolve_export
-from simgan_ray.runtime import ensure_ray
+from simgan_ray.runtime import ensure_ray, gather
 from simgan_ray.storage import S3Options
 
 PROBE_FORMAT = "simgan-ray-probe/1"
@@ -245,8 +245,9 @@ def evaluate(cfg: EvalConfig) -> dict:
             for name, (x, y) in sources.items() for seed in range(cfg.seeds)]
     two = ray.remote(num_cpus=1)(_two_sample)
     realism_refs = [two.remote(name, x, pool_x, 0, cfg) for name, x in (("synthetic", syn_x), ("refined", ref_x))]
-    runs = ray.get(refs)
-    realism = {r["source"]: r for r in ray.get(realism_refs)}
+    done = gather(refs + realism_refs, "evaluate: classifiers trained")
+    runs = done[: len(refs)]
+    realism = {r["source"]: r for r in done[len(refs):]}
 
     errors = {name: _mean_sd([r["test_error"] for r in runs if r["source"] == name]) for name in sources}
     ceiling = TaskNet(real_x.shape[1], cfg.num_classes)

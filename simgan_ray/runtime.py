@@ -43,11 +43,17 @@ def run_tasks(fn, calls: list[tuple], what: str) -> list:
     Results come back in the order of `calls`."""
     import ray
 
-    from simgan_ray.progress import progress
-
     ensure_ray()
     task = ray.remote(num_cpus=1)(fn)
-    refs = [task.remote(*args) for args in calls]
+    return gather([task.remote(*args) for args in calls], what)
+
+
+def gather(refs: list, what: str) -> list:
+    """ray.get of every ref, in the order given, printing progress lines as they finish."""
+    import ray
+
+    from simgan_ray.progress import progress
+
     index = {ref: i for i, ref in enumerate(refs)}
     results: list = [None] * len(refs)
     pending = list(refs)
