@@ -47,7 +47,8 @@ class LocalCluster:
         try:
             for i, (name, cpus) in enumerate(nodes.items()):
                 self._start(name, cpus, head=i == 0)
-            self._wait_for_nodes(len(nodes))
+                if i > 0:
+                    self._wait_for_nodes(i + 1, retry=(name, cpus))
         except BaseException:
             self.stop()
             raise
@@ -60,7 +61,7 @@ class LocalCluster:
                     f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]
         else:
             args = [f"--address={self.address}"]
-        log = open(self.log_dir / f"ray-{name}.log", "wb")
+        log = open(self.log_dir / f"ray-{name}.log", "ab")
         self.procs.append(subprocess.Popen([self.ray, "start", *args, *common], env=self.env, stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True))
         if head:
@@ -91,9 +92,19 @@ class LocalCluster:
 
         return list_nodes(address=self.dashboard)
 
-    def _wait_for_nodes(self, count: int, timeout: float = 90) -> None:
+    def _wait_for_nodes(self, count: int, retry: tuple[str, int], timeout: float = 120) -> None:
+        """Until `count` nodes are alive. `ray start` gives a raylet 30 s to register, which a
+        loaded 2-core machine can miss: the node just started is then started once more."""
         deadline = time.monotonic() + timeout
+        retried = False
         while len([n for n in self.nodes() if n.state == "ALIVE"]) < count:
+            if self.procs[-1].poll() is not None and not retried:
+                try:  # what that attempt left running (a raylet that registered too late)
+                    os.killpg(self.procs.pop().pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._start(*retry, head=False)
+                retried = True
             if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
                 raise RuntimeError(f"{count} Ray nodes did not come up; see {self.log_dir}/ray-*.log")
             time.sleep(0.5)

@@ -102,7 +102,9 @@ def test_killed_driver_then_resume(where, s3_server, digit_sets, tmp_path):
     run = storage.join(root, "driver")
     # Its own process group: the kill takes the CLI and the local Ray it started down together.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: checkpoint_dirs(run, s3) or proc.poll() is not None, "a first checkpoint")
+    # Killed once a checkpoint is committed (listed in Train's snapshot), not just uploaded.
+    snapshot = storage.join(run, "checkpoint_manager_snapshot.json")
+    wait_for(lambda: storage.exists(snapshot, s3) or proc.poll() is not None, "a first committed checkpoint")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert checkpoint_dirs(run, s3) and not storage.exists(storage.join(run, "export", "refiner.pt"), s3)
