@@ -214,10 +214,10 @@ def refine(
              "png": None if format_ is None else format_ == "png", "overwrite": overwrite, "strict": strict,
              "s3": None if s3_endpoint is None else {"endpoint_url": s3_endpoint}}
     job = load_refine_job(config, {k: v for k, v in given.items() if v is not None})
-    resolved = dataclasses.asdict(job)
-    _echo(f"# refine job\n{yaml.safe_dump(resolved, sort_keys=False)}")
+    resolved = yaml.safe_dump(dataclasses.asdict(job), sort_keys=False)
+    _echo(f"# refine job\n{resolved}")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
-        ["refine", "--config", "refine.yaml"], {"refine.yaml": yaml.safe_dump(resolved, sort_keys=False)}))
+        ["refine", "--config", "refine.yaml"], {"refine.yaml": resolved}))
     s = run_refine(job)
     _echo(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
           f"{s.shards_skipped} already done; {s.bytes_written / 1e6:.1f} MB written in {s.seconds:.1f}s "
