@@ -1,7 +1,7 @@
 """Resume state and export artifact: two separate things.
 
 Resume checkpoint directory (written by all ranks, merged by Ray Train into one directory):
-    state.pt                 rank 0: step, R and D weights, both optimizers (tensors/ints only)
+    state.pt                 rank 0: step, R and D weights, both optimizers, guard rollbacks (tensors/ints)
     metrics.json             rank 0: every metric report so far (so a resume never loses or repeats one)
     config.json              rank 0: the resolved run config
     history-rank00000.pt     one per rank: its history-buffer shard and its torch RNG state
@@ -44,6 +44,7 @@ class TrainState:
     optimizer_r: dict
     optimizer_d: dict
     metrics: list[dict]
+    rollbacks: int = 0  # collapse-guard rollbacks so far (they scale the learning rates)
 
 
 def save_train_state(directory: Path, rank: int, state: TrainState | None, history: ImageHistory,
@@ -63,6 +64,7 @@ def save_train_state(directory: Path, rank: int, state: TrainState | None, histo
             "discriminator": state.discriminator,
             "optimizer_r": state.optimizer_r,
             "optimizer_d": state.optimizer_d,
+            "rollbacks": state.rollbacks,
         },
         directory / "state.pt",
     )

@@ -61,6 +61,11 @@ class ScheduleConfig(Section):
     steps: int = Field(10000, ge=0)
     k_g: int = Field(2, ge=1)
     k_d: int = Field(1, ge=1)
+    # Adversarial steps over which both learning rates ramp linearly up to their set values (lr/n,
+    # 2lr/n, ..., lr). Why: Adam's second-moment estimate for R was built on self-regularization
+    # gradients alone, far smaller than the adversarial gradients that start with this phase, so
+    # R's first full-lr adversarial updates are many times lr in size and can kill the refiner.
+    warmup_steps: int = Field(0, ge=0)
 
     @property
     def total_steps(self) -> int:
@@ -83,6 +88,19 @@ class ProbeConfig(Section):
 
     uri: Location | None = None
     images: int = Field(1000, ge=2)
+
+
+class GuardConfig(Section):
+    """Collapse guard (needs probe.uri). A GAN can collapse in a few updates: D wins outright and the
+    refiner's output saturates into blobs that carry no label. At a report where the probe's label
+    accuracy on refined images is below `min_label_acc`, every rank rolls R, D, both optimizers and
+    its history shard back to the last report that passed, the learning rates are multiplied by
+    `lr_factor` from then on, and training goes on with fresh batches; after `max_rollbacks` the
+    run fails. The collapsed stretch is neither checkpointed nor logged."""
+
+    min_label_acc: float | None = Field(None, ge=0, le=1)  # None: no guard
+    lr_factor: float = Field(0.7, gt=0, le=1)
+    max_rollbacks: int = Field(3, ge=0)
 
 
 class RunConfig(Section):
@@ -109,15 +127,18 @@ class TrainConfig(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()
     probe: ProbeConfig = ProbeConfig()
+    guard: GuardConfig = GuardConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
-    def _channels_agree(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
         if self.refiner.channels != self.discriminator.channels:
             raise ValueError(
                 f"refiner.channels ({self.refiner.channels}) != discriminator.channels "
                 f"({self.discriminator.channels})"
             )
+        if self.guard.min_label_acc is not None and not self.probe.uri:
+            raise ValueError("guard.min_label_acc needs probe.uri: the guard reads the probe's label accuracy")
         return self
 
     def to_dict(self) -> dict:
@@ -145,8 +166,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 def format_errors(source: str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{source}: {field}: {e['msg']}")
+        loc, msg = [str(p) for p in e["loc"]], e["msg"]
+        # The network configs' own checks say "<field>: why" (they are plain dataclasses, the
+        # error is located at their section): name the field in full.
+        inner, sep, why = msg.removeprefix("Value error, ").partition(": ")
+        if e["type"] == "value_error" and sep and inner.isidentifier():
+            loc, msg = [*loc, inner], why
+        lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}")
     return "; ".join(lines)
 
 

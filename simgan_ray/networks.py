@@ -41,10 +41,12 @@ class RefinerConfig:
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
-        if self.channels < 1 or self.features < 1 or self.blocks < 0:
-            raise ValueError("channels and features must be >= 1 and blocks >= 0")
+        # Messages start with "<field>: " so a config loader can name the field in full.
+        for name, low in (("channels", 1), ("features", 1), ("blocks", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}: must be >= {low}, got {getattr(self, name)}")
         if self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd and >= 1 so 'same' padding keeps H x W, got {self.kernel}")
+            raise ValueError(f"kernel: must be odd and >= 1 so 'same' padding keeps H x W, got {self.kernel}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,10 +70,12 @@ class DiscriminatorConfig:
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
-        if self.channels < 1 or any(w < 1 for w in self.widths):
-            raise ValueError("channels and widths must be >= 1")
+        if self.channels < 1:
+            raise ValueError(f"channels: must be >= 1, got {self.channels}")
+        if any(w < 1 for w in self.widths):
+            raise ValueError(f"widths: must all be >= 1, got {list(self.widths)}")
         if self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"kernel must be odd and >= 1, got {self.kernel}")
+            raise ValueError(f"kernel: must be odd and >= 1, got {self.kernel}")
         object.__setattr__(self, "widths", tuple(self.widths))
 
     def to_dict(self) -> dict:

@@ -11,6 +11,7 @@ Every update draws fresh mini-batches of `batch_size` per worker.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from simgan_ray import checkpoints, data, storage, viz
-from simgan_ray.config import OptimizerConfig, ScheduleConfig, TrainConfig, dump_config
+from simgan_ray.config import GuardConfig, OptimizerConfig, ScheduleConfig, TrainConfig, dump_config
 from simgan_ray.errors import SimganError
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy
@@ -97,6 +98,21 @@ class Gan:
     history: ImageHistory
 
 
+def lr_scale(step: int, s: ScheduleConfig) -> float:
+    """Factor on both learning rates at 0-based global `step`: 1, except over the first
+    `s.warmup_steps` adversarial steps, where it ramps 1/n, 2/n, ..., 1."""
+    adversarial = step - s.pretrain_refiner_steps - s.pretrain_discriminator_steps
+    if 0 <= adversarial < s.warmup_steps:
+        return (adversarial + 1) / s.warmup_steps
+    return 1.0
+
+
+def set_lrs(gan: Gan, cfg: TrainConfig, scale: float) -> None:
+    for opt, opt_cfg in ((gan.opt_r, cfg.optimizer_r), (gan.opt_d, cfg.optimizer_d)):
+        for group in opt.param_groups:
+            group["lr"] = opt_cfg.lr * scale
+
+
 def refiner_update(gan: Gan, synthetic: torch.Tensor, with_adversary: bool) -> dict[str, torch.Tensor]:
     """One R step: L_R = l_real(D(R(x))) + lambda*||psi(R(x)) - psi(x)||_1 on (b, C, H, W)."""
     refined = gan.refiner(synthetic)
@@ -137,6 +153,63 @@ def discriminator_update(gan: Gan, synthetic: torch.Tensor, real: torch.Tensor) 
         "d_acc_real": patch_accuracy(logits_real.detach(), REAL),
         "d_acc_refined": patch_accuracy(logits_fake.detach(), REFINED),
     }
+
+
+class CollapseGuard:
+    """cfg.guard: rolls the GAN back to its last healthy report when the probe (rank 0) says the
+    refiner has destroyed the labels. Every rank keeps the same in-memory snapshot of R, D and both
+    optimizers, and its own history shard, taken at each report that passed."""
+
+    def __init__(self, cfg: GuardConfig, rollbacks: int = 0) -> None:
+        self.cfg = cfg
+        self.rollbacks = rollbacks
+        self.saved: tuple[int, int, dict] | None = None  # (step, metric reports kept, states)
+
+    @property
+    def enabled(self) -> bool:
+        return self.cfg.min_label_acc is not None
+
+    @property
+    def lr_factor(self) -> float:
+        return self.cfg.lr_factor**self.rollbacks
+
+    def snapshot(self, gan: Gan, step: int, reports: int) -> None:
+        if not self.enabled:
+            return
+        states = {name: copy.deepcopy(obj.state_dict()) for name, obj in self._parts(gan)}
+        self.saved = (step, reports, states)
+
+    def collapsed(self, metrics: dict, phase: Phase, device: torch.device) -> bool:
+        """Rank 0's verdict (only it runs the probe), the same on every rank."""
+        if not self.enabled or phase.name != "adversarial":
+            return False
+        acc = metrics.get("probe_label_acc")  # present on rank 0 only
+        flag = torch.tensor([float(acc is not None and acc < self.cfg.min_label_acc)], device=device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    def rollback(self, gan: Gan, step: int, metrics: dict) -> tuple[int, int]:
+        """Restore the snapshot; -> (its step, metric reports to keep). Raises past max_rollbacks."""
+        acc = metrics.get("probe_label_acc", float("nan"))
+        if self.rollbacks >= self.cfg.max_rollbacks or self.saved is None:
+            raise SimganError(
+                f"step {step}: the refiner collapsed (probe_label_acc {acc:.3f} < guard.min_label_acc "
+                f"{self.cfg.min_label_acc}) after {self.rollbacks} rollback(s), guard.max_rollbacks is "
+                f"{self.cfg.max_rollbacks}: lower the learning rates or raise schedule.warmup_steps")
+        saved_step, reports, states = self.saved
+        for name, obj in self._parts(gan):
+            obj.load_state_dict(copy.deepcopy(states[name]))
+        self.rollbacks += 1
+        print(f"step {step}: refiner collapsed (probe_label_acc {acc:.3f} < {self.cfg.min_label_acc}); rolled "
+              f"back to step {saved_step}, learning rates x{self.lr_factor:.3g} (rollback {self.rollbacks} of "
+              f"at most {self.cfg.max_rollbacks})")
+        return saved_step, reports
+
+    @staticmethod
+    def _parts(gan: Gan):
+        return (("refiner", unwrap(gan.refiner)), ("discriminator", unwrap(gan.discriminator)),
+                ("opt_r", gan.opt_r), ("opt_d", gan.opt_d), ("history", gan.history))
 
 
 class MetricWindow:
@@ -223,7 +296,7 @@ def train_func(loop_config: dict) -> None:
     )
     torch.manual_seed(cfg.seed * 100_003 + rank)  # per-rank stream for anything random later
 
-    step, metrics_log = 0, []
+    step, metrics_log, guard = 0, [], CollapseGuard(cfg.guard)
     # This run's own latest checkpoint (resume, or a restart after a worker failure) comes first.
     checkpoint = ray.train.get_checkpoint() or loop_config["start_from"]
     if checkpoint is not None:
@@ -233,13 +306,8 @@ def train_func(loop_config: dict) -> None:
             unwrap(discriminator).load_state_dict(state.discriminator)
             gan.opt_r.load_state_dict(state.optimizer_r)
             gan.opt_d.load_state_dict(state.optimizer_d)
-            # The config, not the checkpoint, sets learning rates: a resumed run may change them
-            # (`--resume --set optimizer_r.lr=...`, or PBT restarting a trial with mutated values).
-            for opt, opt_cfg in ((gan.opt_r, cfg.optimizer_r), (gan.opt_d, cfg.optimizer_d)):
-                for group in opt.param_groups:
-                    group["lr"] = opt_cfg.lr
             checkpoints.load_history(Path(d), rank, world, gan.history)
-            step, metrics_log = state.step, state.metrics
+            step, metrics_log, guard.rollbacks = state.step, state.metrics, state.rollbacks
         print(f"[rank {rank}] resumed at step {step} with {len(gan.history)} history images")
 
     _record_placement(cfg, rank, device)
@@ -251,8 +319,12 @@ def train_func(loop_config: dict) -> None:
     total = cfg.schedule.total_steps
     b = cfg.batch_size
     window = MetricWindow()
+    guard.snapshot(gan, step, len(metrics_log))
     while step < total:
         phase = phase_at(step, table)
+        # From the config at every step, never from a checkpoint: a resumed run may change them
+        # (`--resume --set optimizer_r.lr=...`, or PBT restarting a trial with mutated values).
+        set_lrs(gan, cfg, lr_scale(step, cfg.schedule) * guard.lr_factor)
         for kind, repeats in phase.updates:
             for _ in range(repeats):
                 if kind == "discriminator":
@@ -270,16 +342,23 @@ def train_func(loop_config: dict) -> None:
             net, images, labels = probe
             metrics.update(net.score(refine_images(unwrap(refiner), images), labels))
         _check_finite(metrics)
+        window = MetricWindow()
+        if guard.collapsed(metrics, phase, device):
+            step, kept = guard.rollback(gan, step, metrics)
+            del metrics_log[kept:]
+            continue
+        if guard.enabled:
+            metrics["rollbacks"] = guard.rollbacks
         if rank == 0:
             metrics_log.append(metrics)
             print(_format_metrics(metrics, total))
+        guard.snapshot(gan, step, len(metrics_log))
         if save:
             with tempfile.TemporaryDirectory() as tmp:
-                _save(Path(tmp), rank, step, gan, metrics_log, cfg, image_shape)
+                _save(Path(tmp), rank, step, gan, metrics_log, cfg, image_shape, guard.rollbacks)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
-        window = MetricWindow()
 
 
 def _record_placement(cfg: TrainConfig, rank: int, device: torch.device) -> None:
@@ -310,7 +389,7 @@ def _load_probe(cfg: TrainConfig):
 
 
 def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cfg: TrainConfig,
-          image_shape: list[int]) -> None:
+          image_shape: list[int], rollbacks: int) -> None:
     state = None
     if rank == 0:
         refiner = unwrap(gan.refiner)
@@ -321,6 +400,7 @@ def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cf
             optimizer_r=gan.opt_r.state_dict(),
             optimizer_d=gan.opt_d.state_dict(),
             metrics=metrics_log,
+            rollbacks=rollbacks,
         )
         checkpoints.write_export(
             directory / checkpoints.EXPORT_DIR,

@@ -40,10 +40,15 @@ def plot_curves(metrics: list[dict]) -> bytes:
         ("discriminator accuracy", ["d_acc_real", "d_acc_refined"]),
         ("mean |R(x) - x| ([-1, 1] units)", ["mean_abs_change"]),
         ("throughput (images/s, all workers)", ["images_per_s"]),
+        ("probe: label accuracy on refined", ["probe_label_acc"]),
+        ("probe: Frechet distance to real (lower = more real)", ["probe_fd"]),
     ]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(16, 7))
+    pairs = list(zip(metrics, metrics[1:], strict=False))
     # Last reported step of each phase (exact when phase lengths are multiples of report_every).
-    boundaries = [a["step"] for a, m in zip(metrics, metrics[1:], strict=False) if a["phase"] != m["phase"]]
+    boundaries = [a["step"] for a, m in pairs if a["phase"] != m["phase"]]
+    # Steps the collapse guard rolled back to (the report before a rise in the rollback count).
+    rollbacks = [a["step"] for a, m in pairs if m.get("rollbacks", 0) > a.get("rollbacks", 0)]
     for ax, (title, keys) in zip(axes.flat, panels, strict=True):
         for key in keys:
             pts = [(m["step"], m[key]) for m in metrics if key in m]
@@ -51,6 +56,8 @@ def plot_curves(metrics: list[dict]) -> bytes:
                 ax.plot(*zip(*pts, strict=True), label=key)
         for b in boundaries:
             ax.axvline(b, color="grey", linestyle=":", linewidth=1)
+        for i, b in enumerate(rollbacks):
+            ax.axvline(b, color="red", linestyle="--", linewidth=1, label="guard rollback" if i == 0 else None)
         ax.set_title(title)
         ax.set_xlabel("step")
         if ax.get_legend_handles_labels()[0]:

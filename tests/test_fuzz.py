@@ -22,7 +22,8 @@ from .conftest import write_set
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 KEYS = ["seed", "batch_size", "history_size", "refiner", "discriminator", "loss", "optimizer_r", "schedule", "data",
-        "run", "probe", "lam", "features", "blocks", "widths", "k_g", "k_d", "steps", "storage", "name", "num_workers",
+        "run", "probe", "guard", "min_label_acc", "max_rollbacks", "warmup_steps", "lam", "features", "blocks",
+        "widths", "k_g", "k_d", "steps", "storage", "name", "num_workers",
         "psi", "reduction", "lr", "betas", "channels", "kernel", "norm", "logits", "model", "input", "output",
         "provider", "head_ip", "cluster_name", "bogus"]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),

@@ -5,12 +5,22 @@ import pytest
 import torch
 
 from simgan_ray import checkpoints
-from simgan_ray.config import ScheduleConfig, load_config
+from simgan_ray.config import GuardConfig, ScheduleConfig, load_config
 from simgan_ray.errors import SimganError
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization
 from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
-from simgan_ray.train import Gan, discriminator_update, fit, phase_at, phase_table, refiner_update
+from simgan_ray.train import (
+    CollapseGuard,
+    Gan,
+    discriminator_update,
+    fit,
+    lr_scale,
+    phase_at,
+    phase_table,
+    refiner_update,
+    set_lrs,
+)
 
 from .conftest import TINY
 
@@ -22,6 +32,49 @@ def test_phase_table_order_and_alternation():
     assert phase_at(5, table).updates == (("refiner", 2), ("discriminator", 1))
     with pytest.raises(IndexError):
         phase_at(6, table)
+
+
+def test_warmup_ramps_both_learning_rates_over_the_first_adversarial_steps():
+    s = ScheduleConfig(pretrain_refiner_steps=2, pretrain_discriminator_steps=1, steps=6, warmup_steps=4)
+    assert [lr_scale(step, s) for step in range(9)] == [1, 1, 1, 0.25, 0.5, 0.75, 1, 1, 1]
+    assert lr_scale(5, ScheduleConfig(pretrain_refiner_steps=2, pretrain_discriminator_steps=1, steps=6)) == 1
+    gan = tiny_gan()
+    cfg = load_config(None, {"optimizer_r.lr": 4e-4, "optimizer_d.lr": 2e-4})
+    set_lrs(gan, cfg, 0.25)
+    assert (gan.opt_r.param_groups[0]["lr"], gan.opt_d.param_groups[0]["lr"]) == (1e-4, 5e-5)
+
+
+def test_collapse_guard_rolls_everything_back_and_cools_the_learning_rates():
+    gan = tiny_gan(history=16)
+    guard = CollapseGuard(GuardConfig(min_label_acc=0.3, lr_factor=0.5, max_rollbacks=1))
+    adversarial = phase_table(ScheduleConfig(steps=1))[2][0]
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    discriminator_update(gan, x, x)
+    guard.snapshot(gan, step=40, reports=4)
+    weights = [p.clone() for p in [*gan.refiner.parameters(), *gan.discriminator.parameters()]]
+    history = gan.history.images[: len(gan.history)].clone()
+    adam_steps = gan.opt_d.state[next(gan.discriminator.parameters())]["step"].item()
+    for _ in range(3):  # the updates that "collapsed"
+        refiner_update(gan, x, with_adversary=True)
+        discriminator_update(gan, x, x)
+    healthy, pretrain = {"probe_label_acc": 0.64}, phase_table(ScheduleConfig())[0][0]
+    assert not guard.collapsed(healthy, adversarial, torch.device("cpu"))
+    assert not guard.collapsed({"probe_label_acc": 0.1}, pretrain, torch.device("cpu"))  # only adversarial
+    assert guard.collapsed({"probe_label_acc": 0.1}, adversarial, torch.device("cpu"))
+    assert guard.rollback(gan, 60, {"probe_label_acc": 0.1}) == (40, 4)
+    now = [*gan.refiner.parameters(), *gan.discriminator.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(weights, now, strict=True))
+    assert torch.equal(gan.history.images[: len(gan.history)], history) and len(gan.history) == 4
+    assert gan.opt_d.state[next(gan.discriminator.parameters())]["step"].item() == adam_steps
+    assert guard.rollbacks == 1 and guard.lr_factor == 0.5
+    with pytest.raises(SimganError, match=r"step 90: the refiner collapsed \(probe_label_acc 0.050 .* 1 rollback"):
+        guard.rollback(gan, 90, {"probe_label_acc": 0.05})
+    assert not CollapseGuard(GuardConfig()).collapsed({"probe_label_acc": 0.0}, adversarial, torch.device("cpu"))
+
+
+def test_guard_needs_the_probe():
+    with pytest.raises(SimganError, match="guard.min_label_acc needs probe.uri"):
+        load_config(None, {"guard.min_label_acc": 0.3})
 
 
 def tiny_gan(history: int = 64) -> Gan:
@@ -118,3 +171,27 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
     assert state["optimizer_r"]["state"][0]["step"].item() == 6 + 2 * 20  # continued, not reset
     assert state["optimizer_r"]["param_groups"][0]["lr"] == 2e-4
     assert state["optimizer_d"]["state"][0]["step"].item() == 4 + 20
+
+
+def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets, labelled_real_sets, tmp_path):
+    """A guard that every adversarial report trips (min_label_acc 1.0): the first trip rolls both
+    ranks back to the last pretraining report, the second stops the run naming the cause; the
+    checkpoints hold no collapsed step."""
+    from simgan_ray.evaluate import EvalConfig, build_probe
+
+    probe = str(tmp_path / "probe")
+    build_probe(labelled_real_sets["dev"], labelled_real_sets["test"], probe,
+                EvalConfig(synthetic="", real_train="", real_test="", real_pool="", out="", train_images=200,
+                           test_images=100, epochs=1))
+    cfg = load_config(None, {
+        **TINY,
+        "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
+        "run.storage": str(tmp_path), "run.name": "g", "run.num_workers": 2, "run.report_every": 2,
+        "run.checkpoint_every": 2, "batch_size": 8, "history_size": 16,
+        "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 6,
+        "probe.uri": probe, "probe.images": 32, "guard.min_label_acc": 1.0, "guard.max_rollbacks": 1,
+    })
+    with pytest.raises(Exception, match=r"step 6: the refiner collapsed .* after 1 rollback"):
+        fit(cfg)
+    state = torch.load(_latest_checkpoint(tmp_path / "g") / "state.pt", weights_only=True)
+    assert state["step"] == 4 and state["rollbacks"] == 0  # the last healthy report: end of pretraining
