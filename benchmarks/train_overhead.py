@@ -89,12 +89,15 @@ def main() -> None:
         t = time.perf_counter()
         result = fit(cfg)
         wall = time.perf_counter() - t
-        adversarial = [m["images_per_s"] for m in result.metrics if m["phase"] == "adversarial"][1:]
+        reports = [m for m in result.metrics if m["phase"] == "adversarial"][1:]
+        adversarial = [m["images_per_s"] for m in reports]
         ray_ips = statistics.median(adversarial)
+        waiting = statistics.median(m["input_wait_frac"] for m in reports)
         total_images = (cfg.schedule.k_g + 2 * cfg.schedule.k_d) * cfg.batch_size * args.steps
         print(f"ray path: `fit`, 1 worker x {args.threads} threads, batch {cfg.batch_size}, {args.steps} adversarial "
               f"steps: median {ray_ips:,.0f} images/s over {len(adversarial)} reports "
-              f"(range {min(adversarial):,.0f}-{max(adversarial):,.0f}); end to end {wall:.1f} s including "
+              f"(range {min(adversarial):,.0f}-{max(adversarial):,.0f}), waiting for Ray Data {waiting:.1%} of "
+              f"the time; end to end {wall:.1f} s including "
               f"Ray Train start-up = {total_images / wall:,.0f} adversarial images/s")
 
         torch.set_num_threads(args.threads)

@@ -20,6 +20,13 @@ def ensure_ray(min_cpus: float = 1) -> None:
     start_local_ray(max(os.cpu_count() or 1, math.ceil(min_cpus) + 1))
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_local_ray(num_cpus: int) -> None:
     """A local Ray for this process. Logical CPUs may exceed the cores so that Ray Data's
     read/decode tasks run beside the training workers on a small machine (the OS shares them).
@@ -30,9 +37,7 @@ def start_local_ray(num_cpus: int) -> None:
     fails when another Ray runs on the machine, so its address is handed to every worker."""
     import ray
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     # address="local": always a new Ray; without it, ray.init joins any Ray already started on the machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, log_to_driver=True,
              runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})

@@ -212,6 +212,24 @@ class CollapseGuard:
                 ("opt_r", gan.opt_r), ("opt_d", gan.opt_d), ("history", gan.history))
 
 
+class Stopwatch:
+    """Seconds spent inside the wrapped iterators' next(): the loop waiting for its input."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, batches):
+        while True:
+            start = time.perf_counter()
+            batch = next(batches)
+            self.seconds += time.perf_counter() - start
+            yield batch
+
+    def lap(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 class MetricWindow:
     """Averages scalar metrics over a report window and over all ranks."""
 
@@ -220,6 +238,9 @@ class MetricWindow:
         self.counts: dict[str, int] = defaultdict(int)
         self.images = 0
         self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
     def add(self, values: dict[str, torch.Tensor], images: int) -> None:
         for k, v in values.items():
@@ -230,8 +251,7 @@ class MetricWindow:
     def reduce(self, device: torch.device) -> dict[str, float]:
         keys = sorted(self.sums)  # every rank runs the same phases, so the same keys
         local = [self.sums[k] / self.counts[k] for k in keys]
-        elapsed = time.perf_counter() - self.start
-        total = torch.tensor([*local, self.images / max(elapsed, 1e-9)], dtype=torch.float64, device=device)
+        total = torch.tensor([*local, self.images / max(self.elapsed(), 1e-9)], dtype=torch.float64, device=device)
         # Peak resident memory of this worker process, MiB (Linux reports ru_maxrss in KiB).
         peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024], dtype=torch.float64,
                             device=device)
@@ -313,8 +333,9 @@ def train_func(loop_config: dict) -> None:
     _record_placement(cfg, rank, device)
     buffer = cfg.data.local_shuffle_buffer
     probe = _load_probe(cfg) if rank == 0 and cfg.probe.uri else None
-    synthetic = _cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device)
-    real = _cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device)
+    waiting = Stopwatch()
+    synthetic = waiting.wrap(_cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device))
+    real = waiting.wrap(_cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device))
     table = phase_table(cfg.schedule)
     total = cfg.schedule.total_steps
     b = cfg.batch_size
@@ -335,6 +356,8 @@ def train_func(loop_config: dict) -> None:
         save = step % cfg.run.checkpoint_every == 0 or step == total
         if not (save or step % cfg.run.report_every == 0):
             continue
+        # Fraction of the window's wall time this rank waited for Ray Data: near 0 = compute bound.
+        window.add({"input_wait_frac": waiting.lap() / max(window.elapsed(), 1e-9)}, 0)
         metrics = {"step": step, "phase": phase.name, **window.reduce(device)}
         if probe is not None:
             from simgan_ray.refine import refine_images

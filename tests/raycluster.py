@@ -17,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .s3server import free_port
+from simgan_ray.runtime import free_port
 
 
 def _node_ports() -> list[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from simgan_ray.runtime import free_port
 
 # Fake credentials for the local server; set before any Ray worker starts so that workers
 # inherit them. Instance-metadata lookups are disabled so that nothing waits on a network call.
@@ -25,12 +26,6 @@ FAKE_CREDENTIALS = {
 def use_fake_credentials() -> None:
     for key, value in FAKE_CREDENTIALS.items():
         os.environ.setdefault(key, value)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MotoServer:

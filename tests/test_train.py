@@ -135,9 +135,11 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
     assert [m["step"] for m in first.metrics] == [5, 10, 15, 20]
     assert [m["phase"] for m in first.metrics] == ["pretrain_refiner", "pretrain_discriminator"] + ["adversarial"] * 2
     last = first.metrics[-1]
-    for key in ("loss_r_adv", "loss_r_reg", "loss_d", "d_acc_real", "d_acc_refined", "mean_abs_change", "images_per_s"):
+    for key in ("loss_r_adv", "loss_r_reg", "loss_d", "d_acc_real", "d_acc_refined", "mean_abs_change", "images_per_s",
+                "input_wait_frac"):
         assert key in last
     assert last["mean_abs_change"] > 0
+    assert 0 <= last["input_wait_frac"] < 1
     for artefact in ("config.yaml", "samples.png", "curves.png", "metrics.jsonl", "export/refiner.pt"):
         assert (run / artefact).exists(), artefact
     refiner, meta = checkpoints.load_export(run / "export")
