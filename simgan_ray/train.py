@@ -160,9 +160,10 @@ class CollapseGuard:
     refiner has destroyed the labels. Every rank keeps the same in-memory snapshot of R, D and both
     optimizers, and its own history shard, taken at each report that passed."""
 
-    def __init__(self, cfg: GuardConfig, rollbacks: int = 0) -> None:
+    def __init__(self, cfg: GuardConfig, loud: bool = True) -> None:
         self.cfg = cfg
-        self.rollbacks = rollbacks
+        self.loud = loud  # print what it does (rank 0 only, not once per rank)
+        self.rollbacks = 0  # so far in this run, restored on resume: they scale the learning rates
         self.saved: tuple[int, int, dict] | None = None  # (step, metric reports kept, states)
 
     @property
@@ -201,9 +202,10 @@ class CollapseGuard:
         for name, obj in self._parts(gan):
             obj.load_state_dict(copy.deepcopy(states[name]))
         self.rollbacks += 1
-        print(f"step {step}: refiner collapsed (probe_label_acc {acc:.3f} < {self.cfg.min_label_acc}); rolled "
-              f"back to step {saved_step}, learning rates x{self.lr_factor:.3g} (rollback {self.rollbacks} of "
-              f"at most {self.cfg.max_rollbacks})")
+        if self.loud:
+                print(f"step {step}: refiner collapsed (probe_label_acc {acc:.3f} < {self.cfg.min_label_acc}); "
+                  f"rolled back to step {saved_step}, learning rates x{self.lr_factor:.3g} (rollback "
+                  f"{self.rollbacks} of at most {self.cfg.max_rollbacks})")
         return saved_step, reports
 
     @staticmethod
@@ -316,7 +318,7 @@ def train_func(loop_config: dict) -> None:
     )
     torch.manual_seed(cfg.seed * 100_003 + rank)  # per-rank stream for anything random later
 
-    step, metrics_log, guard = 0, [], CollapseGuard(cfg.guard)
+    step, metrics_log, guard = 0, [], CollapseGuard(cfg.guard, loud=rank == 0)
     # This run's own latest checkpoint (resume, or a restart after a worker failure) comes first.
     checkpoint = ray.train.get_checkpoint() or loop_config["start_from"]
     if checkpoint is not None:
