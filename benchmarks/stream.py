@@ -31,11 +31,9 @@ sys.path.insert(0, str(ROOT))
 from simgan_ray import data, shards, storage  # noqa: E402
 from simgan_ray.config import load_config  # noqa: E402
 from simgan_ray.history import ImageHistory  # noqa: E402
-from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization  # noqa: E402
-from simgan_ray.networks import LocalDiscriminator, Refiner  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
-from simgan_ray.train import Gan, discriminator_update, make_optimizer, refiner_update  # noqa: E402
+from simgan_ray.train import Gan, discriminator_update, make_gan, refiner_update  # noqa: E402
 from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 
@@ -66,11 +64,9 @@ def through_ray(ds, batch_size: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def make_gan(cfg) -> Gan:
+def fresh_gan(cfg) -> Gan:
     torch.manual_seed(0)
-    r, d = Refiner(cfg.refiner), LocalDiscriminator(cfg.discriminator)
-    return Gan(r, d, make_optimizer(r.parameters(), cfg.optimizer_r), make_optimizer(d.parameters(), cfg.optimizer_d),
-               LocalAdversarialLoss(cfg.loss.reduction), SelfRegularization(cfg.loss.lam), ImageHistory(3200, 0))
+    return make_gan(cfg, ImageHistory(3200, 0))
 
 
 def train_steps(gan: Gan, batches, steps: int, batch_size: int) -> float:
@@ -157,16 +153,16 @@ def main() -> None:
         train_ds = data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=1)
         train_ds.context.execution_options.resource_limits = ExecutionResources(cpu=max(1, os.cpu_count() - 1))
         stream = endless(train_ds, args.batch_size, args.batch_size * 8)
-        train_steps(make_gan(cfg), stream, 5, args.batch_size)  # warm-up
-        c = train_steps(make_gan(cfg), stream, args.train_steps, args.batch_size)
+        train_steps(fresh_gan(cfg), stream, 5, args.batch_size)  # warm-up
+        c = train_steps(fresh_gan(cfg), stream, args.train_steps, args.batch_size)
         stream.close()  # ends the pipeline's iterator while Ray is still up
         sampler.stop.set()
         print(f"(c) Ray Data pipeline -> SimGAN step (batch {args.batch_size}): {c:,.0f} images/s")
 
         fixed = [torch.rand(args.batch_size, *manifest.shape) * 2 - 1 for _ in range(16)]
         memory = itertools.cycle(fixed)
-        train_steps(make_gan(cfg), memory, 5, args.batch_size)
-        d = train_steps(make_gan(cfg), memory, args.train_steps, args.batch_size)
+        train_steps(fresh_gan(cfg), memory, 5, args.batch_size)
+        d = train_steps(fresh_gan(cfg), memory, args.train_steps, args.batch_size)
         print(f"(d) in-memory tensors -> SimGAN step: {d:,.0f} images/s")
 
         driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -33,22 +33,16 @@ sys.path.insert(0, str(ROOT))
 from simgan_ray import data  # noqa: E402
 from simgan_ray.config import load_config  # noqa: E402
 from simgan_ray.history import ImageHistory  # noqa: E402
-from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization  # noqa: E402
-from simgan_ray.networks import LocalDiscriminator, Refiner  # noqa: E402
 from simgan_ray.runtime import start_local_ray  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
-from simgan_ray.train import Gan, discriminator_update, fit, make_optimizer, refiner_update  # noqa: E402
+from simgan_ray.train import discriminator_update, fit, make_gan, refiner_update  # noqa: E402
 
 
 def bare(cfg, images: torch.Tensor, steps: int) -> float:
     """images/s of `steps` adversarial steps on in-memory uint8 images (n, C, H, W)."""
     torch.manual_seed(cfg.seed)
-    r, d = Refiner(cfg.refiner), LocalDiscriminator(cfg.discriminator)
-    gan = Gan(r, d, make_optimizer(r.parameters(), cfg.optimizer_r), make_optimizer(d.parameters(), cfg.optimizer_d),
-              LocalAdversarialLoss(cfg.loss.reduction),
-              SelfRegularization(cfg.loss.lam, cfg.loss.psi, cfg.loss.reduction),
-              ImageHistory(cfg.history_size, cfg.seed))
+    gan = make_gan(cfg, ImageHistory(cfg.history_size, cfg.seed))
     b, n = cfg.batch_size, len(images)
     cursor = 0
 
@@ -77,6 +71,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20_000, help="synthetic images (also used as the real set)")
     ap.add_argument("--steps", type=int, default=300, help="adversarial steps measured")
     ap.add_argument("--threads", type=int, default=2, help="torch threads = the worker's CPUs")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="run.precision, both sides")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +83,7 @@ def main() -> None:
             "run.name": "overhead", "run.num_workers": 1, "run.cpus_per_worker": args.threads,
             "schedule.pretrain_refiner_steps": 10, "schedule.pretrain_discriminator_steps": 10,
             "schedule.steps": args.steps, "run.report_every": 25, "run.checkpoint_every": 100,
+            "run.precision": args.precision,
         })
         t = time.perf_counter()
         result = fit(cfg)

@@ -108,6 +108,9 @@ class RunConfig(Section):
     name: str = Field("simgan", pattern=r"^[A-Za-z0-9._-]+$")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
+    # bf16: forward passes autocast to bfloat16, channels_last weights; weights, optimizer state and
+    # losses stay float32. ~2x the digits step on a CPU with AVX512-BF16 (benchmarks/RESULTS.md).
+    precision: Literal["fp32", "bf16"] = "fp32"
     cpus_per_worker: PositiveFloat = 1.0
     report_every: int = Field(10, ge=1)  # steps between metric reports
     checkpoint_every: int = Field(100, ge=1)  # steps between checkpoints (and always at the end)

@@ -96,6 +96,32 @@ class Gan:
     adversarial: LocalAdversarialLoss
     self_reg: SelfRegularization
     history: ImageHistory
+    # Autocast dtype of the forward passes (torch.bfloat16), or None for float32. Weights, optimizer
+    # state, losses and the history buffer stay float32 either way.
+    amp: torch.dtype | None = None
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, self.amp or torch.bfloat16, enabled=self.amp is not None)
+
+
+def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: model) -> Gan:
+    """R, D (each passed through `prepare`, e.g. Ray Train's DDP wrapping), their optimizers and
+    losses as `cfg` says. Seed torch first: this draws the initial weights."""
+    bf16 = cfg.run.precision == "bf16"
+    # bf16: channels_last weights too (the layout bf16 convolution kernels want, on CPU and GPU).
+    layout = torch.channels_last if bf16 else torch.contiguous_format
+    refiner = prepare(Refiner(cfg.refiner).to(memory_format=layout))
+    discriminator = prepare(LocalDiscriminator(cfg.discriminator).to(memory_format=layout))
+    return Gan(
+        refiner=refiner,
+        discriminator=discriminator,
+        opt_r=make_optimizer(refiner.parameters(), cfg.optimizer_r),
+        opt_d=make_optimizer(discriminator.parameters(), cfg.optimizer_d),
+        adversarial=LocalAdversarialLoss(cfg.loss.reduction),
+        self_reg=SelfRegularization(cfg.loss.lam, cfg.loss.psi, cfg.loss.reduction),
+        history=history,
+        amp=torch.bfloat16 if bf16 else None,
+    )
 
 
 def lr_scale(step: int, s: ScheduleConfig) -> float:
@@ -115,16 +141,17 @@ def set_lrs(gan: Gan, cfg: TrainConfig, scale: float) -> None:
 
 def refiner_update(gan: Gan, synthetic: torch.Tensor, with_adversary: bool) -> dict[str, torch.Tensor]:
     """One R step: L_R = l_real(D(R(x))) + lambda*||psi(R(x)) - psi(x)||_1 on (b, C, H, W)."""
-    refined = gan.refiner(synthetic)
-    reg = gan.self_reg(refined, synthetic)
-    out = {"loss_r_reg": reg.detach()}
-    loss = reg
-    if with_adversary:
-        # Through the bare D: its weights are not trained here, so no DDP gradient sync for it.
-        with frozen(unwrap(gan.discriminator)) as disc:
-            adv = gan.adversarial(disc(refined), REAL)
-        loss = loss + adv
-        out["loss_r_adv"] = adv.detach()
+    with gan.autocast(synthetic.device):
+        refined = gan.refiner(synthetic).float()
+        reg = gan.self_reg(refined, synthetic)
+        out = {"loss_r_reg": reg.detach()}
+        loss = reg
+        if with_adversary:
+            # Through the bare D: its weights are not trained here, so no DDP gradient sync for it.
+            with frozen(unwrap(gan.discriminator)) as disc:
+                adv = gan.adversarial(disc(refined), REAL)
+            loss = loss + adv
+            out["loss_r_adv"] = adv.detach()
     gan.opt_r.zero_grad(set_to_none=True)
     loss.backward()
     gan.opt_r.step()
@@ -135,16 +162,17 @@ def refiner_update(gan: Gan, synthetic: torch.Tensor, with_adversary: bool) -> d
 def discriminator_update(gan: Gan, synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
     """One D step on b real + b refined images, the refined half being b/2 refined now and b/2
     drawn from this rank's history buffer (all current while the buffer is empty)."""
-    with torch.no_grad():
-        refined = unwrap(gan.refiner)(synthetic)
+    with torch.no_grad(), gan.autocast(synthetic.device):
+        refined = unwrap(gan.refiner)(synthetic).float()
     half = len(refined) // 2
     past = gan.history.sample(len(refined) - half).to(refined.device)
     fake = torch.cat([refined[: len(refined) - len(past)], past])
     gan.history.push(refined[:half])
-    # One forward over [real; fake] so DDP sees a single forward per backward.
-    logits = gan.discriminator(torch.cat([real, fake]))
-    logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
-    loss = gan.adversarial(logits_real, REAL) + gan.adversarial(logits_fake, REFINED)
+    with gan.autocast(synthetic.device):
+        # One forward over [real; fake] so DDP sees a single forward per backward.
+        logits = gan.discriminator(torch.cat([real, fake])).float()
+        logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
+        loss = gan.adversarial(logits_real, REAL) + gan.adversarial(logits_fake, REFINED)
     gan.opt_d.zero_grad(set_to_none=True)
     loss.backward()
     gan.opt_d.step()
@@ -305,17 +333,9 @@ def train_func(loop_config: dict) -> None:
         torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
-    refiner = ray.train.torch.prepare_model(Refiner(cfg.refiner))
-    discriminator = ray.train.torch.prepare_model(LocalDiscriminator(cfg.discriminator))
-    gan = Gan(
-        refiner=refiner,
-        discriminator=discriminator,
-        opt_r=make_optimizer(refiner.parameters(), cfg.optimizer_r),
-        opt_d=make_optimizer(discriminator.parameters(), cfg.optimizer_d),
-        adversarial=LocalAdversarialLoss(cfg.loss.reduction),
-        self_reg=SelfRegularization(cfg.loss.lam, cfg.loss.psi, cfg.loss.reduction),
-        history=ImageHistory(cfg.history_size // world, seed=cfg.seed * 100_003 + rank),
-    )
+    gan = make_gan(cfg, ImageHistory(cfg.history_size // world, seed=cfg.seed * 100_003 + rank),
+                   ray.train.torch.prepare_model)
+    refiner, discriminator = gan.refiner, gan.discriminator
     torch.manual_seed(cfg.seed * 100_003 + rank)  # per-rank stream for anything random later
 
     step, metrics_log, guard = 0, [], CollapseGuard(cfg.guard, loud=rank == 0)

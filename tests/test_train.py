@@ -98,6 +98,20 @@ def test_refiner_update_trains_only_the_refiner():
     assert "loss_r_adv" not in pre
 
 
+def test_bf16_updates_keep_float32_state_and_match_float32_losses():
+    x, y = torch.rand(8, 1, 28, 28) * 2 - 1, torch.rand(8, 1, 28, 28) * 2 - 1
+    fp32, bf16 = tiny_gan(), tiny_gan()
+    bf16.amp = torch.bfloat16
+    low, full = ({**refiner_update(g, x, with_adversary=True), **discriminator_update(g, x, y)} for g in (bf16, fp32))
+    for key in ("loss_r_reg", "loss_r_adv", "loss_d"):
+        assert torch.isfinite(low[key])
+        assert low[key].item() == pytest.approx(full[key].item(), rel=0.03), key
+    params = [*bf16.refiner.parameters(), *bf16.discriminator.parameters()]
+    assert all(p.dtype == torch.float32 for p in params)
+    assert all(s["exp_avg"].dtype == torch.float32 for s in bf16.opt_r.state.values())
+    assert bf16.history.images.dtype == torch.float32
+
+
 def test_discriminator_update_uses_history_half():
     gan = tiny_gan(history=64)
     r_before = [p.clone() for p in gan.refiner.parameters()]
@@ -192,6 +206,7 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
         "run.checkpoint_every": 2, "batch_size": 8, "history_size": 16,
         "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 6,
         "probe.uri": probe, "probe.images": 32, "guard.min_label_acc": 1.0, "guard.max_rollbacks": 1,
+        "run.precision": "bf16",  # the bf16 path under DDP, at no extra cost
     })
     with pytest.raises(Exception, match=r"step 6: the refiner collapsed .* after 1 rollback"):
         fit(cfg)
