@@ -20,6 +20,7 @@ Last line: the best refiner f+b fraction of peak.
 
     python3 benchmarks/train_gpu.py                      # on a GPU machine (H100: --peak-tflops 989)
     .venv/bin/python benchmarks/train_gpu.py --device cpu --quick   # checks the script (small images), no figures
+    .venv/bin/python benchmarks/train_gpu.py --device cpu --models digits --threads 1   # the digits model on a CPU
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ from simgan_ray.train import Gan, discriminator_update, refiner_update  # noqa: 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from refine import refiner_flops  # noqa: E402
 
-MODELS = {  # name: (refiner config, (H, W), batch)
-    "eye": (RefinerConfig(channels=1, features=64, blocks=4, kernel=3), (35, 55), 512),
-    "hand": (RefinerConfig(channels=1, features=64, blocks=10, kernel=7), (224, 224), 32),
+PAPER_D = DiscriminatorConfig(channels=1)
+MODELS = {  # name: (refiner config, discriminator config, (H, W), batch)
+    "eye": (RefinerConfig(channels=1, features=64, blocks=4, kernel=3), PAPER_D, (35, 55), 512),
+    "hand": (RefinerConfig(channels=1, features=64, blocks=10, kernel=7), PAPER_D, (224, 224), 32),
+    # jobs/digits-long.yaml, per worker: for the CPU (`--device cpu --models digits`)
+    "digits": (RefinerConfig(channels=1, features=32, blocks=4),
+               DiscriminatorConfig(channels=1, widths=(64, 48, 32, 32)), (28, 28), 32),
 }
 VARIANTS = {  # name: (bf16 autocast + channels_last, fused Adam, torch.compile)
     "fp32": (False, False, False),
@@ -54,11 +59,12 @@ VARIANTS = {  # name: (bf16 autocast + channels_last, fused Adam, torch.compile)
 }
 
 
-def build(cfg: RefinerConfig, device: str, bf16: bool, fused: bool, compiled: bool) -> Gan:
+def build(cfg: RefinerConfig, d_cfg: DiscriminatorConfig, device: str, bf16: bool, fused: bool,
+          compiled: bool) -> Gan:
     torch.manual_seed(0)
     fmt = torch.channels_last if bf16 else torch.contiguous_format
     r = Refiner(cfg).to(device, memory_format=fmt)
-    d = LocalDiscriminator(DiscriminatorConfig(channels=cfg.channels)).to(device, memory_format=fmt)
+    d = LocalDiscriminator(d_cfg).to(device, memory_format=fmt)
     opt_r = torch.optim.Adam(r.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=fused)
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=fused)
     if compiled:
@@ -109,14 +115,19 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the device")
     ap.add_argument("--hand-batch", type=int, default=32)
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["eye", "hand"])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured time per loop")
     ap.add_argument("--quick", action="store_true", help="tiny batches and times: a check that it runs")
     args = ap.parse_args()
     dev = args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}; peak taken as {args.peak_tflops:.0f} TFLOP/s")
     best = 0.0
-    for model, (cfg, (h, w), batch) in MODELS.items():
+    for model in args.models:
+        cfg, d_cfg, (h, w), batch = MODELS[model]
         batch = 2 if args.quick else (args.hand_batch if model == "hand" else batch)
         if args.quick:
             h, w = min(h, 32), min(w, 32)  # the hand model at 224x224 takes minutes per step on a CPU
@@ -124,9 +135,9 @@ def main() -> None:
         print(f"{model}: refiner {cfg.features} features, {cfg.blocks} blocks, {cfg.kernel}x{cfg.kernel}, "
               f"{h}x{w}, batch {batch}: {flops / 1e9:.2f} GFLOP per image forward")
         for variant, (bf16, fused, compiled) in VARIANTS.items():
-            if args.quick and compiled:
+            if compiled and dev == "cpu":
                 continue  # compilation alone takes minutes on a CPU
-            gan = build(cfg, dev, bf16, fused, compiled)
+            gan = build(cfg, d_cfg, dev, bf16, fused, compiled)
             r_ips, s_ips = measure(gan, cfg.channels, h, w, batch, dev, bf16, 0.2 if args.quick else args.seconds)
             frac = r_ips * 3 * flops / 1e12 / args.peak_tflops
             best = max(best, frac)
