@@ -67,6 +67,11 @@ def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def distributed() -> bool:
+    """Whether this process is one rank of a torch.distributed group (a Ray Train worker)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare module inside a DDP wrapper (calls on it neither sync nor register hooks)."""
     return getattr(model, "module", model)
@@ -214,7 +219,7 @@ class CollapseGuard:
             return False
         acc = metrics.get("probe_label_acc")  # present on rank 0 only
         flag = torch.tensor([float(acc is not None and acc < self.cfg.min_label_acc)], device=device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed():
             torch.distributed.broadcast(flag, src=0)
         return bool(flag.item())
 
@@ -286,7 +291,7 @@ class MetricWindow:
         peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024], dtype=torch.float64,
                             device=device)
         world = 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed():
             world = torch.distributed.get_world_size()
             torch.distributed.all_reduce(total)
             torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
@@ -414,7 +419,7 @@ def _record_placement(cfg: TrainConfig, rank: int, device: torch.device) -> None
     mine = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
             "pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads()}
     everyone = [mine]
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if distributed():
         everyone = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(everyone, mine)
     if rank == 0:
