@@ -1,13 +1,15 @@
 """Resume state and export artifact: two separate things.
 
 Resume checkpoint directory (written by all ranks, merged by Ray Train into one directory):
-    state.pt                 rank 0: step, R and D weights, both optimizers, guard rollbacks (tensors/ints)
+    state.pt                 rank 0: step, R, R's weight average (schedule.ema_half_life), D, both
+                             optimizers, guard rollbacks (tensors/ints)
     metrics.json             rank 0: every metric report so far (so a resume never loses or repeats one)
     config.json              rank 0: the resolved run config
     history-rank00000.pt     one per rank: its history-buffer shard and its torch RNG state
     export/                  rank 0: the export artifact, also copied to <run>/export at the end
 Export directory:
-    refiner.pt               R's state_dict only
+    refiner.pt               the exported refiner's state_dict only (R's weight average when the run
+                             keeps one, else R)
     refiner.json             {"format", "refiner": RefinerConfig, "image": {...}, "step", ...}
 Everything is loaded with torch.load(weights_only=True): no pickle from a file is ever executed.
 """
@@ -45,6 +47,7 @@ class TrainState:
     optimizer_d: dict
     metrics: list[dict]
     rollbacks: int = 0  # collapse-guard rollbacks so far (they scale the learning rates)
+    refiner_ema: dict | None = None  # R's weight average; None: the run keeps none
 
 
 def save_train_state(directory: Path, rank: int, state: TrainState | None, history: ImageHistory,
@@ -65,6 +68,7 @@ def save_train_state(directory: Path, rank: int, state: TrainState | None, histo
             "optimizer_r": state.optimizer_r,
             "optimizer_d": state.optimizer_d,
             "rollbacks": state.rollbacks,
+            "refiner_ema": state.refiner_ema,
         },
         directory / "state.pt",
     )

@@ -66,6 +66,15 @@ class ScheduleConfig(Section):
     # gradients alone, far smaller than the adversarial gradients that start with this phase, so
     # R's first full-lr adversarial updates are many times lr in size and can kill the refiner.
     warmup_steps: int = Field(0, ge=0)
+    # Half-life, in adversarial steps, of an exponential moving average of R's weights; the average
+    # (not the last R) is what is exported, probed and sampled. 0: no average. Why: a GAN's refiner
+    # oscillates around its equilibrium from report to report (the digits probe's Frechet distance
+    # swings 38-65 between reports 50 steps apart late in a run), and the last iterate is a random
+    # draw from that swing; the average sits nearer its centre (Yazici et al., ICLR 2019; StyleGAN's
+    # G_ema). R itself keeps training and refining the images D sees. The half-life ramps in as
+    # min(ema_half_life, t/2) over the first t adversarial steps, so early averages forget the
+    # pretrained R quickly.
+    ema_half_life: int = Field(0, ge=0)
 
     @property
     def total_steps(self) -> int:

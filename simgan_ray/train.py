@@ -104,9 +104,16 @@ class Gan:
     # Autocast dtype of the forward passes (torch.bfloat16), or None for float32. Weights, optimizer
     # state, losses and the history buffer stay float32 either way.
     amp: torch.dtype | None = None
+    # A bare copy of R holding the moving average of its weights (schedule.ema_half_life), or None.
+    ema: nn.Module | None = None
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, self.amp or torch.bfloat16, enabled=self.amp is not None)
+
+    @property
+    def exported(self) -> nn.Module:
+        """The refiner that is exported, probed and sampled: R's weight average if kept, else R."""
+        return self.ema if self.ema is not None else unwrap(self.refiner)
 
 
 def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: model) -> Gan:
@@ -117,6 +124,9 @@ def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: mode
     layout = torch.channels_last if bf16 else torch.contiguous_format
     refiner = prepare(Refiner(cfg.refiner).to(memory_format=layout))
     discriminator = prepare(LocalDiscriminator(cfg.discriminator).to(memory_format=layout))
+    ema = None
+    if cfg.schedule.ema_half_life:
+        ema = copy.deepcopy(unwrap(refiner)).eval().requires_grad_(False)
     return Gan(
         refiner=refiner,
         discriminator=discriminator,
@@ -126,6 +136,7 @@ def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: mode
         self_reg=SelfRegularization(cfg.loss.lam, cfg.loss.psi, cfg.loss.reduction),
         history=history,
         amp=torch.bfloat16 if bf16 else None,
+        ema=ema,
     )
 
 
@@ -136,6 +147,28 @@ def lr_scale(step: int, s: ScheduleConfig) -> float:
     if 0 <= adversarial < s.warmup_steps:
         return (adversarial + 1) / s.warmup_steps
     return 1.0
+
+
+def ema_beta(step: int, s: ScheduleConfig) -> float:
+    """Weight of the old average in the update after 0-based global `step`: 0 (the average is a copy
+    of R) until the adversarial phase, then 0.5 ** (1 / h), h = min(s.ema_half_life, t / 2) with t
+    adversarial steps done."""
+    t = step + 1 - s.pretrain_refiner_steps - s.pretrain_discriminator_steps
+    if s.ema_half_life == 0 or t <= 0:
+        return 0.0
+    return 0.5 ** (1 / min(s.ema_half_life, t / 2))
+
+
+@torch.no_grad()
+def ema_update(gan: Gan, beta: float) -> None:
+    """ema <- beta * ema + (1 - beta) * R for weights; buffers (norm statistics) are copied."""
+    if gan.ema is None:
+        return
+    source = unwrap(gan.refiner)
+    for avg, p in zip(gan.ema.parameters(), source.parameters(), strict=True):
+        avg.lerp_(p, 1.0 - beta)
+    for avg, b in zip(gan.ema.buffers(), source.buffers(), strict=True):
+        avg.copy_(b)
 
 
 def set_lrs(gan: Gan, cfg: TrainConfig, scale: float) -> None:
@@ -217,7 +250,8 @@ class CollapseGuard:
         """Rank 0's verdict (only it runs the probe), the same on every rank."""
         if not self.enabled or phase.name != "adversarial":
             return False
-        acc = metrics.get("probe_label_acc")  # present on rank 0 only
+        # R's own score when the run keeps a weight average (it lags a collapse); rank 0 only.
+        acc = metrics.get("probe_r_label_acc", metrics.get("probe_label_acc"))
         flag = torch.tensor([float(acc is not None and acc < self.cfg.min_label_acc)], device=device)
         if distributed():
             torch.distributed.broadcast(flag, src=0)
@@ -225,7 +259,7 @@ class CollapseGuard:
 
     def rollback(self, gan: Gan, step: int, metrics: dict) -> tuple[int, int]:
         """Restore the snapshot; -> (its step, metric reports to keep). Raises past max_rollbacks."""
-        acc = metrics.get("probe_label_acc", float("nan"))
+        acc = metrics.get("probe_r_label_acc", metrics.get("probe_label_acc", float("nan")))
         if self.rollbacks >= self.cfg.max_rollbacks or self.saved is None:
             raise SimganError(
                 f"step {step}: the refiner collapsed (probe_label_acc {acc:.3f} < guard.min_label_acc "
@@ -243,8 +277,9 @@ class CollapseGuard:
 
     @staticmethod
     def _parts(gan: Gan):
-        return (("refiner", unwrap(gan.refiner)), ("discriminator", unwrap(gan.discriminator)),
-                ("opt_r", gan.opt_r), ("opt_d", gan.opt_d), ("history", gan.history))
+        parts = [("refiner", unwrap(gan.refiner)), ("discriminator", unwrap(gan.discriminator)),
+                 ("opt_r", gan.opt_r), ("opt_d", gan.opt_d), ("history", gan.history)]
+        return parts + ([("ema", gan.ema)] if gan.ema is not None else [])
 
 
 class Stopwatch:
@@ -351,6 +386,9 @@ def train_func(loop_config: dict) -> None:
             state = checkpoints.load_train_state(Path(d))
             unwrap(refiner).load_state_dict(state.refiner)
             unwrap(discriminator).load_state_dict(state.discriminator)
+            if gan.ema is not None:
+                # A checkpoint without an average (written with ema_half_life 0) starts it at R.
+                gan.ema.load_state_dict(state.refiner_ema or state.refiner)
             gan.opt_r.load_state_dict(state.optimizer_r)
             gan.opt_d.load_state_dict(state.optimizer_d)
             checkpoints.load_history(Path(d), rank, world, gan.history)
@@ -379,6 +417,7 @@ def train_func(loop_config: dict) -> None:
                     window.add(discriminator_update(gan, next(synthetic), next(real)), 2 * b)
                 else:
                     window.add(refiner_update(gan, next(synthetic), kind == "refiner"), b)
+        ema_update(gan, ema_beta(step, cfg.schedule))
         step += 1
         save = step % cfg.run.checkpoint_every == 0 or step == total
         if not (save or step % cfg.run.report_every == 0):
@@ -390,7 +429,10 @@ def train_func(loop_config: dict) -> None:
             from simgan_ray.refine import refine_images
 
             net, images, labels = probe
-            metrics.update(net.score(refine_images(unwrap(refiner), images), labels))
+            metrics.update(net.score(refine_images(gan.exported, images), labels))
+            if gan.ema is not None:  # R's last iterate too: side by side with its average
+                scores = net.score(refine_images(unwrap(refiner), images), labels)
+                metrics.update({f"probe_r_{k.removeprefix('probe_')}": v for k, v in scores.items()})
         _check_finite(metrics)
         window = MetricWindow()
         if guard.collapsed(metrics, phase, device):
@@ -442,10 +484,10 @@ def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cf
           image_shape: list[int], rollbacks: int) -> None:
     state = None
     if rank == 0:
-        refiner = unwrap(gan.refiner)
         state = checkpoints.TrainState(
             step=step,
-            refiner=refiner.state_dict(),
+            refiner=unwrap(gan.refiner).state_dict(),
+            refiner_ema=gan.ema.state_dict() if gan.ema is not None else None,
             discriminator=unwrap(gan.discriminator).state_dict(),
             optimizer_r=gan.opt_r.state_dict(),
             optimizer_d=gan.opt_d.state_dict(),
@@ -454,8 +496,9 @@ def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cf
         )
         checkpoints.write_export(
             directory / checkpoints.EXPORT_DIR,
-            refiner,
-            {"step": step, "run": cfg.run.name, "image_shape": image_shape, "pixel_range": [-1.0, 1.0]},
+            gan.exported,
+            {"step": step, "run": cfg.run.name, "image_shape": image_shape, "pixel_range": [-1.0, 1.0],
+             "ema_half_life": cfg.schedule.ema_half_life},
         )
     checkpoints.save_train_state(directory, rank, state, gan.history, cfg.to_dict())
 

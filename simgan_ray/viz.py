@@ -40,8 +40,8 @@ def plot_curves(metrics: list[dict]) -> bytes:
         ("discriminator accuracy", ["d_acc_real", "d_acc_refined"]),
         ("mean |R(x) - x| ([-1, 1] units)", ["mean_abs_change"]),
         ("throughput (images/s, all workers)", ["images_per_s"]),
-        ("probe: label accuracy on refined", ["probe_label_acc"]),
-        ("probe: Frechet distance to real (lower = more real)", ["probe_fd"]),
+        ("probe: label accuracy on refined", ["probe_label_acc", "probe_r_label_acc"]),
+        ("probe: Frechet distance to real (lower = more real)", ["probe_fd", "probe_r_fd"]),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(16, 7))
     pairs = list(zip(metrics, metrics[1:], strict=False))

@@ -1,3 +1,4 @@
+import copy
 import json
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from simgan_ray.train import (
     CollapseGuard,
     Gan,
     discriminator_update,
+    ema_beta,
+    ema_update,
     fit,
     lr_scale,
     phase_at,
@@ -44,25 +47,48 @@ def test_warmup_ramps_both_learning_rates_over_the_first_adversarial_steps():
     assert (gan.opt_r.param_groups[0]["lr"], gan.opt_d.param_groups[0]["lr"]) == (1e-4, 5e-5)
 
 
+def test_refiner_weight_average_follows_r_then_averages_with_its_half_life():
+    s = ScheduleConfig(pretrain_refiner_steps=2, pretrain_discriminator_steps=1, steps=100, ema_half_life=8)
+    # A copy of R through pretraining; the half-life ramps in as t/2 (t adversarial steps done), up to 8.
+    assert [ema_beta(step, s) for step in range(3)] == [0, 0, 0]
+    assert [ema_beta(step, s) for step in (3, 4, 20, 99)] == pytest.approx([0.5**2, 0.5, 0.5**(1 / 8), 0.5**(1 / 8)])
+    assert ema_beta(50, ScheduleConfig(steps=100)) == 0  # ema_half_life 0: no average kept
+    gan = tiny_gan(ema=True)
+    refiner_update(gan, torch.rand(8, 1, 28, 28) * 2 - 1, with_adversary=False)
+    ema_update(gan, 0.0)
+    assert all(torch.equal(a, p) for a, p in zip(gan.ema.parameters(), gan.refiner.parameters(), strict=True))
+    start = [p.clone() for p in gan.ema.parameters()]
+    with torch.no_grad():  # R jumps by +1; after one half-life the average has moved half the way
+        for p in gan.refiner.parameters():
+            p.add_(1.0)
+    for _ in range(8):
+        ema_update(gan, 0.5**(1 / 8))
+    assert all(torch.allclose(a, p0 + 0.5) for a, p0 in zip(gan.ema.parameters(), start, strict=True))
+    plain = tiny_gan()
+    assert gan.exported is gan.ema and plain.exported is plain.refiner
+    assert not any(p.requires_grad for p in gan.ema.parameters())
+
+
 def test_collapse_guard_rolls_everything_back_and_cools_the_learning_rates():
-    gan = tiny_gan(history=16)
+    gan = tiny_gan(history=16, ema=True)
     guard = CollapseGuard(GuardConfig(min_label_acc=0.3, lr_factor=0.5, max_rollbacks=1))
     adversarial = phase_table(ScheduleConfig(steps=1))[2][0]
     x = torch.rand(8, 1, 28, 28) * 2 - 1
     discriminator_update(gan, x, x)
     guard.snapshot(gan, step=40, reports=4)
-    weights = [p.clone() for p in [*gan.refiner.parameters(), *gan.discriminator.parameters()]]
+    weights = [p.clone() for p in [*gan.refiner.parameters(), *gan.discriminator.parameters(), *gan.ema.parameters()]]
     history = gan.history.images[: len(gan.history)].clone()
     adam_steps = gan.opt_d.state[next(gan.discriminator.parameters())]["step"].item()
     for _ in range(3):  # the updates that "collapsed"
         refiner_update(gan, x, with_adversary=True)
         discriminator_update(gan, x, x)
+        ema_update(gan, 0.5)
     healthy, pretrain = {"probe_label_acc": 0.64}, phase_table(ScheduleConfig())[0][0]
     assert not guard.collapsed(healthy, adversarial, torch.device("cpu"))
     assert not guard.collapsed({"probe_label_acc": 0.1}, pretrain, torch.device("cpu"))  # only adversarial
     assert guard.collapsed({"probe_label_acc": 0.1}, adversarial, torch.device("cpu"))
     assert guard.rollback(gan, 60, {"probe_label_acc": 0.1}) == (40, 4)
-    now = [*gan.refiner.parameters(), *gan.discriminator.parameters()]
+    now = [*gan.refiner.parameters(), *gan.discriminator.parameters(), *gan.ema.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(weights, now, strict=True))
     assert torch.equal(gan.history.images[: len(gan.history)], history) and len(gan.history) == 4
     assert gan.opt_d.state[next(gan.discriminator.parameters())]["step"].item() == adam_steps
@@ -77,12 +103,13 @@ def test_guard_needs_the_probe():
         load_config(None, {"guard.min_label_acc": 0.3})
 
 
-def tiny_gan(history: int = 64) -> Gan:
+def tiny_gan(history: int = 64, ema: bool = False) -> Gan:
     torch.manual_seed(0)
     r = Refiner(RefinerConfig(features=4, blocks=1))
     d = LocalDiscriminator(DiscriminatorConfig(widths=(4, 4, 4, 4)))
+    average = copy.deepcopy(r).requires_grad_(False) if ema else None
     return Gan(r, d, torch.optim.Adam(r.parameters()), torch.optim.Adam(d.parameters()),
-               LocalAdversarialLoss(), SelfRegularization(0.1), ImageHistory(history, 0))
+               LocalAdversarialLoss(), SelfRegularization(0.1), ImageHistory(history, 0), ema=average)
 
 
 def test_refiner_update_trains_only_the_refiner():
@@ -141,6 +168,7 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
         "run.report_every": 5, "run.checkpoint_every": 10,
         "batch_size": 8, "history_size": 40,
         "schedule.pretrain_refiner_steps": 6, "schedule.pretrain_discriminator_steps": 4, "schedule.steps": 10,
+        "schedule.ema_half_life": 4,
     }
     cfg = load_config(None, overrides)
     first = fit(cfg)
@@ -173,6 +201,11 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
     # Adam's step count: 6 pretrain + 10 x k_g=2 adversarial refiner updates.
     assert state["optimizer_r"]["state"][0]["step"].item() == 6 + 2 * 10
     assert state["optimizer_d"]["state"][0]["step"].item() == 4 + 10
+    # The export is R's weight average, kept in the resume state beside R and apart from it.
+    exported = torch.load(ckpt / "export" / "refiner.pt", weights_only=True)
+    assert all(torch.equal(exported[k], v) for k, v in state["refiner_ema"].items())
+    assert not all(torch.equal(state["refiner"][k], v) for k, v in state["refiner_ema"].items())
+    assert meta["ema_half_life"] == 4
 
     with pytest.raises(SimganError, match="already holds a run"):
         fit(cfg)
