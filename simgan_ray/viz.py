@@ -43,6 +43,10 @@ def plot_curves(metrics: list[dict]) -> bytes:
         ("probe: label accuracy on refined", ["probe_label_acc", "probe_r_label_acc"]),
         ("probe: Frechet distance to real (lower = more real)", ["probe_fd", "probe_r_fd"]),
     ]
+    # With a weight average kept, probe_* score the exported average and probe_r_* R itself.
+    averaged = any("probe_r_fd" in m for m in metrics)
+    names = {"probe_label_acc": "exported (R's weight average)", "probe_fd": "exported (R's weight average)",
+             "probe_r_label_acc": "R (last iterate)", "probe_r_fd": "R (last iterate)"} if averaged else {}
     fig, axes = plt.subplots(2, 3, figsize=(16, 7))
     pairs = list(zip(metrics, metrics[1:], strict=False))
     # Last reported step of each phase (exact when phase lengths are multiples of report_every).
@@ -53,7 +57,7 @@ def plot_curves(metrics: list[dict]) -> bytes:
         for key in keys:
             pts = [(m["step"], m[key]) for m in metrics if key in m]
             if pts:
-                ax.plot(*zip(*pts, strict=True), label=key)
+                ax.plot(*zip(*pts, strict=True), label=names.get(key, key))
         for b in boundaries:
             ax.axvline(b, color="grey", linestyle=":", linewidth=1)
         for i, b in enumerate(rollbacks):
