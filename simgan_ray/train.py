@@ -365,7 +365,12 @@ def train_func(loop_config: dict) -> None:
 
     cfg = TrainConfig.model_validate(loop_config["config"])
     image_shape = list(loop_config["image_shape"])
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per report is ours
+    from ray.train.v2._internal.execution import context as train_context
+
+    # One line per report is ours. Train V2 also logs every report (its metrics dict, per rank) at
+    # INFO, under a logger named by its source file's path rather than "ray.train".
+    for name in ("ray.train", train_context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
