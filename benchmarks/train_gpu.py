@@ -71,8 +71,11 @@ def build(cfg: RefinerConfig, d_cfg: DiscriminatorConfig, device: str, bf16: boo
         # The update functions call D's bare module (`unwrap`, a no-op here) and R under no_grad:
         # the compiled wrappers serve both.
         r, d = torch.compile(r), torch.compile(d)
+    # bf16 exactly as training runs it (Gan.amp): autocast around the forward passes only. An
+    # autocast around whole updates (backward and optimizer step included) measured 339 against
+    # 648 images/s for the digits step on this CPU.
     return Gan(r, d, opt_r, opt_d, LocalAdversarialLoss("sum"), SelfRegularization(0.1, "identity", "sum"),
-               ImageHistory(4 * 512, seed=0))
+               ImageHistory(4 * 512, seed=0), amp=torch.bfloat16 if bf16 else None)
 
 
 def rate(step, images_per_call: int, device: str, seconds: float, warmup: int = 3) -> float:
@@ -97,14 +100,12 @@ def measure(gan: Gan, channels: int, h: int, w: int, batch: int, dev: str, bf16:
     y = (torch.rand(batch, channels, h, w, device=dev) * 2 - 1).contiguous(memory_format=fmt)
 
     def refiner_only() -> None:
-        with torch.autocast(dev, torch.bfloat16, enabled=bf16):
-            refiner_update(gan, x, with_adversary=False)
+        refiner_update(gan, x, with_adversary=False)
 
     def simgan_step() -> None:
-        with torch.autocast(dev, torch.bfloat16, enabled=bf16):
-            for _ in range(2):
-                refiner_update(gan, x, with_adversary=True)
-            discriminator_update(gan, x, y)
+        for _ in range(2):
+            refiner_update(gan, x, with_adversary=True)
+        discriminator_update(gan, x, y)
 
     # SimGAN step images: 2 x b through R, b real + b refined through D.
     return rate(refiner_only, batch, dev, seconds), rate(simgan_step, 4 * batch, dev, seconds)
