@@ -250,8 +250,7 @@ class CollapseGuard:
         """Rank 0's verdict (only it runs the probe), the same on every rank."""
         if not self.enabled or phase.name != "adversarial":
             return False
-        # R's own score when the run keeps a weight average (it lags a collapse); rank 0 only.
-        acc = metrics.get("probe_r_label_acc", metrics.get("probe_label_acc"))
+        _, acc = self._watched(metrics)
         flag = torch.tensor([float(acc is not None and acc < self.cfg.min_label_acc)], device=device)
         if distributed():
             torch.distributed.broadcast(flag, src=0)
@@ -259,10 +258,11 @@ class CollapseGuard:
 
     def rollback(self, gan: Gan, step: int, metrics: dict) -> tuple[int, int]:
         """Restore the snapshot; -> (its step, metric reports to keep). Raises past max_rollbacks."""
-        acc = metrics.get("probe_r_label_acc", metrics.get("probe_label_acc", float("nan")))
+        key, acc = self._watched(metrics)
+        acc = float("nan") if acc is None else acc
         if self.rollbacks >= self.cfg.max_rollbacks or self.saved is None:
             raise SimganError(
-                f"step {step}: the refiner collapsed (probe_label_acc {acc:.3f} < guard.min_label_acc "
+                f"step {step}: the refiner collapsed ({key} {acc:.3f} < guard.min_label_acc "
                 f"{self.cfg.min_label_acc}) after {self.rollbacks} rollback(s), guard.max_rollbacks is "
                 f"{self.cfg.max_rollbacks}: lower the learning rates or raise schedule.warmup_steps")
         saved_step, reports, states = self.saved
@@ -270,10 +270,17 @@ class CollapseGuard:
             obj.load_state_dict(copy.deepcopy(states[name]))
         self.rollbacks += 1
         if self.loud:
-                print(f"step {step}: refiner collapsed (probe_label_acc {acc:.3f} < {self.cfg.min_label_acc}); "
+            print(f"step {step}: refiner collapsed ({key} {acc:.3f} < {self.cfg.min_label_acc}); "
                   f"rolled back to step {saved_step}, learning rates x{self.lr_factor:.3g} (rollback "
                   f"{self.rollbacks} of at most {self.cfg.max_rollbacks})")
         return saved_step, reports
+
+    @staticmethod
+    def _watched(metrics: dict) -> tuple[str, float | None]:
+        """(key, value) of the label accuracy the guard watches: R's own when the run keeps a weight
+        average (the average lags a collapse), else the exported refiner's. None off rank 0."""
+        key = "probe_r_label_acc" if "probe_r_label_acc" in metrics else "probe_label_acc"
+        return key, metrics.get(key)
 
     @staticmethod
     def _parts(gan: Gan):

@@ -87,6 +87,8 @@ def test_collapse_guard_rolls_everything_back_and_cools_the_learning_rates():
     assert not guard.collapsed(healthy, adversarial, torch.device("cpu"))
     assert not guard.collapsed({"probe_label_acc": 0.1}, pretrain, torch.device("cpu"))  # only adversarial
     assert guard.collapsed({"probe_label_acc": 0.1}, adversarial, torch.device("cpu"))
+    # With a weight average kept, R's own accuracy is watched: the average lags a collapse.
+    assert guard.collapsed({"probe_label_acc": 0.64, "probe_r_label_acc": 0.1}, adversarial, torch.device("cpu"))
     assert guard.rollback(gan, 60, {"probe_label_acc": 0.1}) == (40, 4)
     now = [*gan.refiner.parameters(), *gan.discriminator.parameters(), *gan.ema.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(weights, now, strict=True))
