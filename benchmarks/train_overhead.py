@@ -5,6 +5,8 @@ One run, one machine, the same model, batch, schedule and thread count on both s
          history buffer included) in this process, on in-memory tensors: the ceiling
   ray:   `fit()`, i.e. Ray Train (1 worker) + Ray Data streaming the same images from Parquet
          shards on local disk + history buffer + metric reports + checkpoints
+The bare loop runs in a fresh process with the workers' malloc settings (train.WORKER_ENV), before
+and after the Ray path; its figure is their mean. Once more with glibc's defaults, for what those cost.
 images/s counts every image an update consumes (R: b synthetic; D: b real + b refined), as the
 `images_per_s` metric does. The Ray path's figure is its steady state: the median of its reports
 in the adversarial phase, the first one (warm-up) left out; its end-to-end time is printed too.
@@ -18,11 +20,14 @@ Last line: ray / bare (goal >= 0.90).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -36,7 +41,7 @@ from simgan_ray.history import ImageHistory  # noqa: E402
 from simgan_ray.runtime import start_local_ray  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
-from simgan_ray.train import discriminator_update, fit, make_gan, refiner_update  # noqa: E402
+from simgan_ray.train import WORKER_ENV, discriminator_update, fit, make_gan, refiner_update  # noqa: E402
 
 
 def bare(cfg, images: torch.Tensor, steps: int) -> float:
@@ -66,6 +71,32 @@ def bare(cfg, images: torch.Tensor, steps: int) -> float:
     return count / (time.perf_counter() - start)
 
 
+def bare_process(cfg, images: torch.Tensor, steps: int, threads: int, env: dict[str, str],
+                 spin: bool = False) -> float:
+    """`bare` in a fresh process started with `env` on top of this one's (malloc settings act at
+    process start); with `spin`, while another process keeps a second core busy."""
+    saved = dict(os.environ)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if spin else None
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            os.environ.update(env)
+            future = pool.submit(_bare_threads, cfg, images, steps, threads)  # starts the process
+            os.environ.clear()
+            os.environ.update(saved)
+            return future.result()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+
+
+def _bare_threads(cfg, images: torch.Tensor, steps: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    return bare(cfg, images, steps)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=20_000, help="synthetic images (also used as the real set)")
@@ -85,6 +116,13 @@ def main() -> None:
             "schedule.steps": args.steps, "run.report_every": 25, "run.checkpoint_every": 100,
             "run.precision": args.precision,
         })
+        hwc = data.head_images(f"{tmp}/synthetic", manifest, 4096, S3Options())[1]  # uint8 (n, H, W, C)
+        images = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+        # The bare loop runs with the training workers' environment (train.WORKER_ENV: malloc
+        # settings), before and after the Ray path, and counts as the mean of the two: this shared
+        # 2-core VM drifts by 10% over minutes, more than the effects measured.
+        bare_before = bare_process(cfg, images, args.steps, args.threads, WORKER_ENV)
+
         t = time.perf_counter()
         result = fit(cfg)
         wall = time.perf_counter() - t
@@ -99,23 +137,20 @@ def main() -> None:
               f"the time; end to end {wall:.1f} s including "
               f"Ray Train start-up = {total_images / wall:,.0f} adversarial images/s")
 
-        torch.set_num_threads(args.threads)
-        hwc = data.head_images(f"{tmp}/synthetic", manifest, 4096, S3Options())[1]  # uint8 (n, H, W, C)
-        images = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
-        bare_ips = bare(cfg, images, args.steps)
-        print(f"bare: the same updates in one process on in-memory tensors, {args.threads} threads: "
-              f"{bare_ips:,.0f} images/s")
+        bare_after = bare_process(cfg, images, args.steps, args.threads, WORKER_ENV)
+        bare_ips = (bare_before + bare_after) / 2
+        print(f"bare: the same updates in one process on in-memory tensors, {args.threads} threads, the workers' "
+              f"malloc settings: {bare_ips:,.0f} images/s (before the Ray path {bare_before:,.0f}, "
+              f"after {bare_after:,.0f})")
+        default_ips = bare_process(cfg, images, args.steps, args.threads, {})
+        print(f"bare, glibc's default malloc settings: {default_ips:,.0f} images/s "
+              f"= {default_ips / bare_after:.2f} of the run just before")
         # Control: the bare loop again while one process spins on another core, as Ray Data's decode
         # and Ray's own processes use the cores the worker leaves free. Separates what the cores'
         # sharing costs (memory bandwidth, caches, the VM's scheduling) from what Ray's path adds.
-        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            busy_ips = bare(cfg, images, args.steps)
-        finally:
-            spinner.kill()
-            spinner.wait()
+        busy_ips = bare_process(cfg, images, args.steps, args.threads, WORKER_ENV, spin=True)
         print(f"bare, another core busy (a spinning process): {busy_ips:,.0f} images/s "
-              f"= {busy_ips / bare_ips:.2f} of bare alone; ray / that = {ray_ips / busy_ips:.2f}")
+              f"= {busy_ips / bare_after:.2f} of bare; ray / that = {ray_ips / busy_ips:.2f}")
     print(f"ratio ray / bare = {ray_ips / bare_ips:.2f}  (goal >= 0.90)")
 
 

@@ -37,6 +37,18 @@ from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegulariz
 from simgan_ray.networks import LocalDiscriminator, Refiner
 from simgan_ray.runtime import ensure_ray
 
+# Environment of the training workers. glibc malloc hands large freed blocks (activations, gradients:
+# MBs each) straight back to the kernel (munmap / heap trim), so every step pays page faults to get
+# them again: measured on the digits model, ~2-4 million minor faults per 150 steps and 8% of the
+# step time in a bare process. Keeping freed memory in the heap up to 1 GiB (and serving blocks up
+# to 32 MiB, glibc's maximum, from it) stops that: 470 -> 510 images/s side by side, 2 faults.
+# The cost is a worker's RSS staying at its peak working set.
+WORKER_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+    "MALLOC_TOP_PAD_": str(64 << 20),
+}
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -594,6 +606,7 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             callbacks=callbacks,
+            worker_runtime_env={"env_vars": WORKER_ENV},
         ),
         datasets={
             name: data.image_dataset(prefix, manifest, s3, shuffle_files=cfg.data.shuffle_files,
