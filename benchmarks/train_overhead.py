@@ -80,13 +80,13 @@ def bare_process(cfg, images: torch.Tensor, steps: int, threads: int, env: dict[
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             os.environ.update(env)
-            future = pool.submit(_bare_threads, cfg, images, steps, threads)  # starts the process
-            os.environ.clear()
-            os.environ.update(saved)
+            try:
+                future = pool.submit(_bare_threads, cfg, images, steps, threads)  # starts the process
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
             return future.result()
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
         if spinner is not None:
             spinner.kill()
             spinner.wait()

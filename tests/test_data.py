@@ -83,6 +83,7 @@ def test_idle_backoff_sleeps_only_while_nothing_changes(monkeypatch):
 
     slept = []
     monkeypatch.setattr(backoff.time, "sleep", slept.append)
+
     class Op:  # hashable, as Ray's operators are
         metrics = SimpleNamespace(num_tasks_submitted=1, num_tasks_finished=0)
 
