@@ -3,8 +3,15 @@
 Each worker computes with `--threads` torch threads (run.cpus_per_worker) on its own batch of
 `--batch-size` images (so the global batch grows with the workers, as in the scaling notes of
 cluster/README.md). Throughput is the job's steady-state `images_per_s` (median of its adversarial
-reports, the first one left out). Prints images/s per worker count and, last, the scaling
-efficiency of the largest count: images/s(N) / (N x images/s(1)).
+reports, the first one left out). Beside each Ray run (CPU only), two ceilings measured right after
+it, N processes started together, each computing the same updates on in-memory tensors
+(`train_overhead.bare`, the workers' malloc settings):
+  independent   no communication: what N workers could reach on this machine's shared cores
+  gloo DDP      R and D wrapped in DistributedDataParallel over loopback gloo, as the workers do:
+                what the gradient all-reduces (K_g + K_d per step) cost on top
+so the gap of the Ray path splits into the machine, the all-reduce and Ray (Data, Train, reports).
+Prints images/s per worker count and, last, the scaling efficiency of the largest count:
+images/s(N) / (N x images/s(1)).
 
 On one machine N workers share its cores: give each worker cores of its own (N x threads <= cores)
 or the figure measures oversubscription, not scaling. With `--gpu`, one GPU per worker (NCCL).
@@ -15,11 +22,17 @@ or the figure measures oversubscription, not scaling. With `--gpu`, one GPU per 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,7 +40,48 @@ sys.path.insert(0, str(ROOT))
 from simgan_ray.config import load_config  # noqa: E402
 from simgan_ray.runtime import start_local_ray  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
-from simgan_ray.train import fit  # noqa: E402
+from simgan_ray.train import WORKER_ENV, fit  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_overhead import bare, in_memory_images  # noqa: E402
+
+
+def bare_group(cfg, images: torch.Tensor, steps: int, n: int, threads: int, ddp: bool) -> float:
+    """Summed images/s of `n` fresh processes (started with train.WORKER_ENV) running `bare`
+    together, each with `threads` torch threads; with `ddp`, as one gloo DDP group."""
+    ctx = multiprocessing.get_context("spawn")
+    with socket.socket() as s:  # a free port for the gloo rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start, results = ctx.Barrier(n), ctx.Queue()
+    saved = dict(os.environ)
+    os.environ.update(WORKER_ENV)  # malloc settings act at process start
+    try:
+        procs = [ctx.Process(target=_bare_rank, args=(cfg, images, steps, threads, rank, n, port, ddp, start, results))
+                 for rank in range(n)]
+        for proc in procs:
+            proc.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    rates = [results.get(timeout=1800) for _ in procs]
+    for proc in procs:
+        proc.join()
+        if proc.exitcode:
+            raise RuntimeError(f"a bare rank exited with {proc.exitcode}")
+    return sum(rates)
+
+
+def _bare_rank(cfg, images, steps, threads, rank, world, port, ddp, start, results) -> None:
+    torch.set_num_threads(threads)
+    prepare = lambda model: model  # noqa: E731
+    if ddp:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        prepare = DistributedDataParallel
+    start.wait()  # all ranks imported and ready: the runs overlap from their first step
+    results.put(bare(cfg, images, steps, prepare))
+    if ddp:
+        dist.destroy_process_group()
 
 
 def main() -> None:
@@ -42,11 +96,12 @@ def main() -> None:
     if not args.gpu and max(args.workers) * args.threads > (os.cpu_count() or 1):
         print(f"note: {max(args.workers)} workers x {args.threads} threads > {os.cpu_count()} cores: oversubscribed")
 
-    results = {}
+    results, independent, ddp = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         start_local_ray(max(args.workers) * args.threads + 1)  # + 1 CPU for Ray Data's decode tasks
-        simulate(f"{tmp}/synthetic", args.count, 2000, seed=0)
+        manifest = simulate(f"{tmp}/synthetic", args.count, 2000, seed=0)
         simulate(f"{tmp}/real", args.count, 2000, seed=1)
+        images = in_memory_images(f"{tmp}/synthetic", manifest)
         for n in args.workers:
             cfg = load_config(ROOT / "jobs" / "digits.yaml", {
                 "data.synthetic": f"{tmp}/synthetic", "data.real": f"{tmp}/real", "run.storage": f"{tmp}/runs",
@@ -60,9 +115,24 @@ def main() -> None:
             results[n] = statistics.median(ips)
             print(f"{n} worker(s) x {args.threads} thread(s), batch {args.batch_size} per worker: "
                   f"{results[n]:,.0f} images/s (reports {min(ips):,.0f}-{max(ips):,.0f})")
-    base = results[args.workers[0]] / args.workers[0]
+            if args.gpu:
+                continue
+            independent[n] = bare_group(cfg, images, args.steps, n, args.threads, ddp=False)
+            print(f"  bare, {n} independent process(es): {independent[n]:,.0f} images/s; "
+                  f"ray / that = {results[n] / independent[n]:.2f}")
+            if n > 1:
+                ddp[n] = bare_group(cfg, images, args.steps, n, args.threads, ddp=True)
+                print(f"  bare, {n} processes in gloo DDP: {ddp[n]:,.0f} images/s = "
+                      f"{ddp[n] / independent[n]:.2f} of independent; ray / that = {results[n] / ddp[n]:.2f}")
+    first = args.workers[0]
+    base = results[first] / first
     for n in args.workers[1:]:
-        print(f"speed-up x{results[n] / results[args.workers[0]]:.2f} for x{n / args.workers[0]:.0f} workers")
+        print(f"speed-up x{results[n] / results[first]:.2f} for x{n / first:.0f} workers")
+        if not args.gpu:  # the speed-up as a product of its factors
+            print(f"  = the machine x{independent[n] / independent[first]:.2f} (independent bare processes)"
+                  f" x gloo all-reduce {ddp[n] / independent[n]:.2f} (bare DDP / independent)"
+                  f" x Ray's path at {n} {results[n] / ddp[n]:.2f} (of bare DDP)"
+                  f" / Ray's path at {first} {results[first] / independent[first]:.2f} (of bare)")
     top = max(args.workers)
     print(f"scaling efficiency at {top} workers = {results[top] / (top * base):.2f}")
 

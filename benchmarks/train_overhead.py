@@ -44,10 +44,20 @@ from simgan_ray.storage import S3Options  # noqa: E402
 from simgan_ray.train import WORKER_ENV, discriminator_update, fit, make_gan, refiner_update  # noqa: E402
 
 
-def bare(cfg, images: torch.Tensor, steps: int) -> float:
-    """images/s of `steps` adversarial steps on in-memory uint8 images (n, C, H, W)."""
+def in_memory_images(root: str, manifest, n: int = 4096) -> torch.Tensor:
+    """The first `n` images of a simulated set as uint8 (n, C, H, W) with standard strides, the
+    layout the workers' batches have. (A permuted (n, H, W, 1) array counts as contiguous with
+    strides (HW, 1, W, 1): convolution then gives 1-channel weights channels_last gradients, and
+    DDP copies them out of its buckets every step.)"""
+    hwc = data.head_images(root, manifest, n, S3Options())[1]  # uint8 (n, H, W, C)
+    return torch.from_numpy(hwc).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+
+
+def bare(cfg, images: torch.Tensor, steps: int, prepare=lambda model: model) -> float:
+    """images/s of `steps` adversarial steps on in-memory uint8 images (n, C, H, W); `prepare`
+    wraps R and D as in `make_gan` (e.g. DistributedDataParallel)."""
     torch.manual_seed(cfg.seed)
-    gan = make_gan(cfg, ImageHistory(cfg.history_size, cfg.seed))
+    gan = make_gan(cfg, ImageHistory(cfg.history_size, cfg.seed), prepare)
     b, n = cfg.batch_size, len(images)
     cursor = 0
 
@@ -116,8 +126,7 @@ def main() -> None:
             "schedule.steps": args.steps, "run.report_every": 25, "run.checkpoint_every": 100,
             "run.precision": args.precision,
         })
-        hwc = data.head_images(f"{tmp}/synthetic", manifest, 4096, S3Options())[1]  # uint8 (n, H, W, C)
-        images = torch.from_numpy(hwc).permute(0, 3, 1, 2).contiguous()
+        images = in_memory_images(f"{tmp}/synthetic", manifest)
         # The bare loop runs with the training workers' environment (train.WORKER_ENV: malloc
         # settings), before and after the Ray path, and counts as the mean of the two: this shared
         # 2-core VM drifts by 10% over minutes, more than the effects measured.
