@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import socket
+import queue
 import statistics
 import sys
 import tempfile
@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simgan_ray.config import load_config  # noqa: E402
-from simgan_ray.runtime import start_local_ray  # noqa: E402
+from simgan_ray.runtime import free_port, start_local_ray  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
 from simgan_ray.train import WORKER_ENV, fit  # noqa: E402
 
@@ -50,9 +50,7 @@ def bare_group(cfg, images: torch.Tensor, steps: int, n: int, threads: int, ddp:
     """Summed images/s of `n` fresh processes (started with train.WORKER_ENV) running `bare`
     together, each with `threads` torch threads; with `ddp`, as one gloo DDP group."""
     ctx = multiprocessing.get_context("spawn")
-    with socket.socket() as s:  # a free port for the gloo rendezvous
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # for the gloo rendezvous
     start, results = ctx.Barrier(n), ctx.Queue()
     saved = dict(os.environ)
     os.environ.update(WORKER_ENV)  # malloc settings act at process start
@@ -64,11 +62,17 @@ def bare_group(cfg, images: torch.Tensor, steps: int, n: int, threads: int, ddp:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    rates = [results.get(timeout=1800) for _ in procs]
+    rates: list[float] = []
+    while len(rates) < n:
+        try:
+            rates.append(results.get(timeout=5))
+        except queue.Empty:  # a rank that died never reports (and its peers may wait for it)
+            if dead := [rank for rank, proc in enumerate(procs) if proc.exitcode]:
+                for proc in procs:
+                    proc.kill()
+                raise RuntimeError(f"bare rank(s) {dead} of {n} exited early (error above)") from None
     for proc in procs:
         proc.join()
-        if proc.exitcode:
-            raise RuntimeError(f"a bare rank exited with {proc.exitcode}")
     return sum(rates)
 
 
