@@ -255,22 +255,26 @@ def evaluate(
 @app.command()
 def probe(
     real_train: Annotated[str, typer.Option(help="labelled real set the probe classifier learns from")],
-    real_test: Annotated[str, typer.Option(help="labelled real set whose features are the reference")],
+    reference: Annotated[str, typer.Option(help="real images whose features are the reference, not the test set "
+                                                "(digits: mnist/real, the real pool)")],
     out: Annotated[str, typer.Option(help="probe directory (probe.pt, probe.json)")],
     label_key: Annotated[str, typer.Option(help="class field of the JSON labels")] = "digit",
     num_classes: Annotated[int, typer.Option(help="number of classes")] = 10,
-    train_images: Annotated[int, typer.Option(help="training images")] = 10000,
+    train_images: Annotated[int, typer.Option(help="labelled images read; a tenth is held out for the error")] = 10000,
+    reference_images: Annotated[int, typer.Option(help="reference images")] = 10000,
     epochs: Annotated[int, typer.Option(help="epochs")] = 3,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
     from simgan_ray.evaluate import EvalConfig, build_probe
 
-    cfg = EvalConfig(synthetic=real_train, real_train=real_train, real_test=real_test, real_pool=real_train, out=out,
+    cfg = EvalConfig(synthetic="", real_train=real_train, real_test="", real_pool=reference, out=out,
                      label_key=label_key, num_classes=num_classes, train_images=train_images, epochs=epochs,
                      s3=_s3(s3_endpoint))
-    meta = build_probe(real_train, real_test, out, cfg)
-    _echo(f"probe written to {out}: its classifier's real test error is {100 * meta['test_error']:.2f}%")
+    meta = build_probe(real_train, reference, out, cfg, reference_images)
+    _echo(f"probe written to {out}: its classifier's error on {meta['heldout_images']} held-out images of "
+          f"{real_train} is {100 * meta['heldout_error']:.2f}%; reference: {meta['reference_images']} images "
+          f"of {reference}")
 
 
 @app.command()

@@ -93,7 +93,8 @@ class DataConfig(Section):
 class ProbeConfig(Section):
     """Real-data score during training (`simgan-ray probe` makes one): at every report, rank 0
     refines the first `images` synthetic images and reports probe_fd (Frechet distance of the
-    probe classifier's features to the real test set; lower = more real) and probe_label_acc."""
+    probe classifier's features to its reference real images, kept apart from the test set; lower =
+    more real) and probe_label_acc."""
 
     uri: Location | None = None
     images: int = Field(1000, ge=2)

@@ -28,7 +28,8 @@ from simgan_ray.refine import refine_images, resolve_export
 from simgan_ray.runtime import ensure_ray, gather
 from simgan_ray.storage import S3Options
 
-PROBE_FORMAT = "simgan-ray-probe/1"
+# 2: reference statistics from real images apart from the test set (1 took them from the test set).
+PROBE_FORMAT = "simgan-ray-probe/2"
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ def _two_sample(name: str, fake: np.ndarray, real: np.ndarray, seed: int, cfg: E
 @dataclass
 class Probe:
     """A real-data yardstick cheap enough to use during training: a classifier trained on real
-    labelled images, and the mean / covariance of its features on the real test set."""
+    labelled images, and the mean / covariance of its features on reference real images kept
+    apart from the test set (runs and sweeps are ranked by it)."""
 
     net: TaskNet
     mu: torch.Tensor  # (128,)
@@ -141,7 +143,7 @@ class Probe:
     meta: dict
 
     def score(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        """Frechet distance of `images`' features to the real test features, and the classifier's
+        """Frechet distance of `images`' features to the reference real features, and the classifier's
         accuracy on them against `labels` (do refined images still show their labels?)."""
         feats = torch.from_numpy(predict(self.net, images, features=True)).double()
         logits = self.net.head(feats.float()).detach().numpy()
@@ -151,16 +153,25 @@ class Probe:
         }
 
 
-def build_probe(real_train: str, real_test: str, out: str, cfg: EvalConfig) -> dict:
-    """Train the probe classifier on `real_train` (seed 0, the evaluation recipe) and write
-    probe.pt / probe.json to `out`."""
+def build_probe(real_train: str, reference: str, out: str, cfg: EvalConfig, reference_images: int = 10_000) -> dict:
+    """Train the probe classifier on the first `cfg.train_images` of `real_train` less their last
+    tenth (seed 0, the evaluation recipe), report its error on that tenth, take the reference
+    feature statistics from the first `reference_images` of `reference`, and write probe.pt /
+    probe.json to `out`. `reference` must not be the test set: runs and sweeps are selected by the
+    probe (digits: the unlabelled real pool the GAN learns from, mnist/real)."""
     x, y = load_set(real_train, cfg.train_images, cfg.s3, cfg.label_key)
-    tx, ty = load_set(real_test, cfg.test_images, cfg.s3, cfg.label_key)
-    net = train_classifier(x, y, cfg.num_classes, 0, cfg.epochs, cfg.batch_size, cfg.lr)
-    feats = torch.from_numpy(predict(net, tx, features=True)).double()
+    held = len(x) // 10
+    if held < 10:
+        raise SimganError(f"{real_train}: {len(x)} labelled images; the probe needs >= 100 (a tenth is held out)")
+    ref, _ = load_set(reference, reference_images, cfg.s3, None)
+    if ref.shape[1:] != x.shape[1:]:
+        raise SimganError(f"{reference}: images of shape {list(ref.shape[1:])}, {real_train} has {list(x.shape[1:])}")
+    net = train_classifier(x[:-held], y[:-held], cfg.num_classes, 0, cfg.epochs, cfg.batch_size, cfg.lr)
+    feats = torch.from_numpy(predict(net, ref, features=True)).double()
     meta = {"format": PROBE_FORMAT, "channels": int(x.shape[1]), "classes": cfg.num_classes,
-            "label_key": cfg.label_key, "real_train": real_train, "real_test": real_test,
-            "test_error": 1.0 - accuracy(net, tx, ty)}
+            "label_key": cfg.label_key, "real_train": real_train, "reference": reference,
+            "train_images": len(x) - held, "heldout_images": held, "reference_images": len(ref),
+            "heldout_error": 1.0 - accuracy(net, x[-held:], y[-held:])}
     buf = io.BytesIO()
     torch.save({"net": net.state_dict(), "mu": feats.mean(0), "sigma": torch.cov(feats.T)}, buf)
     storage.make_dirs(out, cfg.s3)
@@ -175,7 +186,8 @@ def load_probe(uri: str, s3: S3Options) -> Probe:
         raise SimganError(f"{meta_uri}: missing; {uri} is not a probe (make one with `simgan-ray probe`)")
     meta = json.loads(storage.read_bytes(meta_uri, s3))
     if meta.get("format") != PROBE_FORMAT:
-        raise SimganError(f"{meta_uri}: format {meta.get('format')!r}, expected {PROBE_FORMAT!r}")
+        raise SimganError(f"{meta_uri}: format {meta.get('format')!r}, expected {PROBE_FORMAT!r}; rebuild it with "
+                          "`simgan-ray probe` (format 1 took its reference statistics from the test set)")
     weights_uri = storage.join(uri, "probe.pt")
     state = checkpoints.load_tensors(storage.read_bytes(weights_uri, s3), weights_uri)
     net = TaskNet(meta["channels"], meta["classes"])

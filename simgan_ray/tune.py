@@ -7,8 +7,9 @@ reported as the trial's Tune checkpoint: PBT restarts a weak trial from a strong
 with mutated hyperparameters, which `fit` resumes as a new Train run (`resume_from`).
 
 The ranking metric comes from the probe (see ProbeConfig): `probe_fd`, the Frechet distance of
-refined synthetic images to the real test set in the feature space of a classifier trained on real
-labelled images, reported at every training report.
+refined synthetic images to reference real images (kept apart from the test set, which the
+selection must not see) in the feature space of a classifier trained on real labelled images,
+reported at every training report.
 
 Outputs in <storage>/<name>/: results.csv and results.md (one row per trial, best first),
 best.yaml (the best trial's full train config) and best/export (its refiner).
@@ -79,7 +80,7 @@ class ProbeSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     uri: Location  # where the probe lives; built from the two sets below if missing
     real_train: Location
-    real_test: Location
+    reference: Location  # real images apart from the test set (digits: the real pool)
     train_images: int = Field(10_000, ge=10)
     epochs: int = Field(3, ge=1)
 
@@ -202,10 +203,10 @@ def ensure_probe(spec: TuneSpec, base: TrainConfig) -> dict:
     s3 = base.data.s3
     if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
         return load_probe(spec.probe.uri, s3).meta
-    cfg = EvalConfig(synthetic=base.data.synthetic, real_train=spec.probe.real_train, real_test=spec.probe.real_test,
-                     real_pool=spec.probe.real_train, out=spec.probe.uri, train_images=spec.probe.train_images,
+    cfg = EvalConfig(synthetic=base.data.synthetic, real_train=spec.probe.real_train, real_test="",
+                     real_pool=spec.probe.reference, out=spec.probe.uri, train_images=spec.probe.train_images,
                      epochs=spec.probe.epochs, s3=s3)
-    return build_probe(spec.probe.real_train, spec.probe.real_test, spec.probe.uri, cfg)
+    return build_probe(spec.probe.real_train, spec.probe.reference, spec.probe.uri, cfg)
 
 
 def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
@@ -277,7 +278,7 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     for name in ("refiner.pt", "refiner.json"):
         storage.write_bytes(storage.join(out, "best", "export", name),
                             storage.read_bytes(storage.join(best_export, name), s3), s3)
-    return {"out": out, "best": best, "trials": len(rows), "probe_test_error": probe_meta["test_error"]}
+    return {"out": out, "best": best, "trials": len(rows), "probe_heldout_error": probe_meta["heldout_error"]}
 
 
 def _write_results(out: str, rows: list[dict], spec: TuneSpec, s3) -> None:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -71,16 +72,27 @@ def test_evaluate_refuses_bad_requests(digit_sets, labelled_real_sets, export, t
     assert out.returncode == 2 and "exactly one of --refiner" in out.stderr
 
 
-def test_probe_round_trip_and_scores(labelled_real_sets, digit_sets, tmp_path):
-    cfg = EvalConfig(synthetic="", real_train=labelled_real_sets["dev"], real_test=labelled_real_sets["test"],
-                     real_pool="", out="", **small())
-    meta = build_probe(labelled_real_sets["dev"], labelled_real_sets["test"], str(tmp_path / "probe"), cfg)
-    assert 0 <= meta["test_error"] <= 1
+def test_probe_never_reads_the_test_set_and_scores(labelled_real_sets, digit_sets, tmp_path):
+    cfg = EvalConfig(synthetic="", real_train=labelled_real_sets["dev"], real_test="", real_pool=digit_sets["real"],
+                     out="", **small())
+    # Sweeps select by the probe: its reference is the real pool, its own error a held-out tenth of dev.
+    meta = build_probe(labelled_real_sets["dev"], digit_sets["real"], str(tmp_path / "probe"), cfg, 200)
+    assert (meta["train_images"], meta["heldout_images"], meta["reference_images"]) == (231, 25, 200)
+    assert meta["reference"] == digit_sets["real"] and labelled_real_sets["test"] not in json.dumps(meta)
+    assert 0 <= meta["heldout_error"] <= 1
     probe = load_probe(str(tmp_path / "probe"), cfg.s3)
-    x, y = load_set(labelled_real_sets["test"], 200, cfg.s3, "digit")
-    own = probe.score(x, y)
+    x, _ = load_set(digit_sets["real"], 200, cfg.s3, None)
+    own = probe.score(x, np.zeros(len(x), np.int64))
     assert own["probe_fd"] == pytest.approx(0.0, abs=1e-3)  # the reference set against itself
     sx, sy = load_set(digit_sets["synthetic"], 200, cfg.s3, "digit")
     assert probe.score(sx, sy)["probe_fd"] > own["probe_fd"]
     with pytest.raises(SimganError, match="is not a probe"):
         load_probe(str(tmp_path), cfg.s3)
+    # A probe of format 1 (test-set reference) is refused with what to do.
+    old = tmp_path / "probe" / "probe.json"
+    old.write_text(json.dumps({**json.loads(old.read_text()), "format": "simgan-ray-probe/1"}))
+    with pytest.raises(SimganError, match="rebuild it with `simgan-ray probe`"):
+        load_probe(str(tmp_path / "probe"), cfg.s3)
+    with pytest.raises(SimganError, match="50 labelled images; the probe needs >= 100"):
+        build_probe(labelled_real_sets["dev"], digit_sets["real"], str(tmp_path / "p2"),
+                    dataclasses.replace(cfg, train_images=50))

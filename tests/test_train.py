@@ -231,9 +231,9 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
     from simgan_ray.evaluate import EvalConfig, build_probe
 
     probe = str(tmp_path / "probe")
-    build_probe(labelled_real_sets["dev"], labelled_real_sets["test"], probe,
+    build_probe(labelled_real_sets["dev"], digit_sets["real"], probe,
                 EvalConfig(synthetic="", real_train="", real_test="", real_pool="", out="", train_images=200,
-                           test_images=100, epochs=1))
+                           epochs=1), reference_images=100)
     cfg = load_config(None, {
         **TINY,
         "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],

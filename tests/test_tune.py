@@ -26,7 +26,7 @@ def write_spec(tmp_path, digit_sets, labelled_real_sets, run=None, **extra) -> s
         "base": "base.yaml",
         "search": {"loss.lam": {"loguniform": [0.01, 1.0]}, "optimizer_r.lr": {"choice": [0.001, 0.0003]}},
         "probe": {"uri": str(tmp_path / "probe"), "real_train": labelled_real_sets["dev"],
-                  "real_test": labelled_real_sets["test"], "train_images": 200, "epochs": 1},
+                  "reference": digit_sets["real"], "train_images": 200, "epochs": 1},
         "num_samples": 2, "grace_period": 4, "storage": str(tmp_path / "runs"), "name": "sweep", **extra,
     }
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
