@@ -5,7 +5,7 @@ Each worker computes with `--threads` torch threads (run.cpus_per_worker) on its
 cluster/README.md). Throughput is the job's steady-state `images_per_s` (median of its adversarial
 reports, the first one left out). Beside each Ray run (CPU only), two ceilings measured right after
 it, N processes started together, each computing the same updates on in-memory tensors
-(`train_overhead.bare`, the workers' malloc settings):
+(`train_overhead.bare_group`, the workers' malloc settings):
   independent   no communication: what N workers could reach on this machine's shared cores
   gloo DDP      R and D wrapped in DistributedDataParallel over loopback gloo, as the workers do:
                 what the gradient all-reduces (K_g + K_d per step) cost on top
@@ -22,70 +22,22 @@ or the figure measures oversubscription, not scaling. With `--gpu`, one GPU per 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-import queue
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simgan_ray.config import load_config  # noqa: E402
-from simgan_ray.runtime import free_port, start_local_ray  # noqa: E402
+from simgan_ray.runtime import start_local_ray  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
 from simgan_ray.train import WORKER_ENV, fit  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from train_overhead import bare, in_memory_images  # noqa: E402
-
-
-def bare_group(cfg, images: torch.Tensor, steps: int, n: int, threads: int, ddp: bool) -> float:
-    """Summed images/s of `n` fresh processes (started with train.WORKER_ENV) running `bare`
-    together, each with `threads` torch threads; with `ddp`, as one gloo DDP group."""
-    ctx = multiprocessing.get_context("spawn")
-    port = free_port()  # for the gloo rendezvous
-    start, results = ctx.Barrier(n), ctx.Queue()
-    saved = dict(os.environ)
-    os.environ.update(WORKER_ENV)  # malloc settings act at process start
-    try:
-        procs = [ctx.Process(target=_bare_rank, args=(cfg, images, steps, threads, rank, n, port, ddp, start, results))
-                 for rank in range(n)]
-        for proc in procs:
-            proc.start()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    rates: list[float] = []
-    while len(rates) < n:
-        try:
-            rates.append(results.get(timeout=5))
-        except queue.Empty:  # a rank that died never reports (and its peers may wait for it)
-            if dead := [rank for rank, proc in enumerate(procs) if proc.exitcode]:
-                for proc in procs:
-                    proc.kill()
-                raise RuntimeError(f"bare rank(s) {dead} of {n} exited early (error above)") from None
-    for proc in procs:
-        proc.join()
-    return sum(rates)
-
-
-def _bare_rank(cfg, images, steps, threads, rank, world, port, ddp, start, results) -> None:
-    torch.set_num_threads(threads)
-    prepare = lambda model: model  # noqa: E731
-    if ddp:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        prepare = DistributedDataParallel
-    start.wait()  # all ranks imported and ready: the runs overlap from their first step
-    results.put(bare(cfg, images, steps, prepare))
-    if ddp:
-        dist.destroy_process_group()
+from train_overhead import bare_group, in_memory_images  # noqa: E402
 
 
 def main() -> None:
@@ -121,11 +73,11 @@ def main() -> None:
                   f"{results[n]:,.0f} images/s (reports {min(ips):,.0f}-{max(ips):,.0f})")
             if args.gpu:
                 continue
-            independent[n] = bare_group(cfg, images, args.steps, n, args.threads, ddp=False)
+            independent[n] = bare_group(cfg, images, args.steps, n, args.threads, WORKER_ENV)
             print(f"  bare, {n} independent process(es): {independent[n]:,.0f} images/s; "
                   f"ray / that = {results[n] / independent[n]:.2f}")
             if n > 1:
-                ddp[n] = bare_group(cfg, images, args.steps, n, args.threads, ddp=True)
+                ddp[n] = bare_group(cfg, images, args.steps, n, args.threads, WORKER_ENV, ddp=True)
                 print(f"  bare, {n} processes in gloo DDP: {ddp[n]:,.0f} images/s = "
                       f"{ddp[n] / independent[n]:.2f} of independent; ray / that = {results[n] / ddp[n]:.2f}")
     first = args.workers[0]

@@ -22,15 +22,17 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from simgan_ray import data  # noqa: E402
 from simgan_ray.config import load_config  # noqa: E402
 from simgan_ray.history import ImageHistory  # noqa: E402
-from simgan_ray.runtime import start_local_ray  # noqa: E402
+from simgan_ray.runtime import free_port, start_local_ray  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
 from simgan_ray.train import WORKER_ENV, discriminator_update, fit, make_gan, refiner_update  # noqa: E402
@@ -81,30 +83,61 @@ def bare(cfg, images: torch.Tensor, steps: int, prepare=lambda model: model) -> 
     return count / (time.perf_counter() - start)
 
 
+def bare_group(cfg, images: torch.Tensor, steps: int, n: int, threads: int, env: dict[str, str],
+               ddp: bool = False) -> float:
+    """Summed images/s of `n` fresh processes running `bare` together, each started with `env` on
+    top of this one's (malloc settings act at process start) and `threads` torch threads; with
+    `ddp`, as one gloo DDP group."""
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()  # for the gloo rendezvous
+    start, results = ctx.Barrier(n), ctx.Queue()
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        procs = [ctx.Process(target=_bare_rank, args=(cfg, images, steps, threads, rank, n, port, ddp, start, results))
+                 for rank in range(n)]
+        for proc in procs:
+            proc.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    rates: list[float] = []
+    while len(rates) < n:
+        try:
+            rates.append(results.get(timeout=5))
+        except queue.Empty:  # a rank that died never reports (and its peers may wait for it)
+            if dead := [rank for rank, proc in enumerate(procs) if proc.exitcode]:
+                for proc in procs:
+                    proc.kill()
+                raise RuntimeError(f"bare rank(s) {dead} of {n} exited early (error above)") from None
+    for proc in procs:
+        proc.join()
+    return sum(rates)
+
+
+def _bare_rank(cfg, images, steps, threads, rank, world, port, ddp, start, results) -> None:
+    torch.set_num_threads(threads)
+    prepare = lambda model: model  # noqa: E731
+    if ddp:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        prepare = DistributedDataParallel
+    start.wait()  # all ranks imported and ready: the runs overlap from their first step
+    results.put(bare(cfg, images, steps, prepare))
+    if ddp:
+        dist.destroy_process_group()
+
+
 def bare_process(cfg, images: torch.Tensor, steps: int, threads: int, env: dict[str, str],
                  spin: bool = False) -> float:
-    """`bare` in a fresh process started with `env` on top of this one's (malloc settings act at
-    process start); with `spin`, while another process keeps a second core busy."""
-    saved = dict(os.environ)
+    """`bare` in one fresh process started with `env`; with `spin`, while another process keeps a
+    second core busy."""
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if spin else None
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            os.environ.update(env)
-            try:
-                future = pool.submit(_bare_threads, cfg, images, steps, threads)  # starts the process
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
-            return future.result()
+        return bare_group(cfg, images, steps, 1, threads, env)
     finally:
         if spinner is not None:
             spinner.kill()
             spinner.wait()
-
-
-def _bare_threads(cfg, images: torch.Tensor, steps: int, threads: int) -> float:
-    torch.set_num_threads(threads)
-    return bare(cfg, images, steps)
 
 
 def main() -> None:

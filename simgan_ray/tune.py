@@ -81,7 +81,7 @@ class ProbeSource(BaseModel):
     uri: Location  # where the probe lives; built from the two sets below if missing
     real_train: Location
     reference: Location  # real images apart from the test set (digits: the real pool)
-    train_images: int = Field(10_000, ge=10)
+    train_images: int = Field(10_000, ge=100)  # build_probe holds out a tenth, >= 10, for the probe's error
     epochs: int = Field(3, ge=1)
 
 
