@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from simgan_ray import storage
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import SimganError, first_line
 from simgan_ray.history import ImageHistory
 from simgan_ray.networks import Refiner, RefinerConfig
 from simgan_ray.storage import S3Options
@@ -84,8 +84,8 @@ def load_tensors(source: Path | bytes, name: str | None = None) -> dict:
                           weights_only=True)
     except FileNotFoundError:
         raise SimganError(f"{name}: missing") from None
-    except Exception as e:  # an unpickling refusal or a corrupt zip
-        raise SimganError(f"{name}: not a simgan-ray tensor file ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # an unpickling refusal, a corrupt zip, an empty file
+        raise SimganError(f"{name}: not a simgan-ray tensor file ({first_line(e)})") from None
 
 
 def load_train_state(directory: Path) -> TrainState:
@@ -124,18 +124,38 @@ def load_export(uri: str | os.PathLike, s3: S3Options = S3Options()) -> tuple[Re
     try:
         meta = json.loads(storage.read_bytes(meta_uri, s3))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SimganError(f"{meta_uri}: not JSON ({e})") from None
+        raise SimganError(f"{meta_uri}: not JSON ({first_line(e)})") from None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise SimganError(f"{meta_uri}: format {found!r}, expected {EXPORT_FORMAT!r}")
     try:
-        refiner = Refiner(RefinerConfig(**meta["refiner"]))
+        cfg = RefinerConfig(**meta["refiner"])
     except (TypeError, ValueError, KeyError) as e:
-        raise SimganError(f"{meta_uri}: bad refiner config ({e})") from None
+        raise SimganError(f"{meta_uri}: bad refiner config ({first_line(e)})") from None
+    shape = meta.get("image_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and shape[0] == cfg.channels
+                                  and all(isinstance(n, int) and n >= 1 for n in shape)):
+        raise SimganError(f"{meta_uri}: image_shape: {shape!r} is not [C, H, W] with C = refiner.channels "
+                          f"({cfg.channels})")
     state = load_tensors(storage.read_bytes(weights_uri, s3), weights_uri)
+    # The sizes refiner.json claims, against the weights, before any memory is given to them.
+    if (found := _weight_sizes(state)) != (want := (cfg.channels, cfg.features, cfg.kernel, cfg.blocks)):
+        names = "channels, features, kernel, blocks"
+        raise SimganError(f"{meta_uri}: refiner ({names}) {want} does not match the weights in {weights_uri}, "
+                          f"which have {found}")
+    refiner = Refiner(cfg)
     try:
         refiner.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as e:
-        reason = str(e).splitlines()[0]
-        raise SimganError(f"{weights_uri}: does not match refiner.json ({reason})") from None
+        raise SimganError(f"{weights_uri}: does not match refiner.json ({first_line(e)})") from None
     return refiner.eval(), meta
+
+
+def _weight_sizes(state: dict) -> tuple | None:
+    """(channels, features, kernel, blocks) read off a refiner state_dict's shapes, or None when it
+    is not one (networks.Refiner: stem.0 is conv(k, C->F), blocks.<i> its ResNet blocks)."""
+    stem = state.get("stem.0.weight") if isinstance(state, dict) else None
+    if not isinstance(stem, torch.Tensor) or stem.dim() != 4:
+        return None
+    blocks = {key.split(".")[1] for key in state if isinstance(key, str) and key.startswith("blocks.")}
+    return stem.shape[1], stem.shape[0], stem.shape[2], len(blocks)

@@ -6,10 +6,10 @@ exit 2; a failed training run -> the workers' root cause in one line and exit 1.
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -76,7 +76,10 @@ def _argv(ctx: typer.Context) -> list[str]:
 def _s3(endpoint: str | None):
     from simgan_ray.storage import S3Options
 
-    return S3Options(endpoint_url=endpoint)
+    try:
+        return S3Options(endpoint_url=endpoint)
+    except ValueError as e:
+        raise SimganError(f"--s3-endpoint: {str(e).removeprefix('endpoint_url: ')}") from None
 
 
 @app.command()
@@ -214,7 +217,7 @@ def refine(
              "png": None if format_ is None else format_ == "png", "overwrite": overwrite, "strict": strict,
              "s3": None if s3_endpoint is None else {"endpoint_url": s3_endpoint}}
     job = load_refine_job(config, {k: v for k, v in given.items() if v is not None})
-    resolved = yaml.safe_dump(dataclasses.asdict(job), sort_keys=False)
+    resolved = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
     _echo(f"# refine job\n{resolved}")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
         ["refine", "--config", "refine.yaml"], {"refine.yaml": resolved}))
@@ -331,14 +334,54 @@ def _root_cause(exc: BaseException) -> str:
     return next((line for line in reversed(text) if line.strip()), type(exc).__name__)
 
 
+# How to carry on after an interrupt, per command: what the interrupted work left is kept.
+_CONTINUE = {
+    "train": "run the same command with --resume to continue from the last checkpoint",
+    "refine": "run the same command again to finish: finished shards are kept",
+    "tune": "finished trials are in the sweep's folder; a rerun starts the sweep afresh under another --name",
+}
+
+
+def _interrupted(signum: int) -> NoReturn:
+    """One line saying what happened and how to go on, then exit 128 + signal number, after
+    shutting down this process's Ray (left to interpreter exit, Ray's threads abort it)."""
+    import signal
+
+    import ray
+
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    hint = _CONTINUE.get(command, "nothing was lost that had been written")
+    _echo(f"interrupted ({signal.Signals(signum).name}): {hint}")
+    if ray.is_initialized():
+        ray.shutdown()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
 def main() -> None:
+    import signal
+
+    import click
+
+    # ray.init replaces the SIGTERM handler with one that raises SystemExit(SIGTERM); before Ray
+    # starts, a SIGTERM is turned into the same exception here.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
     try:
-        app()
+        code = app(standalone_mode=False)
     except SimganError as e:
         # Raised inside a Ray task, it arrives as RayTaskError(SimganError): print the original.
         cause = getattr(e, "cause", None)
         _echo(f"error: {cause if isinstance(cause, SimganError) else e}")
         sys.exit(2)
+    except click.ClickException as e:  # usage errors: click's own message and exit code 2
+        e.show()
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _interrupted(signal.SIGINT)
+    except SystemExit as e:
+        if e.code == signal.SIGTERM:
+            _interrupted(signal.SIGTERM)
+        raise
     except Exception as e:
         from ray.train import TrainingFailedError
 
@@ -346,3 +389,4 @@ def main() -> None:
             raise
         _echo(f"error: training failed: {_root_cause(e)}")
         sys.exit(1)
+    sys.exit(code or 0)

@@ -21,24 +21,33 @@ from pydantic import (
     model_validator,
 )
 
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import SimganError, first_line, format_errors
 from simgan_ray.losses import Psi, Reduction
 from simgan_ray.networks import DiscriminatorConfig, RefinerConfig
 from simgan_ray.storage import S3Options, normalize
 
+
+def _location(uri: str) -> str:
+    try:
+        return normalize(uri)
+    except SimganError as e:
+        raise ValueError(str(e)) from None  # pydantic then names the field
+
+
 # A local path or s3:// URI, made absolute when the config is resolved: Ray Train workers and Tune
 # trials run in other working directories, so a relative path would point elsewhere there.
-Location = Annotated[str, AfterValidator(normalize)]
+Location = Annotated[str, AfterValidator(_location)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No inf or NaN in any number: `lr: .inf` validated as a positive float and failed in the workers.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class OptimizerConfig(Section):
     name: Literal["adam", "sgd"] = "adam"
     lr: PositiveFloat = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)  # adam only
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)  # adam
     momentum: NonNegativeFloat = 0.0  # sgd only
     weight_decay: NonNegativeFloat = 0.0
 
@@ -129,7 +138,7 @@ class RunConfig(Section):
 
 
 class TrainConfig(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # per-rank streams derive from it, and Ray Data's shuffle takes 32 bits
     batch_size: int = Field(64, ge=2, description="images per worker per update (D: b real + b refined)")
     history_size: int = Field(6400, ge=0, description="refined images kept for D, over all ranks")
     refiner: RefinerConfig = RefinerConfig()
@@ -173,31 +182,34 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise SimganError(f"override {text!r}: expected KEY=VALUE, e.g. schedule.steps=20")
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SimganError(f"override {text!r}: the value is not YAML ({_yaml_problem(e)})") from None
 
 
-def format_errors(source: str, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc, msg = [str(p) for p in e["loc"]], e["msg"]
-        # The network configs' own checks say "<field>: why" (they are plain dataclasses, the
-        # error is located at their section): name the field in full.
-        inner, sep, why = msg.removeprefix("Value error, ").partition(": ")
-        if e["type"] == "value_error" and sep and inner.isidentifier():
-            loc, msg = [*loc, inner], why
-        lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}")
-    return "; ".join(lines)
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message in one line: what went wrong and where (its own spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    what = getattr(error, "problem", None) or first_line(error)
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark else what
 
 
 def read_yaml(path: str | Path, what: str) -> dict:
     """The mapping in the YAML file at `path` ({} if empty); errors name the file and say what it
     should have been (`what`: "config file", "tune spec", ...)."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SimganError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise SimganError(f"{path}: a directory, not a {what}") from None
+    except OSError as e:
+        raise SimganError(f"{path}: cannot read the {what} ({e.strerror or first_line(e)})") from None
+    except UnicodeDecodeError as e:
+        raise SimganError(f"{path}: not UTF-8 text (byte {e.start}), so not a {what}") from None
     except yaml.YAMLError as e:
-        raise SimganError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        raise SimganError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise SimganError(f"{path}: expected a mapping at the top level ({what})")
     return loaded or {}

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from simgan_ray import shards, storage
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import SimganError, first_line
 from simgan_ray.shards import Manifest
 from simgan_ray.storage import S3Options
 
@@ -139,7 +139,7 @@ def check_shards(prefix: str, manifest: Manifest, s3: S3Options = S3Options()) -
     import pyarrow.parquet as pq
 
     fs, _ = storage.resolve(prefix, s3)
-    required = {"id": pa.string(), "image": pa.binary()}
+    required = {"id": pa.string(), "image": pa.binary(), "label": pa.string()}
 
     def check(entry: dict) -> None:
         uri = storage.join(prefix, entry["name"])
@@ -148,11 +148,16 @@ def check_shards(prefix: str, manifest: Manifest, s3: S3Options = S3Options()) -
         except FileNotFoundError:
             raise SimganError(f"{uri}: shard listed in the manifest is missing") from None
         except (OSError, pa.ArrowException) as e:
-            raise SimganError(f"{uri}: not a readable Parquet shard ({str(e).splitlines()[0]})") from None
+            raise SimganError(f"{uri}: not a readable Parquet shard ({first_line(e)})") from None
         schema = meta.schema.to_arrow_schema()
-        for name, typ in required.items():
-            if schema.get_field_index(name) < 0 or not schema.field(name).type.equals(typ):
-                raise SimganError(f"{uri}: wrong schema: needs column {name!r} of type {typ}, has {schema}")
+        wrong = [f"no column {name!r} ({typ})" if schema.get_field_index(name) < 0 else
+                 f"column {name!r} is {schema.field(name).type}, not {typ}"
+                 for name, typ in required.items()
+                 if schema.get_field_index(name) < 0 or not schema.field(name).type.equals(typ)]
+        if wrong:
+            extra = [n for n in schema.names if n not in shards.SCHEMA.names]
+            raise SimganError(f"{uri}: wrong schema: {'; '.join(wrong)}"
+                              + (f" (columns simgan-ray does not write: {', '.join(extra)})" if extra else ""))
         if meta.num_rows != entry["rows"]:
             raise SimganError(f"{uri}: {meta.num_rows} rows, the manifest says {entry['rows']}")
 

@@ -6,3 +6,25 @@ Raised anywhere in the package; turned into a one-line message and exit code 2 o
 
 class SimganError(Exception):
     """A user-facing error; its message names the file, field or object at fault."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of an exception's message, or its type's name when it has none
+    (a library's message may span many lines, or be empty, as torch.load's is on a 0-byte file)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def format_errors(source: str, err) -> str:
+    """A pydantic ValidationError as one line: `source: dotted.field: why; ...`."""
+    lines = []
+    for e in err.errors():
+        loc, msg = [str(p) for p in e["loc"]], e["msg"]
+        # The network configs' own checks say "<field>: why" (they are plain dataclasses, the
+        # error is located at their section): name the field in full.
+        msg = msg.removeprefix("Value error, ")
+        inner, sep, why = msg.partition(": ")
+        if e["type"] == "value_error" and sep and inner.isidentifier():
+            loc, msg = [*loc, inner], why
+        lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}")
+    return "; ".join(lines)

@@ -51,6 +51,15 @@ class EvalConfig:
     lr: float = 1e-3
     s3: S3Options = field(default_factory=S3Options)
 
+    def __post_init__(self) -> None:
+        for name in ("seeds", "train_images", "test_images", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise SimganError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_classes < 2:
+            raise SimganError(f"--num-classes must be >= 2, got {self.num_classes}")
+        if not 0 < self.lr < float("inf"):
+            raise SimganError(f"lr must be a positive number, got {self.lr}")
+
 
 class TaskNet(nn.Module):
     """Small CNN classifier: (n, C, H, W) in [-1, 1] -> (n, classes) logits; `features` gives
@@ -231,8 +240,6 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     if (cfg.refiner is None) == (cfg.refined is None):
         raise SimganError("give exactly one of --refiner (a run or export) and --refined (a refined set)")
-    if cfg.seeds < 1 or cfg.epochs < 1 or cfg.train_images < 1:
-        raise SimganError("seeds, epochs and train images must be >= 1")
     s3 = cfg.s3
     syn_x, syn_y = load_set(cfg.synthetic, cfg.train_images, s3, cfg.label_key)
     if cfg.refiner is not None:

@@ -48,18 +48,27 @@ def fit_image(data: bytes, target: Target) -> np.ndarray:
 
 def _ingest_shard(src: str, out: str, index: int, files: list[str], target: Target, strict: bool,
                   s3: S3Options) -> tuple[dict | None, list[str]]:
+    """files: paths relative to `src`, which become the images' ids."""
     ids, images, skipped = [], [], []
-    for uri in files:
-        try:
-            images.append(fit_image(storage.read_bytes(uri, s3), target))
-        except SimganError:
-            raise
-        except Exception as e:  # PIL: UnidentifiedImageError, OSError (truncated), ValueError, ...
-            if strict:
-                raise SimganError(f"{uri}: not a readable image ({shards.image_error(e)})") from None
-            skipped.append(f"{uri}: {shards.image_error(e)}")
+
+    def skip(problem: str) -> None:
+        if strict:
+            raise SimganError(problem)
+        skipped.append(problem)
+
+    for rel in files:
+        # An S3 key may hold '..' segments or control characters: such a name is no image id.
+        if why := storage.bad_segment(rel) or shards.id_problem(rel):
+            skip(f"{src}/{rel}: unusable as an image id: it {why}")
             continue
-        ids.append(uri[len(src.rstrip("/")) + 1 :])  # id = path relative to the source
+        try:
+            images.append(fit_image(storage.read_bytes(storage.join(src, rel), s3), target))
+        except SimganError:
+            raise  # storage errors (access denied, ...) fail the job
+        except Exception as e:  # PIL: UnidentifiedImageError, OSError (truncated), ValueError, ...
+            skip(f"{src}/{rel}: not a readable image ({shards.image_error(e)})")
+            continue
+        ids.append(rel)
     if not ids:
         return None, skipped
     table = shards.make_table(ids, images, [None] * len(ids))
@@ -70,6 +79,7 @@ def ingest(src: str, out: str, target: Target, shard_size: int = 5000, strict: b
            s3: S3Options = S3Options()) -> shards.Manifest:
     if target.height < 1 or target.width < 1 or shard_size < 1:
         raise SimganError("height, width and shard size must be >= 1")
+    src, out = storage.normalize(src), storage.normalize(out)
     if storage.is_within(out, src):
         raise SimganError(f"--out {out} lies inside --src {src}: outputs never go into the input prefix")
     if not storage.exists(src, s3):
@@ -78,7 +88,6 @@ def ingest(src: str, out: str, target: Target, shard_size: int = 5000, strict: b
     if not files:
         raise SimganError(f"{src}: no {'/'.join(IMAGE_SUFFIXES)} files")
     storage.make_dirs(out, s3)
-    src = storage.normalize(src)
     calls = [(src, out, i, files[s : s + shard_size], target, strict, s3)
              for i, s in enumerate(range(0, len(files), shard_size))]
     results = run_tasks(_ingest_shard, calls, "ingest shards")

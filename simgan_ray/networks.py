@@ -41,12 +41,14 @@ class RefinerConfig:
     __pydantic_config__ = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
-        # Messages start with "<field>: " so a config loader can name the field in full.
-        for name, low in (("channels", 1), ("features", 1), ("blocks", 0)):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name}: must be >= {low}, got {getattr(self, name)}")
-        if self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"kernel: must be odd and >= 1 so 'same' padding keeps H x W, got {self.kernel}")
+        # Messages start with "<field>: " so a config loader can name the field in full. The upper
+        # bounds are far beyond any refiner worth training; past them, building one asks for
+        # terabytes (an export claiming a million blocks, say) before any other check can speak.
+        for name, low, high in (("channels", 1, 64), ("features", 1, 4096), ("blocks", 0, 512)):
+            if not low <= getattr(self, name) <= high:
+                raise ValueError(f"{name}: must be in [{low}, {high}], got {getattr(self, name)}")
+        if not 1 <= self.kernel <= 31 or self.kernel % 2 == 0:
+            raise ValueError(f"kernel: must be odd and in [1, 31] so 'same' padding keeps H x W, got {self.kernel}")
 
     def to_dict(self) -> dict:
         return asdict(self)

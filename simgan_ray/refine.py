@@ -9,69 +9,66 @@ id and label and add provenance (model hash, source shard).
     <output>/_job.json                 what this output is: input, model, model hash, format
     <output>/shard-00007.parquet       refined rows of input shard-00007 (written atomically)
     <output>/_done/shard-00007.json    commit marker: {"rows", "skipped", ...}; written after the shard
-    <output>/png/shard-00007/<id>.png  with --format png, plus <output>/png/labels/shard-00007.jsonl
+    <output>/png/shard-00007/<id>.png  with --format png (the id percent-encoded into one file name,
+                                       `shards.png_file_name`), plus <output>/png/labels/shard-00007.jsonl
+    <output>/labels.jsonl              with --format png: every image's id, file and label
     <output>/manifest.json             last: the finished set (rows in = rows out + skipped)
 
 A rerun skips shards that have a marker; a shard interrupted before its marker is rewritten whole
 under the same name, so an interrupted job finishes with exactly the output of an uninterrupted one.
+`--overwrite` replaces an earlier job's output only when every file there is one a job writes (the
+list above, for that job's shards): a folder holding anything else is refused, naming that file.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import Field, ValidationError
 
 from simgan_ray import checkpoints, data, shards, storage
-from simgan_ray.errors import SimganError
+from simgan_ray.config import Location, Section, read_yaml
+from simgan_ray.errors import SimganError, first_line, format_errors
 from simgan_ray.progress import progress
-from simgan_ray.runtime import ensure_ray
+from simgan_ray.runtime import check_resources, ensure_ray
 from simgan_ray.storage import S3Options
 
 JOB_FORMAT = "simgan-ray-refine-job/1"
 JOB_FILE, DONE_DIR = "_job.json", "_done"
 
 
-@dataclass(frozen=True)
-class RefineJob:
-    model: str  # a run directory (uses its export/) or an export directory
-    input: str
-    output: str
-    batch_size: int = 256
-    concurrency: int = 1  # refiner actors
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
+class RefineJob(Section):
+    model: Location  # a run directory (uses its export/) or an export directory
+    input: Location
+    output: Location
+    batch_size: int = Field(256, ge=1)
+    concurrency: int = Field(1, ge=1)  # refiner actors
+    gpus_per_worker: float = Field(0.0, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
     png: bool = False  # also write one PNG per image and a labels file
     overwrite: bool = False
-    strict: bool = False  # a corrupt input image fails the job instead of being skipped
-    s3: S3Options = field(default_factory=S3Options)
-
-    __pydantic_config__ = {"extra": "forbid"}
+    strict: bool = False  # a corrupt input image or label fails the job instead of being skipped
+    s3: S3Options = S3Options()
 
 
 def load_refine_job(path: str | Path | None, overrides: dict) -> RefineJob:
     """A refine job: RefineJob's defaults < the YAML file at `path` (jobs/refine-1m.yaml) <
-    `overrides` (the CLI options given). Errors name the file and field."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from simgan_ray.config import format_errors, read_yaml
-
+    `overrides` (the CLI options given). Errors name the file and field. Locations are made
+    absolute: the job may run elsewhere (a Ray Job on a cluster has its own cwd)."""
     tree = read_yaml(path, "refine job file") if path is not None else {}
     try:
-        job = TypeAdapter(RefineJob).validate_python({**tree, **overrides})
+        return RefineJob.model_validate({**tree, **overrides})
     except ValidationError as e:
         raise SimganError(format_errors(str(path or "refine options"), e)) from None
-    # Absolute local paths: the job may run elsewhere (a Ray Job on a cluster has its own cwd).
-    return dataclasses.replace(job, model=storage.normalize(job.model), input=storage.normalize(job.input),
-                               output=storage.normalize(job.output))
 
 
 @dataclass
@@ -138,12 +135,12 @@ class ShardRefiner:
         job = self.job
         src = storage.join(job.input, name)
         fs, path = storage.resolve(src, job.s3)
-        table = pq.read_table(path, filesystem=fs)
+        table = pq.read_table(path, filesystem=fs, columns=["id", "image", "label"])
         ids, blobs, labels = table["id"].to_pylist(), table["image"].to_pylist(), table["label"].to_pylist()
-        keep, images, skipped = [], [], []
-        for i, (image_id, blob) in enumerate(zip(ids, blobs, strict=True)):
+        keep, images, files, skipped = [], [], {}, []
+        for i, (image_id, blob, label) in enumerate(zip(ids, blobs, labels, strict=True)):
             try:
-                images.append(data.decode_image(image_id, blob, self.shape))
+                images.append(self._check_row(image_id, blob, label, files))
                 keep.append(i)
             except SimganError as e:
                 if job.strict:
@@ -158,7 +155,7 @@ class ShardRefiner:
         out = shards.make_table(kept_ids, [im[..., 0] if im.shape[-1] == 1 else im for im in refined], kept_labels)
         out = out.append_column("source_shard", pa.array([name] * len(keep), pa.string()))
         out = out.append_column("model", pa.array([self.model_id] * len(keep), pa.string()))
-        shards.write_shard(job.output, int(name.removeprefix("shard-").removesuffix(".parquet")), out, job.s3)
+        shards.write_table(job.output, name, out, job.s3)
         written = sum(len(b) for b in out["image"].to_pylist())
         if job.png:
             written += self._write_pngs(name, kept_ids, out["image"].to_pylist(), kept_labels)
@@ -166,11 +163,30 @@ class ShardRefiner:
         storage.write_bytes(_done_uri(job.output, name), json.dumps(marker).encode(), job.s3)
         return marker
 
+    def _check_row(self, image_id, blob: bytes, label: str | None, files: dict[str, str]) -> np.ndarray:
+        """One input row, checked before anything of its shard is written -> its decoded image,
+        uint8 (H, W, C). A SimganError names the id and what is wrong with it. `files`: the PNG
+        file names given so far in this shard, to the ids that got them."""
+        if why := shards.id_problem(image_id):
+            raise SimganError(f"image id {image_id!r}: {why}")
+        if label is not None:
+            try:
+                json.loads(label)
+            except ValueError as e:
+                raise SimganError(f"image {image_id}: label is not JSON ({first_line(e)})") from None
+        if self.job.png:
+            file = shards.png_file_name(image_id)
+            if file in files:
+                raise SimganError(f"image {image_id}: its PNG file name {file} is already that of image "
+                                  f"{files[file]} in this shard")
+            files[file] = image_id
+        return data.decode_image(image_id, blob, self.shape)
+
     def _write_pngs(self, shard: str, ids: list[str], pngs: list[bytes], labels: list) -> int:
         stem = shard.removesuffix(".parquet")
         lines = []
         for image_id, png, label in zip(ids, pngs, labels, strict=True):
-            rel = f"png/{stem}/{image_id.removesuffix('.png')}.png"
+            rel = f"png/{stem}/{shards.png_file_name(image_id)}"
             storage.write_bytes(storage.join(self.job.output, rel), png, self.job.s3)
             parsed = None if label is None else json.loads(label)
             lines.append(json.dumps({"id": image_id, "file": rel, "label": parsed}))
@@ -186,27 +202,85 @@ class ShardRefiner:
         }
 
 
+def _check_locations(job: RefineJob) -> None:
+    """The output never touches the input or the model (local locations compared with symbolic
+    links resolved: an alias of the input is the input)."""
+    for option, other in (("--input", job.input), ("--model", job.model)):
+        if storage.overlap(job.output, other):
+            raise SimganError(f"--output {job.output} overlaps {option} {other}: the output of refine is a "
+                              "prefix of its own, apart from both")
+
+
+def _read_record(job: RefineJob) -> dict | None:
+    """The job record an earlier refine job left in the output, or None."""
+    uri = storage.join(job.output, JOB_FILE)
+    if not storage.exists(uri, job.s3):
+        return None
+    try:
+        record = json.loads(storage.read_bytes(uri, job.s3))
+    except ValueError as e:
+        raise SimganError(f"{uri}: not a refine job record ({first_line(e)}); pick another --output") from None
+    names = record.get("shards", []) if isinstance(record, dict) else None
+    if (names is None or record.get("format") != JOB_FORMAT or not isinstance(names, list)
+            or not all(isinstance(n, str) for n in names)):
+        raise SimganError(f"{uri}: not a {JOB_FORMAT} job record; pick another --output")
+    return record
+
+
+# A local write interrupted before its rename leaves "<file>.tmp-<pid>" (storage.write_bytes).
+_TMP = re.compile(r"\.tmp-\d+$")
+
+
+def _written_by_refine(rel: str, stems: set[str]) -> bool:
+    """Whether `rel`, a path under a refine output, is a file refine writes there for the input
+    shards `stems` (shard names less .parquet)."""
+    *folders, name = _TMP.sub("", rel).split("/")
+    stem, _, suffix = name.rpartition(".")
+    if not folders:
+        return name in (JOB_FILE, shards.MANIFEST, "labels.jsonl") or (stem in stems and suffix == "parquet")
+    if folders == [DONE_DIR]:
+        return stem in stems and suffix == "json"
+    if folders == ["png", "labels"]:
+        return stem in stems and suffix == "jsonl"
+    return len(folders) == 2 and folders[0] == "png" and folders[1] in stems and suffix == "png"
+
+
 def _check_output(job: RefineJob, identity: dict) -> None:
-    """Refuse an output prefix that is the input, lies inside it, or holds another job's output."""
-    if storage.is_within(job.output, job.input) or storage.is_within(job.input, job.output):
-        raise SimganError(f"--output {job.output} overlaps --input {job.input}: outputs never touch the input prefix")
-    job_uri = storage.join(job.output, JOB_FILE)
-    if storage.exists(job_uri, job.s3):
-        previous = json.loads(storage.read_bytes(job_uri, job.s3))
-        if previous != identity and not job.overwrite:
-            changed = ", ".join(k for k in identity if previous.get(k) != identity[k])
-            raise SimganError(f"{job.output} holds another refinement job's output ({changed} differ); "
-                              "pass --overwrite to replace it")
-    elif storage.exists(storage.join(job.output, shards.MANIFEST), job.s3) and not job.overwrite:
-        raise SimganError(f"{job.output} already holds an image set; pass --overwrite to replace it")
+    """Refuse an output that holds anything but this job's own earlier (interrupted) work, unless
+    --overwrite, which then empties it, but only where every file there is one refine wrote (or
+    the manifest and shards of an image set)."""
+    previous = _read_record(job)
+    holds_set = storage.exists(storage.join(job.output, shards.MANIFEST), job.s3)
+    if not job.overwrite:
+        if previous is not None and all(previous.get(k) == v for k, v in identity.items()):
+            return  # this job, interrupted or finished: its finished shards are kept
+        if previous is not None or holds_set:
+            what = ("an image set" if previous is None else "another refinement job's output ("
+                    + ", ".join(k for k in identity if previous.get(k) != identity[k]) + " differ)")
+            raise SimganError(f"{job.output} already holds {what}; pass --overwrite to replace it")
+        if files := storage.list_files(job.output, options=job.s3):
+            raise SimganError(f"--output {job.output} holds files refine did not write ({files[0]} first): "
+                              "pick an empty or new --output")
+        return
+    files = storage.list_files(job.output, options=job.s3)
+    stems = {n.removesuffix(".parquet") for n in (previous or {}).get("shards", [])}
+    stems |= {f.removeprefix(DONE_DIR + "/").removesuffix(".json") for f in files if f.startswith(DONE_DIR + "/")}
+    if holds_set:
+        try:
+            stems |= {e["name"].removesuffix(".parquet") for e in shards.read_manifest(job.output, job.s3).shards}
+        except SimganError:
+            pass  # its shards are then not known to be ours, and the check below names the first
+    if foreign := next((f for f in files if not _written_by_refine(f, stems)), None):
+        raise SimganError(f"--overwrite: {job.output} also holds {foreign}, which no simgan-ray job wrote there: "
+                          "nothing was deleted; pick another --output")
+    storage.delete_tree(job.output, job.s3)
 
 
 def refine(job: RefineJob) -> RefineSummary:
     """Driver: validate everything before writing anything, then refine the unfinished shards."""
     import ray.data
 
-    if job.batch_size < 1 or job.concurrency < 1:
-        raise SimganError("--batch-size and --concurrency must be >= 1")
+    _check_locations(job)
     export = resolve_export(job.model, job.s3)
     _, meta = checkpoints.load_export(export, job.s3)  # refuses anything that is not a refiner export
     manifest = shards.read_manifest(job.input, job.s3)
@@ -217,18 +291,19 @@ def refine(job: RefineJob) -> RefineSummary:
                           f"{export} was trained on {want}")
     data.check_shards(job.input, manifest, job.s3)
     model_id = model_hash(export, job.s3)
-    identity = {"format": JOB_FORMAT, "input": storage.normalize(job.input), "model": model_id, "png": job.png}
+    identity = {"format": JOB_FORMAT, "input": job.input, "model": model_id, "png": job.png}
     _check_output(job, identity)
-    if job.overwrite:
-        storage.delete_tree(job.output, job.s3)
-    storage.make_dirs(job.output, job.s3)
-    storage.write_bytes(storage.join(job.output, JOB_FILE), json.dumps(identity, indent=2).encode(), job.s3)
-
     names = [s["name"] for s in manifest.shards]
+    storage.make_dirs(job.output, job.s3)
+    storage.write_bytes(storage.join(job.output, JOB_FILE), json.dumps({**identity, "shards": names}, indent=2)
+                        .encode(), job.s3)
+
     pending = [n for n in names if not storage.exists(_done_uri(job.output, n), job.s3)]
     start = time.perf_counter()
     if pending:
         ensure_ray(job.concurrency * job.cpus_per_worker)
+        check_resources({"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker}, job.concurrency,
+                        "refine --concurrency, --cpus-per-worker, --gpus-per-worker")
         ds = ray.data.from_items([{"shard": n} for n in pending], override_num_blocks=len(pending))
         results = ds.map_batches(
             ShardRefiner, batch_size=1, concurrency=job.concurrency,

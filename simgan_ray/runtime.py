@@ -5,6 +5,16 @@ from __future__ import annotations
 import math
 import os
 import socket
+from pathlib import Path
+
+import yaml
+
+from simgan_ray.errors import SimganError
+
+# Where `ray up` leaves the cluster's launcher config on the head node, for its autoscaler (Ray 2.60:
+# ray.autoscaler._private.constants / commands.py write it there; Ray Jobs' entrypoints run on the head).
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
+_started_here = False  # whether this process started its local Ray (which has no autoscaler)
 
 
 def ensure_ray(min_cpus: float = 1) -> None:
@@ -37,10 +47,56 @@ def start_local_ray(num_cpus: int) -> None:
     fails when another Ray runs on the machine, so its address is handed to every worker."""
     import ray
 
+    global _started_here
+
     port = free_port()
+    _started_here = True
     # address="local": always a new Ray; without it, ray.init joins any Ray already started on the machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, log_to_driver=True,
              runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+
+
+def _bundles(nodes: list[dict], per_worker: dict[str, float]) -> int:
+    """How many workers of `per_worker` resources the nodes' totals hold, no worker split over nodes."""
+    return sum(min(int(node.get(k, 0) // v) for k, v in per_worker.items()) for node in nodes)
+
+
+def _addable(per_worker: dict[str, float]) -> bool | None:
+    """Whether the cluster's autoscaler could add a node that holds one worker: True/False from the
+    launcher config on this (head) node, None where an autoscaler runs whose node types are not
+    known here (KubeRay), False where there is none (a local Ray, a fixed cluster)."""
+    if _started_here:
+        return False
+    if BOOTSTRAP_CONFIG.exists():
+        types = (yaml.safe_load(BOOTSTRAP_CONFIG.read_text()) or {}).get("available_node_types") or {}
+        # A type without declared resources has them detected from its instance type at launch.
+        return any(t.get("max_workers", 0) > 0 and ("resources" not in t or _bundles([t["resources"]], per_worker))
+                   for t in types.values())
+    from ray.experimental.internal_kv import _internal_kv_get  # Ray 2.60: the autoscaler's status record
+
+    return None if _internal_kv_get("__autoscaling_status") else False
+
+
+def check_resources(per_worker: dict[str, float], workers: int, what: str) -> None:
+    """Fail at once, naming the resource, where the Ray this process uses can place fewer than
+    `workers` workers of `per_worker` resources ({"CPU": 1, "GPU": 1}) and no autoscaler could add
+    nodes for them: Ray would wait for them forever. `what`: the options that asked for them."""
+    import ray
+
+    per_worker = {k: v for k, v in per_worker.items() if v > 0}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not per_worker or _bundles(nodes, per_worker) >= workers:
+        return
+    wanted = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+    have = {k: sum(n.get(k, 0) for n in nodes) for k in per_worker}
+    has = ", ".join(f"{v:g} {k}" for k, v in have.items())
+    addable = _addable(per_worker)
+    if addable is False:
+        where = "the local Ray" if _started_here else "the cluster"
+        raise SimganError(f"{what}: {workers} worker(s) of {wanted} each do not fit {where} ({has} in all, on "
+                          f"{len(nodes)} node(s)) and no autoscaler can add nodes for them")
+    print(f"note: {workers} worker(s) of {wanted} each do not fit the cluster now ({has}); waiting for its "
+          "autoscaler to add nodes", flush=True)
 
 
 def run_tasks(fn, calls: list[tuple], what: str) -> list:

@@ -9,17 +9,21 @@ Readers take the shard list from the manifest, so nothing ever lists millions of
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simgan_ray import storage
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import SimganError, first_line, format_errors
 from simgan_ray.storage import S3Options
 
 FORMAT = "simgan-ray-shards/1"
@@ -50,8 +54,58 @@ class Manifest:
         return json.dumps(asdict(self), indent=2)
 
 
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class _ShardEntry(_Strict):
+    model_config = ConfigDict(extra="allow")  # writers may add fields; readers use these two
+    name: str
+    rows: int = Field(ge=0)
+
+
+class _ManifestDoc(_Strict):
+    """What a manifest.json must hold (strict: `"rows": "200"` is not a number)."""
+
+    format: str
+    kind: str
+    count: int = Field(ge=0)
+    shape: list[int] = Field(min_length=3, max_length=3)
+    shards: list[_ShardEntry]
+    source: dict = {}
+
+
+# A shard is one file beside the manifest: a plain name (no folders, nothing hidden), ending .parquet.
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}\.parquet")
+MAX_ID_LENGTH = 1024
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
+
+
+def id_problem(image_id: object) -> str | None:
+    """Why `image_id` cannot be an image id, or None. Ids are data (ingest uses relative paths,
+    'a/b.png'), never paths: writers turn them into file names with `png_file_name`."""
+    if not isinstance(image_id, str) or not image_id:
+        return "empty or not a string"
+    if len(image_id) > MAX_ID_LENGTH:
+        return f"longer than {MAX_ID_LENGTH} characters"
+    if any(ord(c) < 32 or c == "\x7f" for c in image_id):
+        return "holds a control character"
+    return None
+
+
+def png_file_name(image_id: str) -> str:
+    """The file name an image's PNG gets: the id less a .png suffix, percent-encoded so that no
+    '/', '\\', '%' or leading '.' is left (one plain, visible path segment), plus .png. An id too
+    long for a file name keeps a prefix and a hash of the whole id."""
+    stem = quote(image_id.removesuffix(".png") or image_id, safe="-_.,+=@()[]~")
+    if stem.startswith("."):
+        stem = "%2E" + stem[1:]
+    if len(stem) > 200:
+        stem = f"{stem[:180]}~{hashlib.sha256(image_id.encode()).hexdigest()[:16]}"
+    return stem + ".png"
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -65,7 +119,7 @@ def image_error(error: Exception) -> str:
     """A short reason for a PIL decode failure (PIL's own names an in-memory buffer object)."""
     if isinstance(error, UnidentifiedImageError):
         return "not a recognised image format"
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return first_line(error)
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -77,6 +131,9 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def make_table(ids: list[str], images: np.ndarray | list[np.ndarray], labels: list[str | None]) -> pa.Table:
     """images: (N, H, W) or (N, H, W, C) uint8; labels: JSON strings or None."""
+    for image_id in ids:
+        if why := id_problem(image_id):
+            raise SimganError(f"image id {image_id!r}: {why}")
     encoded, hs, ws, cs = [], [], [], []
     for img in images:
         encoded.append(encode_png(img))
@@ -90,10 +147,15 @@ def make_table(ids: list[str], images: np.ndarray | list[np.ndarray], labels: li
 
 
 def write_shard(prefix: str, index: int, table: pa.Table, s3: S3Options = S3Options()) -> dict:
+    return write_table(prefix, shard_name(index), table, s3)
+
+
+def write_table(prefix: str, name: str, table: pa.Table, s3: S3Options = S3Options()) -> dict:
+    """Write `table` as the shard `name` of the set at `prefix` -> its manifest entry."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="none")  # PNG bytes do not compress further
-    storage.write_bytes(storage.join(prefix, shard_name(index)), buf.getvalue(), s3)
-    return {"name": shard_name(index), "rows": table.num_rows}
+    storage.write_bytes(storage.join(prefix, name), buf.getvalue(), s3)
+    return {"name": name, "rows": table.num_rows}
 
 
 def write_manifest(prefix: str, manifest: Manifest, s3: S3Options = S3Options()) -> None:
@@ -110,13 +172,26 @@ def read_manifest(prefix: str, s3: S3Options = S3Options()) -> Manifest:
     if not storage.exists(uri, s3):
         raise SimganError(f"{uri}: missing; {prefix} is not a complete simgan-ray image set")
     try:
-        raw = json.loads(storage.read_bytes(uri, s3))
-        manifest = Manifest(**raw)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise SimganError(f"{uri}: not a valid manifest ({e})") from None
-    if manifest.format != FORMAT:
-        raise SimganError(f"{uri}: format {manifest.format!r}, expected {FORMAT!r}")
-    return manifest
+        doc = _ManifestDoc.model_validate(json.loads(storage.read_bytes(uri, s3)))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SimganError(f"{uri}: not JSON ({first_line(e)})") from None
+    except ValidationError as e:
+        raise SimganError(format_errors(uri, e)) from None
+    if doc.format != FORMAT:
+        raise SimganError(f"{uri}: format {doc.format!r}, expected {FORMAT!r}")
+    if any(n < 1 for n in doc.shape):
+        raise SimganError(f"{uri}: shape: {doc.shape} is not [C, H, W] of positive sizes")
+    names = set()
+    for i, entry in enumerate(doc.shards):
+        if not _SHARD_NAME.fullmatch(entry.name):
+            raise SimganError(f"{uri}: shards.{i}.name: {entry.name!r} is not a shard file name beside the "
+                              "manifest (letters, digits, '.', '_', '-', ending .parquet)")
+        if entry.name in names:
+            raise SimganError(f"{uri}: shards.{i}.name: {entry.name!r} is listed twice")
+        names.add(entry.name)
+    if (rows := sum(e.rows for e in doc.shards)) != doc.count:
+        raise SimganError(f"{uri}: count is {doc.count} but the shards hold {rows} rows")
+    return Manifest(**{**doc.model_dump(), "shards": [e.model_dump() for e in doc.shards]})
 
 
 def shard_uris(prefix: str, manifest: Manifest) -> list[str]:

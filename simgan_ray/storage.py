@@ -9,13 +9,16 @@ never stored in configs or printed.
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
 import pyarrow.fs as pafs
 
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import SimganError, first_line
+
+_HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?")  # name or [IPv6], then :port
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,68 @@ class S3Options:
 
     __pydantic_config__ = {"extra": "forbid"}
 
+    def __post_init__(self) -> None:
+        # Messages start with "<field>: " so a config loader can name the field in full.
+        if self.endpoint_url is not None:
+            scheme, host = _endpoint(self.endpoint_url)
+            if scheme not in ("http", "https") or not _HOST.fullmatch(host):
+                raise ValueError(f"endpoint_url: {self.endpoint_url!r} is not an http(s)://HOST[:PORT] URL")
+        if self.retries < 1:
+            raise ValueError(f"retries: must be >= 1, got {self.retries}")
+
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+# Up to 63 letters, digits, '.', '-', '_' (S3's rules, loosened to what older buckets still have).
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def bad_segment(path: str) -> str | None:
+    """Why `path` is not a plain relative path ('a/b.png'), or None: every writer joins such paths
+    under its output, so none may climb out ('..'), start at the root, or hide a separator."""
+    if not path:
+        return "empty"
+    if any(ord(c) < 32 for c in path):
+        return "holds a control character"
+    if "\\" in path:
+        return "holds a backslash"
+    if path.startswith("/"):
+        return "is absolute"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "has an empty, '.' or '..' segment"
+    return None
+
+
+def check_uri(uri: str) -> str:
+    """`uri` if it is a location simgan-ray can use, else a SimganError saying what is wrong."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise SimganError(f"{uri!r}: empty location")
+    if "\0" in uri:
+        raise SimganError(f"{uri!r}: holds a NUL character")
+    scheme = _SCHEME.match(uri)
+    if scheme and scheme.group(1) not in ("s3", "file"):
+        raise SimganError(f"{uri}: unsupported scheme {scheme.group(1)}:// (use a local path, file:// or s3://)")
+    if is_s3(uri):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        if not _BUCKET.fullmatch(bucket):
+            raise SimganError(f"{uri}: {bucket!r} is not an S3 bucket name (s3://BUCKET/PREFIX)")
+        key = key.rstrip("/")
+        if key and (why := bad_segment(key)):
+            raise SimganError(f"{uri}: the key {why}")
+    return uri
+
+
 def _local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
+def _endpoint(url: str) -> tuple[str, str]:
+    """'http://host:9000/' -> ('http', 'host:9000'); a bare 'host:9000' is reached over https."""
+    scheme, sep, host = url.partition("://")
+    return (scheme, host.rstrip("/")) if sep else ("https", url.rstrip("/"))
 
 
 @cache
@@ -51,15 +109,14 @@ def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
     if options.region:
         kwargs["region"] = options.region
     if options.endpoint_url:
-        scheme, _, host = options.endpoint_url.partition("://")
-        kwargs["endpoint_override"] = host or scheme
-        kwargs["scheme"] = scheme if host else "https"
+        kwargs["scheme"], kwargs["endpoint_override"] = _endpoint(options.endpoint_url)
         kwargs.setdefault("region", "us-east-1")
     return pafs.S3FileSystem(**kwargs)
 
 
 def resolve(uri: str, options: S3Options = S3Options()) -> tuple[pafs.FileSystem, str]:
     """URI -> (pyarrow filesystem, path inside it) as Ray Data and Ray Train expect them."""
+    check_uri(uri)
     if is_s3(uri):
         return _s3_filesystem(options), uri.removeprefix("s3://").rstrip("/")
     return pafs.LocalFileSystem(), _local_path(uri)
@@ -67,16 +124,30 @@ def resolve(uri: str, options: S3Options = S3Options()) -> tuple[pafs.FileSystem
 
 def normalize(uri: str) -> str:
     """Canonical spelling: absolute local path, or s3://bucket/key without trailing slash."""
+    check_uri(uri)
     return uri.rstrip("/") if is_s3(uri) else _local_path(uri)
 
 
 def is_within(uri: str, parent: str) -> bool:
-    """True if `uri` is `parent` or lies under it (after normalizing both)."""
+    """True if `uri` is `parent` or lies under it. Local paths are compared after resolving
+    symbolic links, so an alias of a folder is that folder."""
     a, b = normalize(uri), normalize(parent).rstrip("/")
+    if not is_s3(a):
+        a, b = os.path.realpath(a), os.path.realpath(b).rstrip("/")
     return a == b or a.startswith(b + "/")
 
 
+def overlap(a: str, b: str) -> bool:
+    """Whether one of two locations lies inside the other (or they are the same)."""
+    return is_within(a, b) or is_within(b, a)
+
+
 def join(uri: str, *parts: str) -> str:
+    """`uri`/part/...; each part a plain relative path (`bad_segment`), so the result stays under
+    `uri` whatever the parts came from (ids and shard names are read from users' files)."""
+    for part in parts:
+        if why := bad_segment(part):
+            raise SimganError(f"{uri}: refusing to join {part!r}: it {why}")
     return "/".join([uri.rstrip("/"), *parts]) if is_s3(uri) else os.path.join(uri, *parts)
 
 
@@ -93,7 +164,7 @@ def _reason(error: Exception) -> str:
     for needles, reason in _REASONS:
         if any(n in text for n in needles):
             return reason
-    return text.splitlines()[0] if text else type(error).__name__
+    return first_line(error)
 
 
 @contextmanager
@@ -141,17 +212,17 @@ def write_bytes(uri: str, data: bytes, options: S3Options = S3Options()) -> None
     os.replace(tmp, path)
 
 
-def list_files(uri: str, suffixes: tuple[str, ...], options: S3Options = S3Options()) -> list[str]:
-    """URIs of the files under `uri` whose names end with one of `suffixes` (case-insensitive),
-    sorted. For ingesting a folder of image files; image *sets* are never listed."""
+def list_files(uri: str, suffixes: tuple[str, ...] = (), options: S3Options = S3Options()) -> list[str]:
+    """Paths, relative to `uri`, of the files under it whose names end with one of `suffixes`
+    (case-insensitive; all files when none are given), sorted. For ingesting a folder of image
+    files and for checking what an output holds before replacing it; image sets are never listed."""
     fs, path = resolve(uri, options)
     with _reporting(uri):
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=False))
-    base = uri.rstrip("/") if is_s3(uri) else path
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     prefix_len = len(path.rstrip("/")) + 1
     return sorted(
-        join(base, i.path[prefix_len:]) for i in infos
-        if i.type == pafs.FileType.File and i.path.lower().endswith(suffixes)
+        i.path[prefix_len:] for i in infos
+        if i.type == pafs.FileType.File and i.path.lower().endswith(tuple(x.lower() for x in suffixes) or "")
     )
 
 

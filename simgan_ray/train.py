@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import resource
+import signal
 import socket
 import tempfile
 import time
@@ -35,7 +36,7 @@ from simgan_ray.errors import SimganError
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy
 from simgan_ray.networks import LocalDiscriminator, Refiner
-from simgan_ray.runtime import ensure_ray
+from simgan_ray.runtime import check_resources, ensure_ray
 
 # Environment of the training workers. glibc malloc hands large freed blocks (activations, gradients:
 # MBs each) straight back to the kernel (munmap / heap trim), so every step pays page faults to get
@@ -548,6 +549,22 @@ class FitResult:
     skipped: list[str]  # "<shard>: image <id>: <why>" for each corrupt image skipped
 
 
+def _check_history_memory(cfg: TrainConfig, shape: list[int]) -> None:
+    """Refuse a history buffer that cannot fit: each rank keeps history_size / num_workers images
+    as float32 on the CPU, allocated at its first discriminator step (minutes into the run)."""
+    per_rank = cfg.history_size // cfg.run.num_workers * math.prod(shape) * 4
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if per_rank > memory / 2:
+        raise SimganError(f"history_size: {cfg.history_size} images of {'x'.join(map(str, shape))} take "
+                          f"{per_rank / 2**30:.3g} GiB of float32 per worker, more than half of this machine's "
+                          f"{memory / 2**30:.0f} GiB: lower history_size")
+
+
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What one Ray Train worker of this run holds."""
+    return {"CPU": cfg.run.cpus_per_worker, "GPU": 1.0 if cfg.run.use_gpu else 0.0}
+
+
 def run_uri(cfg: TrainConfig) -> str:
     return storage.join(storage.normalize(cfg.run.storage), cfg.run.name)
 
@@ -563,18 +580,26 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
 
     s3 = cfg.data.s3
     uri = run_uri(cfg)
+    for field, prefix in (("data.synthetic", cfg.data.synthetic), ("data.real", cfg.data.real)):
+        if storage.overlap(uri, prefix):
+            raise SimganError(f"run {uri} overlaps {field} {prefix}: a run never writes into its input")
     started = storage.exists(storage.join(uri, "config.yaml"), s3)
+    # Every checkpoint holds rank 0's state.pt; a run stopped before its first has none to resume.
+    checkpointed = started and bool(storage.list_files(uri, ("/state.pt",), s3))
     if started and not resume:
-        raise SimganError(f"{uri} already holds a run: resume it (--resume) or pick another run.name")
+        raise SimganError(f"{uri} already holds a run: continue it with --resume, or pick another run.name" if
+                          checkpointed else f"{uri} holds a run that stopped before its first checkpoint: --resume "
+                          "starts it over from step 0 with the config given now, or pick another run.name")
     if resume and not started:
         raise SimganError(f"{uri}: no run to resume (config.yaml missing)")
-    for field, prefix in (("data.synthetic", cfg.data.synthetic), ("data.real", cfg.data.real)):
-        if storage.is_within(uri, prefix) or storage.is_within(prefix, uri):
-            raise SimganError(f"run {uri} overlaps {field} {prefix}: a run never writes into its input")
+    if resume and not checkpointed:
+        print(f"note: {uri} has no checkpoint (the run stopped before its first one): starting it over from step 0 "
+              "with the config given now", flush=True)
     syn, real = data.check_training_sets(
         cfg.data.synthetic, cfg.data.real, cfg.refiner.channels,
         cfg.batch_size * cfg.run.num_workers, s3,
     )
+    _check_history_memory(cfg, syn.shape)
     try:
         LocalDiscriminator(cfg.discriminator).output_shape(*syn.shape[1:])
     except ValueError as e:
@@ -587,6 +612,7 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
     # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     ensure_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)
+    check_resources(worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu")
     storage.make_dirs(uri, s3)
     storage.write_bytes(storage.join(uri, "config.yaml"), dump_config(cfg).encode(), s3)
     fs, path = storage.resolve(storage.normalize(cfg.run.storage), s3)
@@ -597,7 +623,7 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
             use_gpu=cfg.run.use_gpu,
-            resources_per_worker={"CPU": cfg.run.cpus_per_worker},
+            resources_per_worker=worker_resources(cfg),
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
@@ -614,7 +640,14 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
             for name, prefix, manifest in (("synthetic", cfg.data.synthetic, syn), ("real", cfg.data.real, real))
         },
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except SystemExit as e:
+        # Ray Train's SIGINT handler aborts the run and then exits with SystemExit(0); SIGTERM's
+        # (Ray's) with SystemExit(SIGTERM). Either way the run stopped at its last checkpoint.
+        if e.code == signal.SIGTERM:
+            raise
+        raise KeyboardInterrupt from None
     skipped = ray.get(ledger.report.remote())
     if skipped:
         storage.write_bytes(storage.join(uri, "skipped.txt"), "".join(f"{x}\n" for x in skipped).encode(), s3)

@@ -33,12 +33,11 @@ from simgan_ray.config import (
     Location,
     TrainConfig,
     dump_config,
-    format_errors,
     load_config,
     read_yaml,
     with_overrides,
 )
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import SimganError, format_errors
 
 TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
 # Fields PBT may change when it restarts a trial from another's checkpoint: nothing that changes a
@@ -213,7 +212,8 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     """Run the sweep; write results.csv/.md, best.yaml and best/export. -> summary dict."""
     from ray import tune
 
-    from simgan_ray.runtime import ensure_ray
+    from simgan_ray.runtime import check_resources, ensure_ray
+    from simgan_ray.train import worker_resources
 
     s3 = base.data.s3
     out = storage.join(storage.normalize(spec.storage), spec.name)
@@ -221,6 +221,7 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
         raise SimganError(f"{out} already holds a finished sweep; pick another name")
     # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
     ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
+    check_resources(worker_resources(base), base.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu")
     probe_meta = ensure_probe(spec, base)
     fs, path = storage.resolve(storage.normalize(spec.storage), s3)
     trials_storage = storage.join(out, "trials")

@@ -120,7 +120,8 @@ def test_missing_bucket_and_shard_problems_are_named(s3_server):
     table = shards.make_table(["g"], np.zeros((1, 28, 28), np.uint8), [None])
     shards.write_manifest(good, shards.Manifest(kind="real", count=1, shape=[1, 28, 28],
                                                 shards=[shards.write_shard(good, 0, table, s3)]), s3)
-    with pytest.raises(SimganError, match=r"wrong/shard-00000.parquet: wrong schema: needs column 'image'"):
+    with pytest.raises(SimganError, match=r"wrong/shard-00000.parquet: wrong schema: no column 'image' \(binary\); "
+                       r"no column 'label' \(string\) \(columns simgan-ray does not write: pixels\)$"):
         check_training_sets(good, f"{bucket}/wrong", 1, 1, s3)
     with pytest.raises(SimganError, match=r"truncated/shard-00000.parquet: not a readable Parquet shard"):
         check_training_sets(good, f"{bucket}/truncated", 1, 1, s3)
