@@ -14,6 +14,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from simgan_ray.errors import SimganError
+from simgan_ray.runtime import on_stop_signal, stopped_by
 
 app = typer.Typer(help="Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -338,22 +339,22 @@ def _root_cause(exc: BaseException) -> str:
 _CONTINUE = {
     "train": "run the same command with --resume to continue from the last checkpoint",
     "refine": "run the same command again to finish: finished shards are kept",
-    "tune": "finished trials are in the sweep's folder; a rerun starts the sweep afresh under another --name",
+    "tune": "the trials run so far are in the sweep's folder; run the sweep again under another --name",
 }
 
 
 def _interrupted(signum: int) -> NoReturn:
-    """One line saying what happened and how to go on, then exit 128 + signal number, after
-    shutting down this process's Ray (left to interpreter exit, Ray's threads abort it)."""
+    """Shut down this process's Ray (left to interpreter exit, its threads abort the process), say
+    in one line what happened and how to go on, and exit with 128 + the signal's number."""
     import signal
 
     import ray
 
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-    hint = _CONTINUE.get(command, "nothing was lost that had been written")
-    _echo(f"interrupted ({signal.Signals(signum).name}): {hint}")
+    hint = _CONTINUE.get(command, "what was written so far is kept")
     if ray.is_initialized():
-        ray.shutdown()
+        ray.shutdown()  # first, so that no log line of its workers comes after ours
+    _echo(f"interrupted ({signal.Signals(signum).name}): {hint}")
     sys.stderr.flush()
     os._exit(128 + signum)
 
@@ -363,9 +364,7 @@ def main() -> None:
 
     import click
 
-    # ray.init replaces the SIGTERM handler with one that raises SystemExit(SIGTERM); before Ray
-    # starts, a SIGTERM is turned into the same exception here.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    signal.signal(signal.SIGTERM, on_stop_signal)  # and again once Ray has started (runtime.ensure_ray)
     try:
         code = app(standalone_mode=False)
     except SimganError as e:
@@ -376,12 +375,8 @@ def main() -> None:
     except click.ClickException as e:  # usage errors: click's own message and exit code 2
         e.show()
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        _interrupted(signal.SIGINT)
-    except SystemExit as e:
-        if e.code == signal.SIGTERM:
-            _interrupted(signal.SIGTERM)
-        raise
+    except KeyboardInterrupt:
+        _interrupted(stopped_by())
     except Exception as e:
         from ray.train import TrainingFailedError
 
@@ -389,4 +384,6 @@ def main() -> None:
             raise
         _echo(f"error: training failed: {_root_cause(e)}")
         sys.exit(1)
+    if code == 128 + signal.SIGINT:  # typer's answer to a KeyboardInterrupt in a command
+        _interrupted(stopped_by())
     sys.exit(code or 0)

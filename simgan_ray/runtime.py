@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 import yaml
@@ -15,6 +17,20 @@ from simgan_ray.errors import SimganError
 # ray.autoscaler._private.constants / commands.py write it there; Ray Jobs' entrypoints run on the head).
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 _started_here = False  # whether this process started its local Ray (which has no autoscaler)
+_stopped_by = signal.SIGINT  # the signal that last stopped this process's work (`on_stop_signal`)
+
+
+def on_stop_signal(signum: int, frame) -> None:
+    """SIGTERM handler: stop the main thread's work as Ctrl-C does, remembering which signal it was.
+    KeyboardInterrupt because Ray's blocking calls pass only it and SystemExit on from a handler."""
+    global _stopped_by
+    _stopped_by = signal.Signals(signum)
+    raise KeyboardInterrupt
+
+
+def stopped_by() -> signal.Signals:
+    """The signal behind the last KeyboardInterrupt: SIGINT unless `on_stop_signal` saw another."""
+    return _stopped_by
 
 
 def ensure_ray(min_cpus: float = 1) -> None:
@@ -26,8 +42,12 @@ def ensure_ray(min_cpus: float = 1) -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
-        return
-    start_local_ray(max(os.cpu_count() or 1, math.ceil(min_cpus) + 1))
+    else:
+        start_local_ray(max(os.cpu_count() or 1, math.ceil(min_cpus) + 1))
+    # ray.init installs SIGTERM handlers that exit with SystemExit(1) (a local head node: after
+    # killing its processes) or SystemExit(SIGTERM), which tell a stop from a failure only by a number.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_stop_signal)
 
 
 def free_port() -> int:
@@ -49,6 +69,12 @@ def start_local_ray(num_cpus: int) -> None:
 
     global _started_here
 
+    import ray._private.ray_constants as ray_constants
+
+    # Ray 2.60's core worker installs absl's failure-signal handler in the driver, which prints a
+    # native stack dump on SIGTERM: a stopped job is no crash (the CLI says in one line what to do).
+    # The module attribute, not the environment variable, so that workers still dump real crashes.
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
     port = free_port()
     _started_here = True
     # address="local": always a new Ray; without it, ray.init joins any Ray already started on the machine.

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import resource
-import signal
 import socket
 import tempfile
 import time
@@ -642,11 +641,8 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
     )
     try:
         result = trainer.fit()
-    except SystemExit as e:
-        # Ray Train's SIGINT handler aborts the run and then exits with SystemExit(0); SIGTERM's
-        # (Ray's) with SystemExit(SIGTERM). Either way the run stopped at its last checkpoint.
-        if e.code == signal.SIGTERM:
-            raise
+    except SystemExit:
+        # Ray Train's SIGINT handler aborts the run, then exits: the run stopped at its last checkpoint.
         raise KeyboardInterrupt from None
     skipped = ray.get(ledger.report.remote())
     if skipped:

@@ -160,7 +160,7 @@ def test_refine_job_file_resolves_defaults_file_then_options(tmp_path):
     assert (job.batch_size, job.png, job.concurrency) == (16, True, 1)  # option > file > default
     assert job.model == str(Path("runs/x").resolve()) and job.input == "s3://b/in"
     path.write_text("model: runs/x\ninput: s3://b/in\noutput: s3://b/out\nbatch_sise: 64\n")
-    with pytest.raises(SimganError, match=r"job.yaml: batch_sise: Unexpected keyword argument"):
+    with pytest.raises(SimganError, match=r"job.yaml: batch_sise: Extra inputs are not permitted"):
         load_refine_job(path, {})
     with pytest.raises(SimganError, match=r"refine options: model: .*required"):
         load_refine_job(None, {"input": "a", "output": "b"})
