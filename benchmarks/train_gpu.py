@@ -1,33 +1,46 @@
-"""GPU path of training: the SimGAN step of `simgan_ray.train` on one device, precision and
-compilation options side by side, as images/s and as a fraction of the device's peak FLOP/s.
+"""GPU path of training: the SimGAN step of `simgan_ray.train` on one device, precision, kernels and
+compilation side by side, as images/s and as a fraction of the device's dense bf16 peak FLOP/s.
 
 Models (paper): the eye-gaze refiner (1 x 35 x 55, 64 features, 4 ResNet blocks, 3x3 kernels,
 batch 512) and the hand-depth refiner (1 x 224 x 224, 64 features, 10 blocks, 7x7 kernels; batch
 `--hand-batch`, 32 by default, as the paper's 512 would need ~2 TB of saved activations), each
-with the local discriminator of the paper (96, 64, 32, 32). Variants, each measured in this one
-process:
-  fp32            eager, float32
-  bf16+cl         autocast to bfloat16, channels_last weights and inputs
-  bf16+cl+fused   the same with fused Adam kernels
+with the local discriminator of the paper (96, 64, 32, 32). Variants (gpu_common.Variant), all
+measured in this one process:
+  fp32                    eager, float32 (cuDNN's convolutions in TF32, torch's default)
+  bf16+cl                 autocast to bfloat16 (Gan.amp), channels_last weights and inputs
+  bf16+cl+fused           the same with fused Adam kernels
   bf16+cl+fused+compile   R and D wrapped by torch.compile
+and toward 40% of peak (issue 23), each on top of bf16+cl+fused:
+  +bench                  torch.backends.cudnn.benchmark: cuDNN picks its convolution algorithms by timing
+  +bench+pad8             R's 1-channel stem input and head output padded to 8 channels (PaddedRefiner)
+  +bench+trunk            R's ResNet blocks alone (64 channels in and out; refiner loop only): what
+                          the convolutions reach without the 1-channel ends
+  +bench+4xbatch          4 times the batch
+  +bench+compile+cudagraphs         torch.compile(mode="reduce-overhead"): inductor + CUDA graphs
+  +bench+pad8+compile+cudagraphs    both
 Two loops per variant:
   refiner f+b     R forward + backward + Adam step on the self-regularization loss only: the
                   FLOPs are R's alone (3 x forward: backward costs twice the forward), so the
                   fraction of peak is the refiner's forward+backward efficiency (goal >= 40%)
   SimGAN step     K_g = 2 R updates (through the frozen D) + K_d = 1 D update with the history
-                  buffer, i.e. `refiner_update` and `discriminator_update` as the workers run them
+                  buffer, i.e. `refiner_update` and `discriminator_update` as the workers run them;
+                  its TFLOP/s count R's work only, 7 R forwards per b images (2 updates x 3, plus
+                  D's step refining its batch): D's convolutions would add 2.3% (eye), 0.2% (hand)
+Variants run in the order above (outer loop), models inside, so a tight --budget-s still measures
+every model's first variants. Each variant has a time cap (--variant-cap) and its own try: a
+failure or overrun is a row with its error, and the next variant runs. Rows go to --json as measured.
 Last line: the best refiner f+b fraction of peak.
 
-    python3 benchmarks/train_gpu.py                      # on a GPU machine (H100: --peak-tflops 989)
-    .venv/bin/python benchmarks/train_gpu.py --device cpu --quick   # checks the script (small images), no figures
-    .venv/bin/python benchmarks/train_gpu.py --device cpu --models digits --threads 1   # the digits model on a CPU
+    python3 benchmarks/train_gpu.py [--json rows.jsonl] [--only eager|compiled]   # on a GPU machine
+    .venv/bin/python benchmarks/train_gpu.py --device cpu --quick   # checks the script (tiny models), no figures
+    .venv/bin/python benchmarks/train_gpu.py --device cpu --models digits --threads 1 --only eager
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -41,6 +54,20 @@ from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner
 from simgan_ray.train import Gan, discriminator_update, refiner_update  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from gpu_common import (  # noqa: E402
+    Budget,
+    PaddedRefiner,
+    Rows,
+    Variant,
+    attempt,
+    compiled,
+    device_name,
+    log,
+    peak_tflops,
+    rate,
+    report,
+    step_marker,
+)
 from refine import refiner_flops  # noqa: E402
 
 PAPER_D = DiscriminatorConfig(channels=1)
@@ -51,100 +78,129 @@ MODELS = {  # name: (refiner config, discriminator config, (H, W), batch)
     "digits": (RefinerConfig(channels=1, features=32, blocks=4),
                DiscriminatorConfig(channels=1, widths=(64, 48, 32, 32)), (28, 28), 32),
 }
-VARIANTS = {  # name: (bf16 autocast + channels_last, fused Adam, torch.compile)
-    "fp32": (False, False, False),
-    "bf16+cl": (True, False, False),
-    "bf16+cl+fused": (True, True, False),
-    "bf16+cl+fused+compile": (True, True, True),
-}
+BF16 = Variant(bf16=True, fused=True)
+BENCH = dataclasses.replace(BF16, bench=True)
+VARIANTS = (
+    Variant(),
+    Variant(bf16=True),
+    BF16,
+    dataclasses.replace(BF16, compile="default"),
+    BENCH,
+    dataclasses.replace(BENCH, pad=8),
+    dataclasses.replace(BENCH, trunk=True),
+    dataclasses.replace(BENCH, batch_scale=4),
+    dataclasses.replace(BENCH, compile="reduce-overhead"),
+    dataclasses.replace(BENCH, pad=8, compile="reduce-overhead"),
+)
 
 
-def build(cfg: RefinerConfig, d_cfg: DiscriminatorConfig, device: str, bf16: bool, fused: bool,
-          compiled: bool) -> Gan:
+def build(cfg: RefinerConfig, d_cfg: DiscriminatorConfig, device: str, v: Variant) -> Gan:
     torch.manual_seed(0)
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
-    r = Refiner(cfg).to(device, memory_format=fmt)
+    fmt = torch.channels_last if v.bf16 else torch.contiguous_format
+    r = Refiner(cfg)
+    r = r.blocks if v.trunk else PaddedRefiner(r, v.pad) if v.pad else r
+    r = r.to(device, memory_format=fmt)
     d = LocalDiscriminator(d_cfg).to(device, memory_format=fmt)
-    opt_r = torch.optim.Adam(r.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=fused)
-    opt_d = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=fused)
-    if compiled:
+    opt_r = torch.optim.Adam(r.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=v.fused)
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.5, 0.999), fused=v.fused)
+    if v.compile:
         # The update functions call D's bare module (`unwrap`, a no-op here) and R under no_grad:
         # the compiled wrappers serve both.
-        r, d = torch.compile(r), torch.compile(d)
+        r, d = compiled(r, v.compile, device), compiled(d, v.compile, device)
     # bf16 exactly as training runs it (Gan.amp): autocast around the forward passes only. An
     # autocast around whole updates (backward and optimizer step included) measured 339 against
     # 648 images/s for the digits step on this CPU.
     return Gan(r, d, opt_r, opt_d, LocalAdversarialLoss("sum"), SelfRegularization(0.1, "identity", "sum"),
-               ImageHistory(4 * 512, seed=0), amp=torch.bfloat16 if bf16 else None)
+               ImageHistory(4 * 512, seed=0), amp=torch.bfloat16 if v.bf16 else None)
 
 
-def rate(step, images_per_call: int, device: str, seconds: float, warmup: int = 3) -> float:
-    """images/s of repeated `step()` calls, after `warmup` calls (compilation happens there)."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    done, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        done += images_per_call
-    sync()
-    return done / (time.perf_counter() - t0)
-
-
-def measure(gan: Gan, channels: int, h: int, w: int, batch: int, dev: str, bf16: bool,
-            seconds: float) -> tuple[float, float]:
-    """(refiner f+b images/s, SimGAN step images/s) on random images in [-1, 1]."""
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
-    x = (torch.rand(batch, channels, h, w, device=dev) * 2 - 1).contiguous(memory_format=fmt)
+def loops(gan: Gan, v: Variant, channels: int, h: int, w: int, batch: int, dev: str) -> list[tuple]:
+    """(loop, step, images per step, R forwards per image) on random images in [-1, 1]: the refiner
+    loop, then (not for the trunk) the SimGAN step."""
+    fmt = torch.channels_last if v.bf16 else torch.contiguous_format
+    # The trunk's F-channel input in bf16 already: casting it per call would add a memory pass that R's
+    # 1-channel input does not cost.
+    dtype = torch.bfloat16 if v.trunk and v.bf16 else torch.float32
+    x = (torch.rand(batch, channels, h, w, device=dev, dtype=dtype) * 2 - 1).contiguous(memory_format=fmt)
     y = (torch.rand(batch, channels, h, w, device=dev) * 2 - 1).contiguous(memory_format=fmt)
+    mark = step_marker(v)
 
     def refiner_only() -> None:
+        mark()
         refiner_update(gan, x, with_adversary=False)
 
     def simgan_step() -> None:
         for _ in range(2):
+            mark()
             refiner_update(gan, x, with_adversary=True)
+        mark()
         discriminator_update(gan, x, y)
 
-    # SimGAN step images: 2 x b through R, b real + b refined through D.
-    return rate(refiner_only, batch, dev, seconds), rate(simgan_step, 4 * batch, dev, seconds)
+    # Backward costs two forwards. SimGAN step: 2 x b images through R, b real + b refined through D,
+    # and 7 R forwards per b (2 updates x 3, plus D's step refining its batch).
+    refiner = [("refiner f+b", refiner_only, batch, 3.0)]
+    return refiner if v.trunk else [*refiner, ("SimGAN step", simgan_step, 4 * batch, 7 / 4)]
+
+
+def run_variant(v: Variant, model: str, args, peak: float | None, rows: Rows, budget: Budget) -> float:
+    """Measures one variant of one model into `rows`; returns R's f+b fraction of peak (0 if none)."""
+    cfg, d_cfg, (h, w), batch = MODELS[model]
+    batch = 2 if args.quick else (args.hand_batch if model == "hand" else batch)
+    if args.quick:  # the models' structure (kernels, D) at sizes a CPU runs in seconds
+        cfg, (h, w) = dataclasses.replace(cfg, features=16, blocks=min(cfg.blocks, 2)), (min(h, 24), min(w, 24))
+    batch *= v.batch_scale
+    flops = refiner_flops(cfg, h, w, trunk=v.trunk)
+    channels = cfg.features if v.trunk else cfg.channels
+    common = {"model": model, "variant": v.name, "batch": batch}
+    cap = min(args.variant_cap, budget.left())
+    if cap < (1 if args.quick else 40 if v.compile else 15):  # a compilation takes tens of seconds
+        rows.add(**common, error="skipped: stage budget spent")
+        log(f"  {model} {v.name}: skipped, stage budget spent")
+        return 0.0
+    torch.backends.cudnn.benchmark = v.bench
+    where, best = {**common, "loop": "build"}, 0.0
+    with attempt(rows, where, cap):
+        gan = build(cfg, d_cfg, args.device, v)
+        for loop, step, images, forwards in loops(gan, v, channels, h, w, batch, args.device):
+            where["loop"] = loop
+            ips, warm = rate(step, images, args.device, args.seconds, args.warmup)
+            frac = report(rows, where, f"{model:6s} {v.name:44s} {loop:12s}", ips, ips * forwards * flops / 1e12,
+                          warm, peak)
+            if loop == "refiner f+b" and frac is not None and not v.trunk:  # the trunk is not R
+                best = frac
+    return best
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the device")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak (0: by the device's name)")
     ap.add_argument("--hand-batch", type=int, default=32)
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["eye", "hand"])
+    ap.add_argument("--only", choices=["eager", "compiled"], help="only the eager, or only the compiled variants")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="measured time per loop")
-    ap.add_argument("--quick", action="store_true", help="tiny batches and times: a check that it runs")
+    ap.add_argument("--seconds", type=float, default=2.0, help="measured time per loop")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls before each loop")
+    ap.add_argument("--variant-cap", type=float, default=100.0, help="seconds one variant of one model may take")
+    ap.add_argument("--budget-s", type=float, default=1e9, help="seconds for the whole run (variants left: skipped)")
+    ap.add_argument("--json", help="append one JSON line per measured row to this file")
+    ap.add_argument("--quick", action="store_true", help="tiny models, batches and times: a check that it runs")
     args = ap.parse_args()
-    dev = args.device
+    if args.quick:
+        args.seconds, args.warmup = 0.0, 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; peak taken as {args.peak_tflops:.0f} TFLOP/s")
+    budget = Budget(args.budget_s)
+    name = device_name(args.device)
+    peak = peak_tflops(name, args.peak_tflops)
+    log(f"device: {name}; torch {torch.__version__}; peak taken as {peak} TFLOP/s")
+    rows = Rows(args.json, bench="train_gpu", device=name, torch=torch.__version__, peak_tflops=peak)
+    variants = [v for v in VARIANTS if args.only is None or bool(v.compile) == (args.only == "compiled")]
     best = 0.0
-    for model in args.models:
-        cfg, d_cfg, (h, w), batch = MODELS[model]
-        batch = 2 if args.quick else (args.hand_batch if model == "hand" else batch)
-        if args.quick:
-            h, w = min(h, 32), min(w, 32)  # the hand model at 224x224 takes minutes per step on a CPU
-        flops = refiner_flops(cfg, h, w)
-        print(f"{model}: refiner {cfg.features} features, {cfg.blocks} blocks, {cfg.kernel}x{cfg.kernel}, "
-              f"{h}x{w}, batch {batch}: {flops / 1e9:.2f} GFLOP per image forward")
-        for variant, (bf16, fused, compiled) in VARIANTS.items():
-            if compiled and dev == "cpu":
-                continue  # compilation alone takes minutes on a CPU
-            gan = build(cfg, d_cfg, dev, bf16, fused, compiled)
-            r_ips, s_ips = measure(gan, cfg.channels, h, w, batch, dev, bf16, 0.2 if args.quick else args.seconds)
-            frac = r_ips * 3 * flops / 1e12 / args.peak_tflops
-            best = max(best, frac)
-            print(f"  {variant:22s} refiner f+b {r_ips:12,.0f} images/s = {r_ips * 3 * flops / 1e12:7.1f} TFLOP/s "
-                  f"= {100 * frac:5.1f}% of peak | SimGAN step {s_ips:12,.0f} images/s")
-    print(f"best refiner forward+backward: {100 * best:.1f}% of peak (goal >= 40%)")
+    for v in variants:
+        for model in args.models:
+            best = max(best, run_variant(v, model, args, peak, rows, budget))
+    log(f"best refiner forward+backward: {100 * best:.1f}% of peak (goal >= 40%)")
 
 
 if __name__ == "__main__":

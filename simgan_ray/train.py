@@ -24,18 +24,21 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from simgan_ray import checkpoints, data, storage, viz
-from simgan_ray.config import GuardConfig, OptimizerConfig, ScheduleConfig, TrainConfig, dump_config
 from simgan_ray.errors import SimganError
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy
 from simgan_ray.networks import LocalDiscriminator, Refiner
 from simgan_ray.runtime import check_resources, ensure_ray
+
+if TYPE_CHECKING:  # config needs pydantic, which the update functions don't (benchmarks/train_gpu.py runs without)
+    from simgan_ray.config import GuardConfig, OptimizerConfig, ScheduleConfig, TrainConfig
 
 # Environment of the training workers. glibc malloc hands large freed blocks (activations, gradients:
 # MBs each) straight back to the kernel (munmap / heap trim), so every step pays page faults to get
@@ -382,6 +385,8 @@ def train_func(loop_config: dict) -> None:
     import ray.train.torch
     from ray.train import Checkpoint
 
+    from simgan_ray.config import TrainConfig
+
     cfg = TrainConfig.model_validate(loop_config["config"])
     image_shape = list(loop_config["image_shape"])
     from ray.train.v2._internal.execution import context as train_context
@@ -576,6 +581,8 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    from simgan_ray.config import dump_config
 
     s3 = cfg.data.s3
     uri = run_uri(cfg)
