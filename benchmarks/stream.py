@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from simgan_ray import data, shards, storage  # noqa: E402
 from simgan_ray.config import load_config  # noqa: E402
+from simgan_ray.gan import Gan, discriminator_update, make_gan, refiner_update  # noqa: E402
 from simgan_ray.history import ImageHistory  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
-from simgan_ray.train import Gan, discriminator_update, make_gan, refiner_update  # noqa: E402
 from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 

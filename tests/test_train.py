@@ -8,22 +8,11 @@ import torch
 from simgan_ray import checkpoints
 from simgan_ray.config import GuardConfig, ScheduleConfig, load_config
 from simgan_ray.errors import SimganError
+from simgan_ray.gan import Gan, discriminator_update, ema_beta, ema_update, lr_scale, refiner_update, set_lrs
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization
 from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
-from simgan_ray.train import (
-    CollapseGuard,
-    Gan,
-    discriminator_update,
-    ema_beta,
-    ema_update,
-    fit,
-    lr_scale,
-    phase_at,
-    phase_table,
-    refiner_update,
-    set_lrs,
-)
+from simgan_ray.train import CollapseGuard, fit, phase_at, phase_table
 
 from .conftest import TINY
 

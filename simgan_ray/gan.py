@@ -1,0 +1,182 @@
+"""The SimGAN of the paper as plain PyTorch: R and D with their optimizers and losses, the two
+updates (Algorithm 1's refiner and discriminator steps), R's weight average and the learning-rate
+schedule's arithmetic. No Ray and no config parsing: Ray Train's workers (`train.train_func`) and
+the benchmarks both run these, the latter on machines with torch alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from simgan_ray.history import ImageHistory
+from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy
+from simgan_ray.networks import LocalDiscriminator, Refiner
+
+if TYPE_CHECKING:  # config needs pydantic, which nothing here does
+    from simgan_ray.config import OptimizerConfig, ScheduleConfig, TrainConfig
+
+
+def make_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def distributed() -> bool:
+    """Whether this process is one rank of a torch.distributed group (a Ray Train worker)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare module inside a DDP wrapper (calls on it neither sync nor register hooks)."""
+    return getattr(model, "module", model)
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """No parameter grads for `module` inside the block (grads still flow to its input)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@dataclass
+class Gan:
+    """What the updates act on. `refiner`/`discriminator` may be DDP-wrapped."""
+
+    refiner: nn.Module
+    discriminator: nn.Module
+    opt_r: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    adversarial: LocalAdversarialLoss
+    self_reg: SelfRegularization
+    history: ImageHistory
+    # Autocast dtype of the forward passes (torch.bfloat16), or None for float32. Weights, optimizer
+    # state, losses and the history buffer stay float32 either way.
+    amp: torch.dtype | None = None
+    # A bare copy of R holding the moving average of its weights (schedule.ema_half_life), or None.
+    ema: nn.Module | None = None
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, self.amp or torch.bfloat16, enabled=self.amp is not None)
+
+    @property
+    def exported(self) -> nn.Module:
+        """The refiner that is exported, probed and sampled: R's weight average if kept, else R."""
+        return self.ema if self.ema is not None else unwrap(self.refiner)
+
+
+def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: model) -> Gan:
+    """R, D (each passed through `prepare`, e.g. Ray Train's DDP wrapping), their optimizers and
+    losses as `cfg` says. Seed torch first: this draws the initial weights."""
+    bf16 = cfg.run.precision == "bf16"
+    # bf16: channels_last weights too (the layout bf16 convolution kernels want, on CPU and GPU).
+    layout = torch.channels_last if bf16 else torch.contiguous_format
+    refiner = prepare(Refiner(cfg.refiner).to(memory_format=layout))
+    discriminator = prepare(LocalDiscriminator(cfg.discriminator).to(memory_format=layout))
+    ema = None
+    if cfg.schedule.ema_half_life:
+        ema = copy.deepcopy(unwrap(refiner)).eval().requires_grad_(False)
+    return Gan(
+        refiner=refiner,
+        discriminator=discriminator,
+        opt_r=make_optimizer(refiner.parameters(), cfg.optimizer_r),
+        opt_d=make_optimizer(discriminator.parameters(), cfg.optimizer_d),
+        adversarial=LocalAdversarialLoss(cfg.loss.reduction),
+        self_reg=SelfRegularization(cfg.loss.lam, cfg.loss.psi, cfg.loss.reduction),
+        history=history,
+        amp=torch.bfloat16 if bf16 else None,
+        ema=ema,
+    )
+
+
+def lr_scale(step: int, s: ScheduleConfig) -> float:
+    """Factor on both learning rates at 0-based global `step`: 1, except over the first
+    `s.warmup_steps` adversarial steps, where it ramps 1/n, 2/n, ..., 1."""
+    adversarial = step - s.pretrain_refiner_steps - s.pretrain_discriminator_steps
+    if 0 <= adversarial < s.warmup_steps:
+        return (adversarial + 1) / s.warmup_steps
+    return 1.0
+
+
+def ema_beta(step: int, s: ScheduleConfig) -> float:
+    """Weight of the old average in the update after 0-based global `step`: 0 (the average is a copy
+    of R) until the adversarial phase, then 0.5 ** (1 / h), h = min(s.ema_half_life, t / 2) with t
+    adversarial steps done."""
+    t = step + 1 - s.pretrain_refiner_steps - s.pretrain_discriminator_steps
+    if s.ema_half_life == 0 or t <= 0:
+        return 0.0
+    return 0.5 ** (1 / min(s.ema_half_life, t / 2))
+
+
+@torch.no_grad()
+def ema_update(gan: Gan, beta: float) -> None:
+    """ema <- beta * ema + (1 - beta) * R for weights; buffers (norm statistics) are copied."""
+    if gan.ema is None:
+        return
+    source = unwrap(gan.refiner)
+    for avg, p in zip(gan.ema.parameters(), source.parameters(), strict=True):
+        avg.lerp_(p, 1.0 - beta)
+    for avg, b in zip(gan.ema.buffers(), source.buffers(), strict=True):
+        avg.copy_(b)
+
+
+def set_lrs(gan: Gan, cfg: TrainConfig, scale: float) -> None:
+    for opt, opt_cfg in ((gan.opt_r, cfg.optimizer_r), (gan.opt_d, cfg.optimizer_d)):
+        for group in opt.param_groups:
+            group["lr"] = opt_cfg.lr * scale
+
+
+def refiner_update(gan: Gan, synthetic: torch.Tensor, with_adversary: bool) -> dict[str, torch.Tensor]:
+    """One R step: L_R = l_real(D(R(x))) + lambda*||psi(R(x)) - psi(x)||_1 on (b, C, H, W)."""
+    with gan.autocast(synthetic.device):
+        refined = gan.refiner(synthetic).float()
+        reg = gan.self_reg(refined, synthetic)
+        out = {"loss_r_reg": reg.detach()}
+        loss = reg
+        if with_adversary:
+            # Through the bare D: its weights are not trained here, so no DDP gradient sync for it.
+            with frozen(unwrap(gan.discriminator)) as disc:
+                adv = gan.adversarial(disc(refined), REAL)
+            loss = loss + adv
+            out["loss_r_adv"] = adv.detach()
+    gan.opt_r.zero_grad(set_to_none=True)
+    loss.backward()
+    gan.opt_r.step()
+    out["mean_abs_change"] = (refined.detach() - synthetic).abs().mean()
+    return out
+
+
+def discriminator_update(gan: Gan, synthetic: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One D step on b real + b refined images, the refined half being b/2 refined now and b/2
+    drawn from this rank's history buffer (all current while the buffer is empty)."""
+    with torch.no_grad(), gan.autocast(synthetic.device):
+        refined = unwrap(gan.refiner)(synthetic).float()
+    half = len(refined) // 2
+    past = gan.history.sample(len(refined) - half).to(refined.device)
+    fake = torch.cat([refined[: len(refined) - len(past)], past])
+    gan.history.push(refined[:half])
+    with gan.autocast(synthetic.device):
+        # One forward over [real; fake] so DDP sees a single forward per backward.
+        logits = gan.discriminator(torch.cat([real, fake])).float()
+        logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
+        loss = gan.adversarial(logits_real, REAL) + gan.adversarial(logits_fake, REFINED)
+    gan.opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    gan.opt_d.step()
+    return {
+        "loss_d": loss.detach(),
+        "d_acc_real": patch_accuracy(logits_real.detach(), REAL),
+        "d_acc_refined": patch_accuracy(logits_fake.detach(), REFINED),
+    }
