@@ -294,16 +294,17 @@ def refine(job: RefineJob) -> RefineSummary:
     identity = {"format": JOB_FORMAT, "input": job.input, "model": model_id, "png": job.png}
     _check_output(job, identity)
     names = [s["name"] for s in manifest.shards]
-    storage.make_dirs(job.output, job.s3)
-    storage.write_bytes(storage.join(job.output, JOB_FILE), json.dumps({**identity, "shards": names}, indent=2)
-                        .encode(), job.s3)
-
     pending = [n for n in names if not storage.exists(_done_uri(job.output, n), job.s3)]
-    start = time.perf_counter()
     if pending:
         ensure_ray(job.concurrency * job.cpus_per_worker)
         check_resources({"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker}, job.concurrency,
                         "refine --concurrency, --cpus-per-worker, --gpus-per-worker")
+    storage.make_dirs(job.output, job.s3)
+    storage.write_bytes(storage.join(job.output, JOB_FILE), json.dumps({**identity, "shards": names}, indent=2)
+                        .encode(), job.s3)
+
+    start = time.perf_counter()
+    if pending:
         ds = ray.data.from_items([{"shard": n} for n in pending], override_num_blocks=len(pending))
         results = ds.map_batches(
             ShardRefiner, batch_size=1, concurrency=job.concurrency,

@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def check_resources(per_worker: dict[str, float], workers: int, what: str) -> No
         raise SimganError(f"{what}: {workers} worker(s) of {wanted} each do not fit {where} ({has} in all, on "
                           f"{len(nodes)} node(s)) and no autoscaler can add nodes for them")
     print(f"note: {workers} worker(s) of {wanted} each do not fit the cluster now ({has}); waiting for its "
-          "autoscaler to add nodes", flush=True)
+          "autoscaler to add nodes", file=sys.stderr, flush=True)
 
 
 def run_tasks(fn, calls: list[tuple], what: str) -> list:

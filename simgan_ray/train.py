@@ -18,6 +18,7 @@ import math
 import os
 import resource
 import socket
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -442,7 +443,7 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
         raise SimganError(f"{uri}: no run to resume (config.yaml missing)")
     if resume and not checkpointed:
         print(f"note: {uri} has no checkpoint (the run stopped before its first one): starting it over from step 0 "
-              "with the config given now", flush=True)
+              "with the config given now", file=sys.stderr, flush=True)
     syn, real = data.check_training_sets(
         cfg.data.synthetic, cfg.data.real, cfg.refiner.channels,
         cfg.batch_size * cfg.run.num_workers, s3,
