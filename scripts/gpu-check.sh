@@ -69,7 +69,7 @@ log "gpu-check: OUT=$OUT, device $DEVICE, budget ${BUDGET}s, python $(command -v
 smi before
 timeout 60 "$PYTHON" benchmarks/gpu_common.py env --out "$OUT" --device "$DEVICE" "${PEAK[@]}" 2>&1 | tee -a "$LOG"
 ((PIPESTATUS[0])) && FAILED=$((FAILED + 1))
-# Training first (never measured on a GPU before), eager variants before compiled ones (the
+# Training first (the step measured least), eager variants before compiled ones (the
 # compilations are the risk); what a stage leaves unused goes to the next ones. Of 450 s: at most
 # 130 s, then 238 s keeping 121 s, then all that is left.
 stage train-eager 29 64 "$PYTHON" benchmarks/train_gpu.py --device "$DEVICE" --only eager \

@@ -101,7 +101,7 @@ def png_file_name(image_id: str) -> str:
     '/', '\\', '%' or leading '.' is left (one plain, visible path segment), plus .png. An id too
     long for a file name keeps a prefix and a hash of the whole id."""
     stem = quote(image_id.removesuffix(".png") or image_id, safe="-_.,+=@()[]~")
-    if stem.startswith("."):
+    if stem[:1] in ("", "."):  # no hidden file ('.png' from an empty id too)
         stem = "%2E" + stem[1:]
     if len(stem) > 200:
         stem = f"{stem[:180]}~{hashlib.sha256(image_id.encode()).hexdigest()[:16]}"

@@ -3,6 +3,8 @@ either loads as something valid or is refused with a one-line SimganError naming
 image) and field; never another exception, never a silently wrong result."""
 
 import io
+import json
+import os
 import string
 
 import numpy as np
@@ -12,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from simgan_ray import data
+from simgan_ray import data, shards, storage
 from simgan_ray.cluster import load_cluster
 from simgan_ray.config import TrainConfig, load_config
 from simgan_ray.errors import SimganError
@@ -120,3 +122,51 @@ def test_empty_real_set_is_refused(tmp_path, digit_sets):
     write_set(tmp_path / "empty", "real", np.zeros((0, 28, 28), np.uint8), [], 10)
     with pytest.raises(SimganError, match=r"real set .*empty has 0 images, fewer than one batch"):
         data.check_training_sets(digit_sets["synthetic"], str(tmp_path / "empty"), 1, 8)
+
+
+# --- ids and manifests come from users' files (issue 17) -----------------------------------------
+
+@settings(max_examples=400, deadline=None)
+@given(image_id=st.text(max_size=300), other=st.text(max_size=40))
+def test_any_id_becomes_one_plain_file_name_under_its_folder(tmp_path_factory, image_id, other):
+    name = shards.png_file_name(image_id)
+    assert storage.bad_segment(name) is None and "/" not in name and "\\" not in name
+    assert not name.startswith(".") and name.endswith(".png") and len(name) <= 204
+    root = "/out"
+    assert storage.join(root, "png", "shard-00000", name).startswith(root + "/png/shard-00000/")
+    # Distinct valid ids get distinct files, but for a trailing .png (refine skips the second, naming both).
+    valid = shards.id_problem(image_id) is None and shards.id_problem(other) is None
+    if valid and image_id != other and not {image_id, other} & {i + ".png" for i in (image_id, other)} \
+            and len(name) < 180:
+        assert shards.png_file_name(other) != name
+    try:
+        shards.make_table([image_id], [np.zeros((2, 2), np.uint8)], [None])
+    except SimganError as e:
+        assert shards.id_problem(image_id) is not None and "\n" not in str(e)
+    else:
+        assert shards.id_problem(image_id) is None
+
+
+MANIFEST_KEYS = ["format", "kind", "count", "shape", "shards", "source", "name", "rows", "extra"]
+manifest_values = st.recursive(
+    st.one_of(scalars, st.sampled_from([shards.FORMAT, "shard-00000.parquet", "../x.parquet", "/etc/passwd", 64])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(MANIFEST_KEYS), inner,
+                                                                         max_size=6)),
+    max_leaves=14)
+
+
+@SETTINGS
+@given(doc=manifest_values, field=st.sampled_from(MANIFEST_KEYS[:6]), value=manifest_values)
+def test_any_manifest_is_valid_or_refused_by_name(tmp_path, doc, field, value):
+    valid = {"format": shards.FORMAT, "kind": "real", "count": 64, "shape": [1, 28, 28],
+             "shards": [{"name": "shard-00000.parquet", "rows": 64}], "source": {}}
+    for content in (doc, {**valid, field: value}):
+        (tmp_path / "manifest.json").write_text(json.dumps(content))
+        try:
+            m = shards.read_manifest(str(tmp_path))
+        except SimganError as e:
+            assert str(tmp_path / "manifest.json") in str(e) and "\n" not in str(e)
+        else:  # what readers rely on: every shard a plain file beside the manifest, the rows add up
+            assert m.count == sum(s["rows"] for s in m.shards) and len(m.shape) == 3
+            for uri in shards.shard_uris(str(tmp_path), m):
+                assert os.path.dirname(uri) == str(tmp_path) and uri.endswith(".parquet")
