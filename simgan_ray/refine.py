@@ -263,8 +263,10 @@ def _check_output(job: RefineJob, identity: dict) -> None:
                               "pick an empty or new --output")
         return
     files = storage.list_files(job.output, options=job.s3)
-    stems = {n.removesuffix(".parquet") for n in (previous or {}).get("shards", [])}
-    stems |= {f.removeprefix(DONE_DIR + "/").removesuffix(".json") for f in files if f.startswith(DONE_DIR + "/")}
+    stems = set()
+    if previous is not None:  # its shards, as recorded and as committed (an older record lists none)
+        stems |= {n.removesuffix(".parquet") for n in previous.get("shards", [])}
+        stems |= {f.removeprefix(DONE_DIR + "/").removesuffix(".json") for f in files if f.startswith(DONE_DIR + "/")}
     if holds_set:
         try:
             stems |= {e["name"].removesuffix(".parquet") for e in shards.read_manifest(job.output, job.s3).shards}

@@ -99,9 +99,12 @@ def _addable(per_worker: dict[str, float]) -> bool | None:
         # A type without declared resources has them detected from its instance type at launch.
         return any(t.get("max_workers", 0) > 0 and ("resources" not in t or _bundles([t["resources"]], per_worker))
                    for t in types.values())
-    from ray.experimental.internal_kv import _internal_kv_get  # Ray 2.60: the autoscaler's status record
+    # Ray 2.60: autoscaler v2 (KubeRay's) sets a flag in the GCS; v1 (the launcher's monitor) keeps
+    # its status record in the internal KV store.
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
 
-    return None if _internal_kv_get("__autoscaling_status") else False
+    return None if is_autoscaler_v2(fetch_from_server=True) or _internal_kv_get("__autoscaling_status") else False
 
 
 def check_resources(per_worker: dict[str, float], workers: int, what: str) -> None:
