@@ -94,6 +94,8 @@ def train(
         list[str] | None, typer.Option("--set", help="override any field: --set schedule.steps=50 (repeatable)")
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run <storage>/<name> from its latest checkpoint")] = False,
+    auto_resume: Annotated[bool, typer.Option(help="resume the run if it has a checkpoint, else start it: one "
+                                                   "command line for a first attempt and every retry")] = False,
     cluster: Cluster = None,
     address: Address = None,
     wait: Wait = True,
@@ -111,8 +113,9 @@ def train(
     cfg = load_config(config, overrides)
     _echo(f"# resolved config -> {run_uri(cfg)}/config.yaml\n{dump_config(cfg)}")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
-        ["train", "--config", "config.yaml", *(["--resume"] if resume else [])], {"config.yaml": dump_config(cfg)}))
-    result = fit(cfg, resume=resume)
+        ["train", "--config", "config.yaml", *(["--auto-resume"] if auto_resume else ["--resume"] if resume else [])],
+        {"config.yaml": dump_config(cfg)}))
+    result = fit(cfg, resume="auto" if auto_resume else resume)
     last = result.metrics[-1] if result.metrics else {}
     if result.skipped:
         _echo(f"skipped {len(result.skipped)} corrupt image(s), listed in {result.run_uri}/skipped.txt; "
@@ -337,7 +340,7 @@ def _root_cause(exc: BaseException) -> str:
 
 # How to carry on after an interrupt, per command: what the interrupted work left is kept.
 _CONTINUE = {
-    "train": "run the same command with --resume to continue from the last checkpoint",
+    "train": "run the same command with --resume (or --auto-resume) to continue from the last checkpoint",
     "refine": "run the same command again to finish: finished shards are kept",
     "tune": "the trials run so far are in the sweep's folder; run the sweep again under another --name",
 }

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -418,11 +419,13 @@ def run_uri(cfg: TrainConfig) -> str:
     return storage.join(storage.normalize(cfg.run.storage), cfg.run.name)
 
 
-def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, resume_from=None) -> FitResult:
+def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: list | None = None,
+        resume_from=None) -> FitResult:
     """Driver: validate inputs, run the TorchTrainer, then write export, curves and samples beside
     the run. Needs a running Ray (local or a cluster's). `resume` continues this run from its own
-    latest checkpoint; `resume_from` (a ray.train.Checkpoint of another run, e.g. the one PBT
-    clones) starts this new run from that state."""
+    latest checkpoint (True: the run must exist; "auto": resume it when it has a checkpoint, else
+    start it, so that one command line serves a first attempt and every retry); `resume_from` (a
+    ray.train.Checkpoint of another run, e.g. the one PBT clones) starts this new run from that state."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -439,9 +442,9 @@ def fit(cfg: TrainConfig, resume: bool = False, callbacks: list | None = None, r
         raise SimganError(f"{uri} already holds a run: continue it with --resume, or pick another run.name" if
                           checkpointed else f"{uri} holds a run that stopped before its first checkpoint: --resume "
                           "starts it over from step 0 with the config given now, or pick another run.name")
-    if resume and not started:
+    if resume is True and not started:
         raise SimganError(f"{uri}: no run to resume (config.yaml missing)")
-    if resume and not checkpointed:
+    if resume and started and not checkpointed:
         print(f"note: {uri} has no checkpoint (the run stopped before its first one): starting it over from step 0 "
               "with the config given now", file=sys.stderr, flush=True)
     syn, real = data.check_training_sets(

@@ -347,7 +347,7 @@ def test_the_console_script_refuses_an_output_without_a_bucket(tmp_path):
 @pytest.mark.slow
 def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit_sets, model, tmp_path):
     """The real console script, stopped part-way: one last line, exit 143 / 130; then the rerun
-    finishes the refine and --resume continues the run."""
+    finishes the refine, and the same train command line (--auto-resume) continues the run."""
     big = tmp_path / "big"
     write_set(big, "synthetic", np.random.default_rng(0).integers(0, 255, (2000, 28, 28), np.uint8), [None] * 2000, 25)
     refine_args = [str(BIN), "refine", "--model", model, "--input", str(big), "--output", str(tmp_path / "out"),
@@ -364,20 +364,23 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
     again = subprocess.run(refine_args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "already done" in again.stderr
 
+    # One command line for the first attempt and the retry (a RayJob's pod restarted, a spot node lost).
     train_args = [str(BIN), "train", "--storage", str(tmp_path / "runs"), "--name", "r", "--num-workers", "1",
-                  "--set", f"data.synthetic={big}", "--set", f"data.real={digit_sets['real']}", "--set", "batch_size=8",
-                  "--set", "history_size=64", "--set", "schedule.pretrain_refiner_steps=10", "--set",
-                  "schedule.pretrain_discriminator_steps=10", "--set", "schedule.steps=100000", "--set",
-                  "run.checkpoint_every=20", *[x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]]
+                  "--auto-resume", "--set", f"data.synthetic={big}", "--set", f"data.real={digit_sets['real']}",
+                  "--set", "batch_size=8", "--set", "history_size=64", "--set", "schedule.pretrain_refiner_steps=10",
+                  "--set", "schedule.pretrain_discriminator_steps=10", "--set", "schedule.steps=180", "--set",
+                  "run.checkpoint_every=10", *[x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]]
     proc = subprocess.Popen(train_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while not list((tmp_path / "runs" / "r").glob("checkpoint_*/state.pt")) and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
-    assert err.strip().splitlines()[-1] == ("interrupted (SIGINT): run the same command with --resume to continue "
-                                             "from the last checkpoint")
-    # A resumed run may change its schedule: this one ends at step 50.
-    resumed = subprocess.run([*train_args, "--resume", "--set", "schedule.steps=30"], capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0 and "done: step 50" in resumed.stderr, resumed.stderr[-2000:]
+    assert err.strip().splitlines()[-1] == ("interrupted (SIGINT): run the same command with --resume (or "
+                                             "--auto-resume) to continue from the last checkpoint")
+    assert not (tmp_path / "runs" / "r" / "metrics.jsonl").exists()  # stopped before its end
+    again = subprocess.run(train_args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "resumed at step" in again.stdout + again.stderr, again.stderr[-2000:]
+    assert "done: step 200" in again.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10, 201, 10))  # every report once
