@@ -61,6 +61,11 @@ WORKER_ENV = {
 }
 
 
+# Ray Train (2.60: v2/_internal/constants.py) lists a run's committed checkpoints in this file and
+# resumes from it; a checkpoint uploaded but not yet committed is not in it and is not resumed.
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -436,8 +441,7 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
         if storage.overlap(uri, prefix):
             raise SimganError(f"run {uri} overlaps {field} {prefix}: a run never writes into its input")
     started = storage.exists(storage.join(uri, "config.yaml"), s3)
-    # Every checkpoint holds rank 0's state.pt; a run stopped before its first has none to resume.
-    checkpointed = started and bool(storage.list_files(uri, ("/state.pt",), s3))
+    checkpointed = started and storage.exists(storage.join(uri, TRAIN_SNAPSHOT), s3)
     if started and not resume:
         raise SimganError(f"{uri} already holds a run: continue it with --resume, or pick another run.name" if
                           checkpointed else f"{uri} holds a run that stopped before its first checkpoint: --resume "

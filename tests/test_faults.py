@@ -24,7 +24,7 @@ from simgan_ray import storage
 from simgan_ray.config import load_config
 from simgan_ray.errors import SimganError
 from simgan_ray.storage import S3Options
-from simgan_ray.train import fit
+from simgan_ray.train import TRAIN_SNAPSHOT, fit
 
 from .conftest import TINY
 from .tcpproxy import TcpProxy
@@ -80,7 +80,7 @@ def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets,
     thread.start()
     # Committed, not just uploaded: Train lists a checkpoint in its snapshot once it registered it
     # (a checkpoint uploaded but not yet registered when a worker dies is not resumed from).
-    wait_for(lambda: (run / "workers.json").exists() and (run / "checkpoint_manager_snapshot.json").exists(),
+    wait_for(lambda: (run / "workers.json").exists() and (run / TRAIN_SNAPSHOT).exists(),
              "a first committed checkpoint")
     victim = json.loads((run / "workers.json").read_text())[1]["pid"]
     os.kill(victim, signal.SIGKILL)  # rank 1's Ray Train worker process, mid-run
@@ -103,7 +103,7 @@ def test_killed_driver_then_resume(where, s3_server, digit_sets, tmp_path):
     # Its own process group: the kill takes the CLI and the local Ray it started down together.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Killed once a checkpoint is committed (listed in Train's snapshot), not just uploaded.
-    snapshot = storage.join(run, "checkpoint_manager_snapshot.json")
+    snapshot = storage.join(run, TRAIN_SNAPSHOT)
     wait_for(lambda: storage.exists(snapshot, s3) or proc.poll() is not None, "a first committed checkpoint")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -25,7 +25,7 @@ from simgan_ray.errors import SimganError
 from simgan_ray.ingest import Target, ingest
 from simgan_ray.networks import Refiner, RefinerConfig
 from simgan_ray.refine import RefineJob, refine
-from simgan_ray.train import fit
+from simgan_ray.train import TRAIN_SNAPSHOT, fit
 
 from .conftest import TINY, write_set
 
@@ -371,7 +371,7 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
                   "--set", "schedule.pretrain_discriminator_steps=10", "--set", "schedule.steps=180", "--set",
                   "run.checkpoint_every=10", *[x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]]
     proc = subprocess.Popen(train_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not list((tmp_path / "runs" / "r").glob("checkpoint_*/state.pt")) and proc.poll() is None:
+    while not (tmp_path / "runs" / "r" / TRAIN_SNAPSHOT).exists() and proc.poll() is None:  # a committed checkpoint
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=180)
