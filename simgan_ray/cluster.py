@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from simgan_ray.config import read_yaml
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import SimganError, first_line
 
 DEFAULT_DASHBOARD_PORT = 8265
 _DASHBOARD_PORT = re.compile(r"--dashboard-port[= ](\d+)")
@@ -68,24 +68,39 @@ def dashboard_port(cfg: dict) -> int:
     return DEFAULT_DASHBOARD_PORT
 
 
+_JOBS_API = re.compile(r"^(https?|ray)://[^/\s]+")
+
+
 def jobs_address(cluster: str | Path | None, address: str | None) -> str | None:
-    """Where to submit: --address (http://host:port of the dashboard, or ray://host:port of a Ray
-    Client server), else the head of --cluster, else None (run locally)."""
+    """Where to submit, in the order Ray's own tools use: --address (http://host:port of the
+    dashboard, or ray://host:port of a Ray Client server), else RAY_ADDRESS when it names such an
+    API (the Ray Jobs CLI's convention; inside a Ray Job, RAY_ADDRESS is the cluster's host:port,
+    which the job joins instead), else the head of --cluster, else None (run on a local Ray)."""
     if address:
-        if not re.match(r"^(https?|ray)://[^/\s]+", address):
+        if not _JOBS_API.match(address):
             raise SimganError(f"--address {address!r}: expected http://HOST:PORT (dashboard) or ray://HOST:PORT")
         return address
+    env = os.environ.get("RAY_ADDRESS", "")
+    if _JOBS_API.match(env):
+        if cluster is not None:
+            print(f"note: RAY_ADDRESS={env} comes before --cluster {cluster}: submitting there", file=sys.stderr)
+        return env
     if cluster is None:
         return None
     cfg = load_cluster(cluster)
     if cfg["provider"]["type"] == "local":
         host = cfg["provider"]["head_ip"]
-    else:  # a cloud cluster: ask the launcher, which knows how to find its head node
-        done = subprocess.run(["ray", "get-head-ip", str(cluster)], capture_output=True, text=True)
-        host = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else ""
-        if not host:
-            raise SimganError(f"{cluster}: `ray get-head-ip` found no head ({done.stderr.strip()[-200:]}); "
-                              "is the cluster up (`ray up`)? or pass --address http://HEAD:8265")
+    else:  # a cloud cluster: the launcher's SDK asks the provider where its head node is
+        from ray.autoscaler.sdk import get_head_node_ip
+
+        try:
+            host = get_head_node_ip(str(cluster))
+        except ImportError as e:  # Ray's message names the provider's SDK package
+            extra = "; the aws extra has it: pip install 'simgan-ray[aws]'" if cfg["provider"]["type"] == "aws" else ""
+            raise SimganError(f"{cluster}: {first_line(e).rstrip('.')}{extra}") from None
+        except Exception as e:  # the provider's API: no such cluster, no credentials, no network
+            raise SimganError(f"{cluster}: the launcher found no head ({first_line(e)}); is the cluster up "
+                              "(`ray up`)? or pass --address http://HEAD:8265") from None
     return f"http://{host}:{dashboard_port(cfg)}"
 
 

@@ -41,7 +41,10 @@ def ensure_ray(min_cpus: float = 1) -> None:
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    if address := os.environ.get("RAY_ADDRESS"):
+        if "://" in address and not address.startswith("ray://"):
+            raise SimganError(f"RAY_ADDRESS={address} names a Ray Jobs API, which a driver cannot join: submit to it "
+                              "with the CLI (it uses RAY_ADDRESS so), or unset it to run on a local Ray")
         ray.init(log_to_driver=True)
     else:
         start_local_ray(max(os.cpu_count() or 1, math.ceil(min_cpus) + 1))

@@ -1,5 +1,6 @@
 """The real console script, as a user runs it: exit codes and one-line errors."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,32 @@ def test_a_run_inside_its_input_is_refused(tmp_path, digit_sets):
               "--storage", digit_sets["synthetic"], "--name", "oops")
     assert out.returncode == 2 and "overlaps data.synthetic" in out.stderr.strip().splitlines()[-1]
     assert not (Path(digit_sets["synthetic"]) / "oops").exists()
+
+
+def test_ray_address_names_where_to_submit_as_ray_tools_do(tmp_path):
+    """RAY_ADDRESS=http://... (the Ray Jobs CLI's convention) is where commands are submitted, before
+    --cluster; it never reaches a local ray.init (which cannot join a Jobs API)."""
+    from simgan_ray.runtime import free_port
+
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, "RAY_ADDRESS": address}
+    out = subprocess.run([str(BIN), "train", "--cluster", "cluster/onprem.yaml"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"note: RAY_ADDRESS={address} comes before --cluster" in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {address}: no Ray Jobs API there")
+    direct = subprocess.run([sys.executable, "-c", "from simgan_ray.runtime import ensure_ray; ensure_ray()"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert "RAY_ADDRESS=http://127.0.0.1" in direct.stderr and "names a Ray Jobs API" in direct.stderr
+
+
+def test_a_cloud_cluster_without_its_sdk_is_one_line_naming_the_install(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['boto3'] = None\n")  # boto3 not installed
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([str(BIN), "train", "--cluster", "cluster/aws-gpu.yaml"], capture_output=True, text=True,
+                         timeout=120, env={**env, "PYTHONPATH": str(site)})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert "requires the AWS SDK for Python (Boto3)" in last and "pip install 'simgan-ray[aws]'" in last
