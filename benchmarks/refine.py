@@ -185,6 +185,7 @@ def cpu(args) -> None:
     from simgan_ray import checkpoints, storage
     from simgan_ray.config import load_config
     from simgan_ray.refine import RefineJob, refine
+    from simgan_ray.runtime import start_local_ray
     from simgan_ray.simulate import simulate
     from simgan_ray.storage import S3Options
     from tests.s3server import MotoServer, use_fake_credentials
@@ -193,7 +194,8 @@ def cpu(args) -> None:
     cores = os.cpu_count()
     server = MotoServer()
     try:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # As the library starts its Ray (address="local"): a stale or foreign Ray on the machine never captures it.
+        start_local_ray(os.cpu_count() or 1)
         s3 = S3Options(endpoint_url=server.endpoint)
         bucket = server.make_bucket("bench")
         simulate(f"{bucket}/synthetic", args.count, args.shard_size, seed=0, s3=s3)

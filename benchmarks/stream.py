@@ -32,6 +32,7 @@ from simgan_ray import data, shards, storage  # noqa: E402
 from simgan_ray.config import load_config  # noqa: E402
 from simgan_ray.gan import Gan, discriminator_update, make_gan, refiner_update  # noqa: E402
 from simgan_ray.history import ImageHistory  # noqa: E402
+from simgan_ray.runtime import start_local_ray  # noqa: E402
 from simgan_ray.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
 from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
@@ -126,7 +127,8 @@ def main() -> None:
 
     server = MotoServer()
     try:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # As the library starts its Ray (address="local"): a stale or foreign Ray on the machine never captures it.
+        start_local_ray(os.cpu_count() or 1)
         s3 = S3Options(endpoint_url=server.endpoint)
         prefix = server.make_bucket("bench") + "/synthetic"
         t = time.perf_counter()
