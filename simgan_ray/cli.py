@@ -49,7 +49,9 @@ def _submit_if_cluster(cluster: Path | None, address: str | None, wait: bool, jo
 
     target = jobs_address(cluster, address)
     if target is not None:
-        raise typer.Exit(submit(target, job(), wait, _echo))
+        # sys.exit, not typer.Exit: a 130 (Ctrl-C stopped following; the job goes on, as submit
+        # said) must not read as this process's own work interrupted (main).
+        sys.exit(submit(target, job(), wait, _echo))
 
 
 def _argv(ctx: typer.Context) -> list[str]:
