@@ -8,11 +8,12 @@ import signal
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import yaml
 
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import SimganError, first_line
 
 # Where `ray up` leaves the cluster's launcher config on the head node, for its autoscaler (Ray 2.60:
 # ray.autoscaler._private.constants / commands.py write it there; Ray Jobs' entrypoints run on the head).
@@ -45,6 +46,7 @@ def ensure_ray(min_cpus: float = 1) -> None:
         if "://" in address and not address.startswith("ray://"):
             raise SimganError(f"RAY_ADDRESS={address} names a Ray Jobs API, which a driver cannot join: submit to it "
                               "with the CLI (it uses RAY_ADDRESS so), or unset it to run on a local Ray")
+        _wait_for_answer(address)
         ray.init(log_to_driver=True)
     else:
         start_local_ray(max(os.cpu_count() or 1, math.ceil(min_cpus) + 1))
@@ -52,6 +54,25 @@ def ensure_ray(min_cpus: float = 1) -> None:
     # killing its processes) or SystemExit(SIGTERM), which tell a stop from a failure only by a number.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_stop_signal)
+
+
+def _wait_for_answer(address: str, seconds: float = 30.0) -> None:
+    """Raise, naming `address` (host:port or ray://host:port), when nothing accepts a connection there
+    within `seconds`: ray.init would retry a cluster that does not answer for ever. Other forms
+    ("auto", "local") are left to ray.init."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise SimganError(f"RAY_ADDRESS={address}: no Ray answers there ({e.strerror or first_line(e)} for "
+                                  f"{seconds:.0f} s); is the cluster up?") from None
+            time.sleep(1)
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 BIN = Path(sys.executable).with_name("simgan-ray")
@@ -80,3 +81,16 @@ def test_a_cloud_cluster_without_its_sdk_is_one_line_naming_the_install(tmp_path
     assert out.returncode == 2 and "Traceback" not in out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert "requires the AWS SDK for Python (Boto3)" in last and "pip install 'simgan-ray[aws]'" in last
+
+
+def test_a_cluster_that_does_not_answer_is_one_line_within_the_bound():
+    from simgan_ray.runtime import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # a GCS address nothing listens on
+    code = ("from simgan_ray import runtime\nruntime._wait_for_answer.__defaults__ = (3.0,)\n"
+            "runtime.ensure_ray()")
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RAY_ADDRESS": address})
+    assert time.monotonic() - start < 30
+    assert f"RAY_ADDRESS={address}: no Ray answers there (Connection refused for 3 s)" in out.stderr
