@@ -13,6 +13,8 @@ role / service account / environment) credentials.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import re
@@ -37,25 +39,59 @@ def _ray_schema() -> dict:
     return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
 
 
+def _schema_error(e) -> str:
+    """A jsonschema ValidationError as `dotted.field: why`, on one line."""
+    field = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+    return f"{field}: {' '.join(e.message.split())}"
+
+
+# Providers whose launcher steps (fill in node resources, bootstrap) run offline; a cloud's call its API.
+_OFFLINE_PROVIDERS = {"local"}
+
+
+def _launcher_checks(cfg: dict) -> dict:
+    """What `ray up` does to a config before it starts anything -> the config it would launch.
+
+    Ray 2.60 has no public API for these checks: `ray up` (create_or_update_cluster ->
+    _bootstrap_config in ray/autoscaler/_private/commands.py) runs prepare_config (defaults, and for
+    `provider: local` its own rules), the provider's fillout of node resources, validate_config (the
+    schema again, node types, max_workers) and the provider's bootstrap_config. Same private imports
+    as there; re-check them on a Ray upgrade. Their messages go to a CLI logger: kept quiet here, the
+    caller reports the failure in one line."""
+    from ray.autoscaler._private.providers import _get_node_provider_cls
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        cfg = prepare_config(cfg)
+        offline = cfg["provider"]["type"] in _OFFLINE_PROVIDERS
+        provider = _get_node_provider_cls(cfg["provider"]) if offline else None
+        if provider:
+            cfg = provider.fillout_available_node_types_resources(cfg)
+        validate_config(cfg)
+        return provider.bootstrap_config(cfg) if provider else cfg
+
+
 def load_cluster(path: str | Path) -> dict:
-    """A Ray cluster-launcher YAML, validated against Ray's own schema plus what submitting needs
-    (a head). -> the parsed config; a SimganError naming the file and field otherwise."""
+    """A Ray cluster-launcher YAML, checked as `ray up` checks it (Ray's schema, then the launcher's
+    own preparation and validation) plus what submitting needs (a head) -> the config as `ray up`
+    resolves it (Ray's defaults filled in); a SimganError naming the file (and field) otherwise."""
     import jsonschema
 
     cfg = read_yaml(path, "cluster config")
-    try:
+    try:  # first on the file as written, so that an error names the user's field
         jsonschema.validate(cfg, _ray_schema())
     except jsonschema.ValidationError as e:
-        field = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise SimganError(f"{path}: {field}: {e.message}") from None
+        raise SimganError(f"{path}: {_schema_error(e)}") from None
     provider = cfg["provider"]
     if provider["type"] == "local" and not provider.get("head_ip"):
         raise SimganError(f"{path}: provider.head_ip: a provider: local cluster needs its head's address")
-    types = cfg.get("available_node_types")
-    if types is not None and cfg.get("head_node_type") not in types:
-        raise SimganError(f"{path}: head_node_type: {cfg.get('head_node_type')!r} is not one of available_node_types "
-                          f"({', '.join(types)})")
-    if not cfg.get("head_start_ray_commands"):
+    try:
+        cfg = _launcher_checks(cfg)
+    except jsonschema.ValidationError as e:
+        raise SimganError(f"{path}: {_schema_error(e)} (with Ray's defaults filled in)") from None
+    except Exception as e:  # Ray's own refusal (ClickException, ValueError, ...), as `ray up` would stop on it
+        raise SimganError(f"{path}: `ray up` would refuse it: {first_line(e)}") from None
+    if not any("ray start" in c and "--head" in c for c in cfg["head_start_ray_commands"]):
         raise SimganError(f"{path}: head_start_ray_commands: no `ray start --head` command, so no head")
     return cfg
 

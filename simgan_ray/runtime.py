@@ -112,14 +112,19 @@ def _bundles(nodes: list[dict], per_worker: dict[str, float]) -> int:
     return sum(min(int(node.get(k, 0) // v) for k, v in per_worker.items()) for node in nodes)
 
 
-def _addable(per_worker: dict[str, float]) -> bool | None:
+def _addable(per_worker: dict[str, float], alive: int) -> bool | None:
     """Whether the cluster's autoscaler could add a node that holds one worker: True/False from the
     launcher config on this (head) node, None where an autoscaler runs whose node types are not
-    known here (KubeRay), False where there is none (a local Ray, a fixed cluster)."""
+    known here (KubeRay), False where there is none (a local Ray, a fixed cluster). `alive`: nodes up now."""
     if _started_here:
         return False
     if BOOTSTRAP_CONFIG.exists():
-        types = (yaml.safe_load(BOOTSTRAP_CONFIG.read_text()) or {}).get("available_node_types") or {}
+        launcher = yaml.safe_load(BOOTSTRAP_CONFIG.read_text()) or {}
+        types = launcher.get("available_node_types") or {}
+        if launcher.get("provider", {}).get("type") == "local":
+            # On-prem: `ray up` made one node type for the head and its workers (of worker_ips), with
+            # resources left to `ray start` to detect; the autoscaler starts workers until max_workers are up.
+            return alive - 1 < sum(t.get("max_workers", 0) for t in types.values())
         # A type without declared resources has them detected from its instance type at launch.
         return any(t.get("max_workers", 0) > 0 and ("resources" not in t or _bundles([t["resources"]], per_worker))
                    for t in types.values())
@@ -144,7 +149,7 @@ def check_resources(per_worker: dict[str, float], workers: int, what: str) -> No
     wanted = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
     have = {k: sum(n.get(k, 0) for n in nodes) for k in per_worker}
     has = ", ".join(f"{v:g} {k}" for k, v in have.items())
-    addable = _addable(per_worker)
+    addable = _addable(per_worker, len(nodes))
     if addable is False:
         where = "the local Ray" if _started_here else "the cluster"
         raise SimganError(f"{what}: {workers} worker(s) of {wanted} each do not fit {where} ({has} in all, on "

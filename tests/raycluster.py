@@ -17,7 +17,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from simgan_ray import storage
 from simgan_ray.runtime import free_port
+from simgan_ray.storage import S3Options
+
+from .conftest import TINY
 
 
 def _node_ports() -> list[str]:
@@ -133,3 +137,24 @@ class LocalCluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def upload_digit_sets(digit_sets: dict, bucket: str, s3: S3Options) -> None:
+    """The `digit_sets` fixture's synthetic and real sets to bucket/synthetic and bucket/real: a
+    cluster reads its data from S3, not from this machine."""
+    for name in ("synthetic", "real"):
+        for f in Path(digit_sets[name]).iterdir():
+            storage.write_bytes(f"{bucket}/{name}/{f.name}", f.read_bytes(), s3)
+
+
+def two_node_run(bucket: str, endpoint: str, name: str) -> list[str]:
+    """`--set` options of a short train run (tiny model, 8 steps) on the uploaded sets, run bucket/runs/name:
+    2 workers of 2 CPUs, which cannot share a node of 3 CPUs."""
+    overrides = {
+        **TINY, "batch_size": 8, "history_size": 16, "data.synthetic": f"{bucket}/synthetic",
+        "data.real": f"{bucket}/real", "data.s3.endpoint_url": endpoint,
+        "run.storage": f"{bucket}/runs", "run.name": name, "run.num_workers": 2, "run.cpus_per_worker": 2,
+        "run.report_every": 2, "run.checkpoint_every": 4,
+        "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 4,
+    }
+    return [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]

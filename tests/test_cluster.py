@@ -17,23 +17,61 @@ from simgan_ray.cluster import dashboard_port, jobs_address, load_cluster
 from simgan_ray.errors import SimganError
 from simgan_ray.storage import S3Options
 
-from .conftest import TINY
-from .raycluster import LocalCluster
+from .raycluster import LocalCluster, two_node_run, upload_digit_sets
 from .s3server import FAKE_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["aws-gpu.yaml", "onprem.yaml"])
-def test_shipped_launcher_configs_validate(name):
-    cfg = load_cluster(ROOT / "cluster" / name)
-    assert dashboard_port(cfg) == 8265
-    assert any("pip install -e" in c or "scripts/setup.sh" in c for c in cfg["setup_commands"])
-    if cfg["provider"]["type"] == "aws":
-        gpu_types = [t for t in cfg["available_node_types"].values() if t["resources"].get("GPU")]
-        assert gpu_types and all(t["min_workers"] == 0 for t in gpu_types)  # GPU nodes autoscale from 0
-    else:
-        assert jobs_address(ROOT / "cluster" / name, None) == "http://10.0.0.10:8265"
+# The launcher configs: every cluster/*.yaml that is not a Kubernetes manifest (those live in cluster/kuberay/).
+LAUNCHER_CONFIGS = [p.name for p in sorted((ROOT / "cluster").glob("*.yaml"))
+                    if not all("apiVersion" in doc for doc in yaml.safe_load_all(p.read_text()))]
+
+
+@pytest.mark.parametrize("name", LAUNCHER_CONFIGS)
+def test_launcher_configs_pass_the_checks_of_ray_up(name, capsys):
+    """What `ray up` runs on a config before it starts anything (Ray 2.60, commands.py
+    _bootstrap_config), called directly: nothing here contacts a cloud."""
+    from ray.autoscaler._private.commands import warn_about_bad_start_command
+    from ray.autoscaler._private.providers import _get_node_provider_cls
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = prepare_config(yaml.safe_load((ROOT / "cluster" / name).read_text()))
+    if cfg["provider"]["type"] == "local":  # a cloud provider's fillout and bootstrap call its API
+        provider = _get_node_provider_cls(cfg["provider"])
+        cfg = provider.bootstrap_config(provider.fillout_available_node_types_resources(cfg))
+    validate_config(cfg)
+    warn_about_bad_start_command(cfg["head_start_ray_commands"])  # e.g. "will not launch any workers"
+    assert capsys.readouterr().err == ""
+
+
+def test_shipped_launcher_configs_validate():
+    assert LAUNCHER_CONFIGS == ["aws-gpu.yaml", "onprem.yaml"]
+    for name in LAUNCHER_CONFIGS:
+        cfg = load_cluster(ROOT / "cluster" / name)
+        assert dashboard_port(cfg) == 8265
+        assert any("pip install -e" in c or "scripts/setup.sh" in c for c in cfg["setup_commands"])
+        if cfg["provider"]["type"] == "aws":
+            gpu_types = [t for t in cfg["available_node_types"].values() if t["resources"].get("GPU")]
+            assert gpu_types and all(t["min_workers"] == 0 for t in gpu_types)  # GPU nodes autoscale from 0
+        else:
+            assert jobs_address(ROOT / "cluster" / name, None) == "http://10.0.0.10:8265"
+            # `ray up` put the worker_ips into the one node type of an on-prem cluster: all start
+            (node_type,) = cfg["available_node_types"].values()
+            assert node_type["min_workers"] == node_type["max_workers"] == len(cfg["provider"]["worker_ips"])
+
+
+def test_on_the_head_of_onprem_workers_still_starting_are_waited_for(tmp_path, monkeypatch):
+    """A job started right after `ray up cluster/onprem.yaml`, while the head's autoscaler is still
+    setting up the workers: it waits for them (check_resources) instead of being refused."""
+    from simgan_ray import runtime
+
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"  # what `ray up` leaves on the head, as --cluster resolves it
+    bootstrap.write_text(yaml.safe_dump(load_cluster(ROOT / "cluster" / "onprem.yaml")))
+    monkeypatch.setattr(runtime, "BOOTSTRAP_CONFIG", bootstrap)
+    monkeypatch.setattr(runtime, "_started_here", False)
+    assert runtime._addable({"CPU": 2}, alive=1) is True  # the head alone: 3 workers to come
+    assert runtime._addable({"CPU": 2}, alive=4) is False  # all 3 joined: no more to add
 
 
 def test_bad_cluster_configs_are_refused_by_name(tmp_path):
@@ -47,7 +85,15 @@ def test_bad_cluster_configs_are_refused_by_name(tmp_path):
 
     refused({**good, "provider": {"type": "local", "worker_ips": []}}, r"provider.head_ip: .*needs its head")
     refused({**good, "head_start_ray_commands": []}, "head_start_ray_commands: no `ray start --head`")
-    refused({**good, "head_node_type": "boss"}, "head_node_type: 'boss' is not one of available_node_types")
+    # What Ray's launcher refuses, as `ray up` would: the file named, one line.
+    refused({**good, "available_node_types": {"head": {"resources": {}, "node_config": {}}}},
+            "`ray up` would refuse it: The field available_node_types is not supported for on-premise clusters")
+    aws = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    refused({**aws, "head_node_type": "boss"}, "refuse it: `head_node_type` must be one of `available_node_types`")
+    refused({**aws, "max_workers": 0, "available_node_types": {
+        **aws["available_node_types"], "gpu_g5": {**aws["available_node_types"]["gpu_g5"], "min_workers": 1}}},
+        "global `max_workers` is smaller than the sum of `min_workers`")
+    refused({**good, "provider": {**good["provider"], "type": "onprem"}}, "Unsupported node provider: onprem")
     refused({**good, "max_wrokers": 3}, r"\(top level\): Additional properties are not allowed \('max_wrokers'")
     refused({k: v for k, v in good.items() if k != "provider"}, "'provider' is a required property")
     refused("cluster_name: [", "not valid YAML")
@@ -60,9 +106,7 @@ def test_bad_cluster_configs_are_refused_by_name(tmp_path):
 def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
     s3 = S3Options(endpoint_url=s3_server.endpoint)
     bucket = s3_server.make_bucket("simgan-cluster")
-    for name in ("synthetic", "real"):  # the cluster reads its data from S3, not from this machine
-        for f in Path(digit_sets[name]).iterdir():
-            storage.write_bytes(f"{bucket}/{name}/{f.name}", f.read_bytes(), s3)
+    upload_digit_sets(digit_sets, bucket, s3)
     (tmp_path / "logs").mkdir()
     # 3 CPUs per node and 2 per training worker: the two workers cannot share a node.
     with LocalCluster({"head": 3, "second": 3}, tmp_path / "logs") as cluster:
@@ -74,14 +118,7 @@ def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
                                         f"--dashboard-port={cluster.dashboard_port}"],
             "worker_start_ray_commands": [f"ray start --address={cluster.address}"],
         }))
-        overrides = {
-            **TINY, "batch_size": 8, "history_size": 16, "data.synthetic": f"{bucket}/synthetic",
-            "data.real": f"{bucket}/real", "data.s3.endpoint_url": s3_server.endpoint,
-            "run.storage": f"{bucket}/runs", "run.name": "on-cluster", "run.num_workers": 2, "run.cpus_per_worker": 2,
-            "run.report_every": 2, "run.checkpoint_every": 4,
-            "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 4,
-        }
-        sets = [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
+        sets = two_node_run(bucket, s3_server.endpoint, "on-cluster")
         cli = [sys.executable, "-m", "simgan_ray", "train", "--cluster", str(cluster_yaml), *sets]
         # A user's shell: no RAY_AUTH_MODE; the CLI sends the token it finds in ~/.ray/auth_token.
         env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
