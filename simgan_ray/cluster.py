@@ -148,24 +148,50 @@ class JobSpec:
     files: dict[str, str]  # name -> text (the resolved config files argv refers to)
 
 
+def auth_headers() -> dict[str, str]:
+    """The token a client of a Ray 2.60 cluster sends, found as Ray documents it
+    (docs.ray.io, ray-security/token-auth): RAY_AUTH_MODE=disabled sends none; otherwise
+    RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH names (unreadable or empty: an error, as for
+    Ray), else ~/.ray/auth_token. With RAY_AUTH_MODE=token a token must be found; unset, one is
+    sent when found (as `ray start` / `ray.init` do in 2.60) and none otherwise."""
+    mode = os.environ.get("RAY_AUTH_MODE", "").strip().lower()
+    if mode not in ("", "token", "disabled"):
+        raise SimganError(f"RAY_AUTH_MODE={mode!r}: Ray knows 'token' and 'disabled'")
+    if mode == "disabled":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token and (path := os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as e:
+            raise SimganError(f"RAY_AUTH_TOKEN_PATH={path}: {e.strerror or first_line(e)}") from None
+        if not token:
+            raise SimganError(f"RAY_AUTH_TOKEN_PATH={path}: the file is empty")
+    if not token:
+        default = Path.home() / ".ray" / "auth_token"
+        token = default.read_text().strip() if default.is_file() else ""
+    if not token and mode == "token":
+        raise SimganError("RAY_AUTH_MODE=token but no token: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, or put the "
+                          "cluster's token in ~/.ray/auth_token")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
     """Submit `job` to the cluster at `address`; with `wait`, print its logs as they come and
     return its exit status (0 succeeded, 1 failed or stopped). Without, return 0 once submitted."""
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     import simgan_ray
 
     entrypoint = shlex.join(["python", "-m", "simgan_ray", *job.argv])
-    # Ray 2.60 clusters require a token by default: send ours (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
-    # ~/.ray/auth_token) the way `ray.init` does when it joins a cluster.
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    try:
-        client = JobSubmissionClient(address)
-    except AuthenticationError:
-        raise SimganError(f"{address}: the cluster wants an auth token: put the head's ~/.ray/auth_token in "
-                          "RAY_AUTH_TOKEN or in your ~/.ray/auth_token") from None
+    headers = auth_headers()
+    try:  # headers: a public argument, so no Ray-private call decides what is sent
+        client = JobSubmissionClient(address, headers=headers)
+    except AuthenticationError as e:  # 401: no token sent; 403: not this cluster's
+        why = "refused the token sent" if headers else "wants an auth token"
+        raise SimganError(f"{address}: the cluster {why} ({first_line(e).rstrip(':')}): set RAY_AUTH_TOKEN (or "
+                          "RAY_AUTH_TOKEN_PATH) to the head's ~/.ray/auth_token (cluster/README.md, Auth)") from None
     except Exception as e:  # connection refused, wrong port, not a Ray dashboard
         raise SimganError(f"{address}: no Ray Jobs API there: {str(e).splitlines()[0]}") from None
     with tempfile.TemporaryDirectory() as wd:

@@ -1,15 +1,46 @@
-"""Shared fixtures: one local Ray for the whole session, tiny image sets on local disk."""
+"""Shared fixtures: one local Ray for the whole session, tiny image sets on local disk.
+
+The suite leaves no Ray state on the machine (issue 24): every Ray it starts (the session's, drivers
+of subprocesses, `ray start` nodes) keeps its files, including `ray_current_cluster`, under a
+temporary RAY_TMPDIR, and authenticates with a token of its own (RAY_AUTH_TOKEN_PATH), so that
+neither Ray's default temp dir nor ~/.ray/auth_token is written. Set here, before anything imports
+Ray, so that this process and everything it starts inherit them; `leaves_no_ray_state` checks it.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
-import numpy as np
-import pytest
 
-from simgan_ray import shards, simulate
+def _state(path: Path) -> tuple | None:
+    """What a file is now (None when absent), to tell whether the suite changed it."""
+    try:
+        return path.stat().st_mtime_ns, path.read_bytes()
+    except FileNotFoundError:
+        return None
 
-from .s3server import MotoServer, use_fake_credentials
+
+# Where Ray would keep its files and token without the settings below (Ray 2.60: RAY_TMPDIR, else
+# TMPDIR, else /tmp; ray._common.utils.get_default_ray_temp_dir).
+_RAY_STATE = [Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray" / "ray_current_cluster",
+              Path.home() / ".ray" / "auth_token"]
+_BEFORE = {path: _state(path) for path in _RAY_STATE}
+RAY_TMP = Path(tempfile.mkdtemp(prefix="sgray", dir="/tmp"))  # short: Ray's socket paths go under it
+(RAY_TMP / "auth_token").write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+os.environ.update(RAY_TMPDIR=str(RAY_TMP), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TMP / "auth_token"))
+os.environ.pop("RAY_AUTH_TOKEN", None)
+
+import numpy as np  # noqa: E402  (after the environment above)
+import pytest  # noqa: E402
+
+from simgan_ray import shards, simulate  # noqa: E402
+
+from .s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 use_fake_credentials()  # before the session's Ray starts, so its workers inherit them
 
@@ -28,6 +59,17 @@ def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int) ->
     manifest = shards.Manifest(kind=kind, count=len(images), shape=[c, *images.shape[1:3]], shards=written)
     shards.write_manifest(str(prefix), manifest)
     return manifest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leaves_no_ray_state():
+    """Fails the session if it wrote Ray's default `ray_current_cluster` or ~/.ray/auth_token (a stale
+    `ray_current_cluster` captures any later bare `ray.init()` on the machine). Autouse and first, so
+    it ends after the session's Ray has stopped."""
+    yield
+    changed = [str(path) for path in _RAY_STATE if _state(path) != _BEFORE[path]]
+    shutil.rmtree(RAY_TMP, ignore_errors=True)
+    assert not changed, f"the test session changed {changed}"
 
 
 @pytest.fixture(scope="session")

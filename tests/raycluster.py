@@ -46,7 +46,9 @@ class LocalCluster:
         # RAY_ADDRESS of the test session leaks into them.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
         self.env["PATH"] = bin_dir + os.pathsep + self.env.get("PATH", "")
-        self.env["RAY_AUTH_MODE"] = "token"  # as a real cluster's nodes: all share ~/.ray/auth_token
+        # As a real cluster's nodes: token auth, one token for all (the session's, tests/conftest.py),
+        # which this process's State API calls send too (Ray reads the same environment).
+        assert self.env["RAY_AUTH_MODE"] == "token" and self.env["RAY_AUTH_TOKEN_PATH"]
         self.ray = str(Path(bin_dir) / "ray")
         try:
             for i, (name, cpus) in enumerate(nodes.items()):
@@ -70,12 +72,6 @@ class LocalCluster:
                                            stderr=subprocess.STDOUT, start_new_session=True))
         if head:
             self._wait_for_dashboard()
-            # The head made (or found) ~/.ray/auth_token; send it with our State API calls.
-            from ray._private.authentication.authentication_token_setup import (
-                maybe_enable_token_auth_if_token_available,
-            )
-
-            maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
     def _wait_for_dashboard(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

@@ -13,12 +13,13 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from simgan_ray import storage
-from simgan_ray.cluster import dashboard_port, jobs_address, load_cluster
+from simgan_ray.cluster import auth_headers, dashboard_port, jobs_address, load_cluster
 from simgan_ray.errors import SimganError
 from simgan_ray.storage import S3Options
 
 from .raycluster import LocalCluster, two_node_run, upload_digit_sets
 from .s3server import FAKE_CREDENTIALS
+from .test_kuberay import pinned_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,11 +47,20 @@ def test_launcher_configs_pass_the_checks_of_ray_up(name, capsys):
 
 
 def test_shipped_launcher_configs_validate():
-    assert LAUNCHER_CONFIGS == ["aws-gpu.yaml", "onprem.yaml"]
+    assert LAUNCHER_CONFIGS == ["aws-gpu.yaml", "onprem-docker.yaml", "onprem.yaml"]
     for name in LAUNCHER_CONFIGS:
         cfg = load_cluster(ROOT / "cluster" / name)
         assert dashboard_port(cfg) == 8265
-        assert any("pip install -e" in c or "scripts/setup.sh" in c for c in cfg["setup_commands"])
+        # Token auth on every node, set the way Ray documents it, and your token copied to each.
+        starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+        assert len(starts) == 2 and all("RAY_AUTH_MODE=token ray start" in c or "RAY_AUTH_MODE=token RAY_" in c
+                                        for c in starts), starts
+        assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+        setup = cfg["setup_commands"] + cfg["head_setup_commands"] + cfg["worker_setup_commands"]
+        if cfg.get("docker", {}).get("image"):  # the one image: nothing installed (none of Ray's default pip lines)
+            assert pinned_image(cfg["docker"]["image"]) and setup == [], (cfg["docker"], setup)
+        else:
+            assert any("scripts/setup.sh" in c for c in cfg["setup_commands"])
         if cfg["provider"]["type"] == "aws":
             gpu_types = [t for t in cfg["available_node_types"].values() if t["resources"].get("GPU")]
             assert gpu_types and all(t["min_workers"] == 0 for t in gpu_types)  # GPU nodes autoscale from 0
@@ -59,6 +69,46 @@ def test_shipped_launcher_configs_validate():
             # `ray up` put the worker_ips into the one node type of an on-prem cluster: all start
             (node_type,) = cfg["available_node_types"].values()
             assert node_type["min_workers"] == node_type["max_workers"] == len(cfg["provider"]["worker_ips"])
+
+
+def test_aws_roles_allow_what_the_launcher_and_the_nodes_do():
+    """cluster/aws/: the head's role covers the EC2 calls Ray's AWS node provider makes and passes
+    exactly the workers' role; both roles reach the bucket and pull the image; the person running
+    `ray up` passes the head's role. Profiles are named as the roles (cluster/README.md makes them so)."""
+    cfg = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Name"] for name, t in cfg["available_node_types"].items()}
+    assert profiles == {"head": "simgan-ray-head", "gpu_g5": "simgan-ray-worker", "gpu_p4d": "simgan-ray-worker"}
+    account, region = "123456789012", cfg["provider"]["region"]
+    assert cfg["docker"]["image"].startswith(f"{account}.dkr.ecr.{region}.amazonaws.com/simgan-ray:")
+
+    def allowed(doc: str) -> dict[str, set[str]]:
+        """action -> resources a policy document allows it on."""
+        policy = json.loads((ROOT / "cluster" / "aws" / doc).read_text())
+        assert policy["Version"] == "2012-10-17"
+        grants: dict[str, set[str]] = {}
+        for statement in policy["Statement"]:
+            assert statement["Effect"] == "Allow" and set(statement) <= {"Sid", "Effect", "Action", "Resource"}
+            actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+            for action in actions:
+                grants.setdefault(action, set()).add(statement["Resource"])
+        return grants
+
+    head, worker, launcher = (allowed(f"{n}-policy.json") for n in ("head", "worker", "launcher"))
+    trust = json.loads((ROOT / "cluster" / "aws" / "ec2-trust.json").read_text())
+    assert trust["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    # The calls of ray/autoscaler/_private/aws/node_provider.py (Ray 2.60) on a running cluster.
+    provider_calls = {"ec2:RunInstances", "ec2:CreateTags", "ec2:StartInstances", "ec2:StopInstances",
+                      "ec2:TerminateInstances", "ec2:DescribeInstances", "ec2:DescribeInstanceTypes",
+                      "ec2:DescribeImages"}
+    assert provider_calls <= set(head) and provider_calls <= set(launcher)
+    assert head["iam:PassRole"] == {f"arn:aws:iam::{account}:role/simgan-ray-worker"}
+    assert launcher["iam:PassRole"] == {f"arn:aws:iam::{account}:role/simgan-ray-head"}
+    assert "iam:PassRole" not in worker and not any(a.startswith("ec2:") for a in worker)
+    for role in (head, worker):
+        assert role["s3:ListBucket"] == {"arn:aws:s3:::YOUR-BUCKET"}
+        assert role["s3:GetObject"] == role["s3:PutObject"] == {"arn:aws:s3:::YOUR-BUCKET/*"}
+        assert role["ecr:BatchGetImage"] == {f"arn:aws:ecr:{region}:{account}:repository/simgan-ray"}
+        assert "ecr:GetAuthorizationToken" in role
 
 
 def test_on_the_head_of_onprem_workers_still_starting_are_waited_for(tmp_path, monkeypatch):
@@ -103,6 +153,39 @@ def test_bad_cluster_configs_are_refused_by_name(tmp_path):
         jobs_address(None, "10.0.0.1:8265")
 
 
+def test_auth_headers_come_from_rays_documented_environment(tmp_path, monkeypatch):
+    """RAY_AUTH_MODE, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token, in Ray's order."""
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_headers() == {}  # nothing anywhere: nothing sent
+    with pytest.raises(SimganError, match="RAY_AUTH_MODE=token but no token"):
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        auth_headers()
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
+    assert auth_headers() == {"Authorization": "Bearer from-home"}
+    (tmp_path / "file").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "file"))
+    assert auth_headers() == {"Authorization": "Bearer from-path"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert auth_headers() == {"Authorization": "Bearer from-env"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert auth_headers() == {}
+    monkeypatch.setenv("RAY_AUTH_MODE", "tokn")
+    with pytest.raises(SimganError, match="RAY_AUTH_MODE='tokn'"):
+        auth_headers()
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    for content, why in ((None, "No such file"), ("", "the file is empty")):
+        target = tmp_path / ("missing" if content is None else "empty")
+        if content is not None:
+            target.write_text(content)
+        monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(target))
+        with pytest.raises(SimganError, match=f"RAY_AUTH_TOKEN_PATH={target}: {why}"):
+            auth_headers()
+
+
 def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
     s3 = S3Options(endpoint_url=s3_server.endpoint)
     bucket = s3_server.make_bucket("simgan-cluster")
@@ -120,8 +203,18 @@ def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
         }))
         sets = two_node_run(bucket, s3_server.endpoint, "on-cluster")
         cli = [sys.executable, "-m", "simgan_ray", "train", "--cluster", str(cluster_yaml), *sets]
-        # A user's shell: no RAY_AUTH_MODE; the CLI sends the token it finds in ~/.ray/auth_token.
-        env = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
+        # A user's shell: the cluster's token in RAY_AUTH_TOKEN, no RAY_AUTH_MODE, nothing in ~/.ray.
+        (tmp_path / "home").mkdir()
+        token = Path(cluster.env["RAY_AUTH_TOKEN_PATH"]).read_text()
+        shell = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+        shell["HOME"] = str(tmp_path / "home")
+        env = shell | {"RAY_AUTH_TOKEN": token}
+        for no_entry, why in ((shell, "the cluster wants an auth token"),
+                              (shell | {"RAY_AUTH_TOKEN": "not-the-token"}, "the cluster refused the token sent")):
+            refused = subprocess.run(cli, env=no_entry, capture_output=True, text=True, timeout=120)
+            assert refused.returncode == 2 and why in refused.stderr, refused.stderr
+            assert "submitted" not in refused.stderr
+            assert "RAY_AUTH_TOKEN" in refused.stderr.strip().splitlines()[-1]  # one line, naming the fix
         done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
         assert f"to http://127.0.0.1:{cluster.dashboard_port}" in done.stderr and "succeeded" in done.stderr
@@ -136,10 +229,12 @@ def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
         assert storage.exists(f"{bucket}/runs/on-cluster/export/refiner.pt", s3)
 
         # --no-wait: submitted and detached; the job (simulate, options passed through) runs on its own.
+        # The token this time from RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH.
         sim = subprocess.run([sys.executable, "-m", "simgan_ray", "simulate", "--address", cluster.dashboard,
                               "--no-wait", "--count", "20", "--shard-size", "10", "--out", f"{bucket}/sim",
                               "--s3-endpoint", s3_server.endpoint],
-                             env=env, capture_output=True, text=True, timeout=120)
+                             env=cluster.env | {"HOME": str(tmp_path / "home")}, capture_output=True, text=True,
+                             timeout=120)
         assert sim.returncode == 0 and "ray job logs --follow" in sim.stderr, sim.stderr[-2000:]
         job_id = sim.stderr.split("submitted job ")[1].split()[0]
         client = JobSubmissionClient(cluster.dashboard)

@@ -14,7 +14,20 @@ from simgan_ray.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = sorted((ROOT / "cluster" / "kuberay").glob("*.yaml"))
 # registry/simgan-ray:<package>-ray<Ray>-py<Python>-cu<CUDA>, as cluster/Dockerfile says to tag it.
-IMAGE = re.compile(r"[\w.-]+(/[\w.-]+)*/simgan-ray:(?P<package>[\d.]+)-ray(?P<ray>[\d.]+)-py311-cu\d+")
+IMAGE = re.compile(r"[\w.-]+(/[\w.-]+)*/simgan-ray:(?P<package>[\d.]+)-ray(?P<ray>[\d.]+)-py311-cu(?P<cuda>\d+)")
+
+
+def pinned_image(image: str) -> bool:
+    """Whether `image` is the one image of cluster/Dockerfile, tagged with this package's and Ray's
+    versions and the Dockerfile's CUDA (never :latest)."""
+    from importlib.metadata import version
+
+    import ray
+
+    base = re.search(r"ARG BASE=rayproject/ray:([\d.]+)-py311-cu(\d+)", (ROOT / "cluster" / "Dockerfile").read_text())
+    m = IMAGE.fullmatch(image)
+    return bool(m and base and m["ray"] == ray.__version__ == base[1] and m["cuda"] == base[2]
+                and m["package"] == version("simgan-ray"))
 
 
 def cluster_specs(doc: dict) -> dict:
@@ -29,8 +42,6 @@ def test_there_is_an_interactive_cluster_and_a_job_per_command():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_manifest_has_what_the_operator_needs(path):
-    from importlib.metadata import version
-
     import ray
 
     doc = yaml.safe_load(path.read_text())
@@ -47,8 +58,7 @@ def test_manifest_has_what_the_operator_needs(path):
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         containers.append(container)
     for container in containers:  # the one image, pinned: never :latest
-        m = IMAGE.fullmatch(container["image"])
-        assert m and m["ray"] == ray.__version__ and m["package"] == version("simgan-ray"), container["image"]
+        assert pinned_image(container["image"]), container["image"]
     assert "registry.example.com" in path.read_text()  # an obvious placeholder, no real registry
 
 

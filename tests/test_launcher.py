@@ -3,11 +3,14 @@ brought up by Ray's own launcher, trained on with `simgan-ray train --cluster`, 
 
 import getpass
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,8 +53,11 @@ def onprem_on_loopback(m: machines.Machines, name: str) -> dict:
 
     setup = cfg["setup_commands"]
     assert "scripts/setup.sh" in setup[0]
+    # The token: the test session's (tests/conftest.py) in place of the user's ~/.ray/auth_token.
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     return {
         **cfg, "cluster_name": name,
+        "file_mounts": {**cfg["file_mounts"], "~/.ray/auth_token": os.environ["RAY_AUTH_TOKEN_PATH"]},
         "provider": {**cfg["provider"], "head_ip": HEAD, "worker_ips": [WORKER]},
         "auth": {"ssh_user": getpass.getuser(), "ssh_private_key": str(m.key)},
         "setup_commands": [f"ln -sfn {sys.prefix} ~/simgan-ray/.venv", *setup[1:]],
@@ -112,6 +118,12 @@ def test_ray_up_onprem_then_train_on_both_nodes_then_ray_down(tmp_path, s3_serve
             # The shipped commands did it: the checkout on both machines, the venv first on their PATH.
             assert (root / "worker" / "simgan-ray" / "simgan_ray" / "cluster.py").exists()
             assert "simgan-ray/.venv/bin" in (root / "worker" / ".bashrc").read_text()
+            # Token auth as shipped: the token on both machines; a request without it is refused.
+            token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text()
+            assert all((root / name / ".ray" / "auth_token").read_text() == token for name in ("head", "worker"))
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=10)
+            assert refused.value.code == 401
             trained = time.monotonic()
 
             launcher(m, "down", "-y", str(cluster_yaml), log=tmp_path / "ray-down.log")
