@@ -16,15 +16,17 @@ Everything is loaded with torch.load(weights_only=True): no pickle from a file i
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from simgan_ray import storage
+from simgan_ray import data, storage
 from simgan_ray.errors import SimganError, first_line
 from simgan_ray.history import ImageHistory
 from simgan_ray.networks import Refiner, RefinerConfig
@@ -159,3 +161,32 @@ def _weight_sizes(state: dict) -> tuple | None:
         return None
     blocks = {key.split(".")[1] for key in state if isinstance(key, str) and key.startswith("blocks.")}
     return stem.shape[1], stem.shape[0], stem.shape[2], len(blocks)
+
+
+def resolve_export(model: str, s3: S3Options) -> str:
+    """A run directory or an export directory -> the export directory."""
+    for candidate in (model, storage.join(model, EXPORT_DIR)):
+        if storage.exists(storage.join(candidate, "refiner.json"), s3):
+            return candidate
+    raise SimganError(f"{model}: not a training run or a refiner export (no refiner.json there or in export/)")
+
+
+def model_hash(export: str, s3: S3Options) -> str:
+    return hashlib.sha256(storage.read_bytes(storage.join(export, "refiner.pt"), s3)).hexdigest()[:16]
+
+
+def refine_images(refiner: torch.nn.Module, images: np.ndarray, batch_size: int = 512,
+                  bf16: bool = False) -> np.ndarray:
+    """uint8 (n, C, H, W) -> refined uint8 (n, C, H, W), in batches on the refiner's device and in
+    eval mode (bf16 autocast on CUDA when asked). The one place a refiner is applied to images."""
+    device = next(refiner.parameters()).device
+    was_training = refiner.training
+    refiner.eval()
+    out = np.empty_like(images)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=bf16):
+        for start in range(0, len(images), batch_size):
+            chunk = np.ascontiguousarray(images[start : start + batch_size])
+            y = refiner(data.unit_range(torch.from_numpy(chunk).to(device)))
+            out[start : start + len(chunk)] = data.to_uint8(y.float().cpu().numpy()).transpose(0, 3, 1, 2)
+    refiner.train(was_training)
+    return out

@@ -6,15 +6,14 @@ exit 2; a failed training run -> the workers' root cause in one line and exit 1.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from simgan_ray.errors import SimganError
-from simgan_ray.runtime import on_stop_signal, stopped_by
+from simgan_ray.errors import SimganError, root_cause
+from simgan_ray.runtime import exit_interrupted, on_stop_signal, stopped_by
 
 app = typer.Typer(help="Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -34,9 +33,8 @@ Address = Annotated[
     str | None, typer.Option(help="or the cluster's Jobs API directly: http://HEAD:8265 or ray://HEAD:10001")
 ]
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="on a cluster: follow the job's logs to its end")]
-# Options naming data locations: made absolute before a job leaves for a cluster, whose working
-# directory differs from yours.
-_LOCATIONS = {"out"}
+DryRun = Annotated[bool, typer.Option(help="check the config, data, storage and --cluster file, print what would "
+                                           "run, and exit: nothing is started or written")]
 
 
 def _echo(msg: str) -> None:
@@ -44,36 +42,29 @@ def _echo(msg: str) -> None:
 
 
 def _submit_if_cluster(cluster: Path | None, address: str | None, wait: bool, job) -> None:
-    """With --cluster/--address, submit job() (a cluster.JobSpec) and exit with the job's status."""
-    from simgan_ray.cluster import jobs_address, submit
+    from simgan_ray.cluster import submit_if_asked
 
-    target = jobs_address(cluster, address)
-    if target is not None:
-        # sys.exit, not typer.Exit: a 130 (Ctrl-C stopped following; the job goes on, as submit
-        # said) must not read as this process's own work interrupted (main).
-        sys.exit(submit(target, job(), wait, _echo))
+    submit_if_asked(cluster, address, wait, job, _echo)
 
 
-def _argv(ctx: typer.Context) -> list[str]:
-    """This command's own options as given (cluster options left out), for its job on a cluster."""
-    from simgan_ray.storage import is_s3, normalize
+def _dry_run(cluster: Path | None, what: str) -> None:
+    """The end of a --dry-run: check --cluster's file as `ray up` would (offline), say what would run."""
+    from simgan_ray.cluster import load_cluster
 
-    argv = [ctx.info_name]
-    for param in ctx.command.params:
-        value = ctx.params[param.name]
-        if param.name in ("cluster", "address", "wait") or value is None:
-            continue
-        if param.is_flag:
-            argv += [param.opts[0]] if value else param.secondary_opts[:1]
-            continue
-        for v in value if param.multiple else [value]:
-            v = str(v)
-            if param.name in _LOCATIONS:
-                v = normalize(v)
-                if not is_s3(v):
-                    _echo(f"note: {param.opts[0]} {v} is a local path: it must exist on the cluster's nodes")
-            argv += [param.opts[0], v]
-    return argv
+    if cluster is not None:
+        load_cluster(cluster)
+    _echo(f"dry run: {what}; nothing started")
+
+
+def _options(model, **options):
+    """A pydantic section from a command's options; a bad one -> SimganError naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**options)
+    except ValidationError as e:
+        raise SimganError("; ".join(f"--{'.'.join(map(str, x['loc'])).replace('_', '-')}: {x['msg']}"
+                                    for x in e.errors())) from None
 
 
 def _s3(endpoint: str | None):
@@ -101,11 +92,12 @@ def train(
     cluster: Cluster = None,
     address: Address = None,
     wait: Wait = True,
+    dry_run: DryRun = False,
 ) -> None:
     """Train a refiner: validate and print the resolved config, write it beside the run, train."""
     from simgan_ray.cluster import JobSpec
     from simgan_ray.config import dump_config, load_config, parse_override
-    from simgan_ray.train import fit, run_uri
+    from simgan_ray.train import fit, preflight
 
     overrides = dict(parse_override(s) for s in set_ or [])
     for key, value in (("run.storage", storage), ("run.name", name), ("run.num_workers", num_workers),
@@ -113,7 +105,13 @@ def train(
         if value is not None:
             overrides[key] = value
     cfg = load_config(config, overrides)
-    _echo(f"# resolved config -> {run_uri(cfg)}/config.yaml\n{dump_config(cfg)}")
+    _echo(f"# resolved config -> {cfg.run_uri}/config.yaml\n{dump_config(cfg)}")
+    if dry_run:
+        checked = preflight(cfg, resume="auto" if auto_resume else resume)
+        shape = "x".join(map(str, checked.synthetic.shape))
+        return _dry_run(cluster, f"{'resume' if checked.resumes else 'start'} run {checked.run_uri} on "
+                        f"{cfg.run.num_workers} worker(s): {checked.synthetic.count} synthetic and {checked.real.count}"
+                        f" real {shape} images, {cfg.schedule.total_steps} steps")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
         ["train", "--config", "config.yaml", *(["--auto-resume"] if auto_resume else ["--resume"] if resume else [])],
         {"config.yaml": dump_config(cfg)}))
@@ -145,10 +143,10 @@ def simulate(
     wait: Wait = True,
 ) -> None:
     """Render labelled synthetic digits (28x28, MNIST-style) as Parquet shards, in parallel on Ray."""
-    from simgan_ray.cluster import JobSpec
+    from simgan_ray.cluster import JobSpec, command_argv
     from simgan_ray.simulate import simulate as run_simulation
 
-    _submit_if_cluster(cluster, address, wait, lambda: JobSpec(_argv(ctx), {}))
+    _submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, _echo), {}))
     manifest = run_simulation(out, count, shard_size, seed, _s3(s3_endpoint),
                               [str(d) for d in font_dir] if font_dir else None)
     _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
@@ -208,12 +206,13 @@ def refine(
     cluster: Cluster = None,
     address: Address = None,
     wait: Wait = True,
+    dry_run: DryRun = False,
 ) -> None:
     """Refine a whole image set with a trained refiner, resumably: finished shards are kept."""
     import yaml
 
     from simgan_ray.cluster import JobSpec
-    from simgan_ray.refine import load_refine_job
+    from simgan_ray.refine import load_refine_job, plan
     from simgan_ray.refine import refine as run_refine
 
     if format_ not in (None, "parquet", "png"):
@@ -225,6 +224,10 @@ def refine(
     job = load_refine_job(config, {k: v for k, v in given.items() if v is not None})
     resolved = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
     _echo(f"# refine job\n{resolved}")
+    if dry_run:
+        p = plan(job)
+        return _dry_run(cluster, f"refine {len(p.pending)} of {len(p.names)} shards ({p.manifest.count} images in "
+                        f"all) of {job.input} with {p.export} into {job.output}")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
         ["refine", "--config", "refine.yaml"], {"refine.yaml": resolved}))
     s = run_refine(job)
@@ -254,9 +257,10 @@ def evaluate(
     from simgan_ray.evaluate import EvalConfig, markdown
     from simgan_ray.evaluate import evaluate as run_evaluate
 
-    cfg = EvalConfig(synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool, out=out,
-                     refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes, seeds=seeds,
-                     train_images=train_images, test_images=test_images, epochs=epochs, s3=_s3(s3_endpoint))
+    cfg = _options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
+                   out=out, refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes,
+                   seeds=seeds, train_images=train_images, test_images=test_images, epochs=epochs,
+                   s3=_s3(s3_endpoint))
     typer.echo(markdown(run_evaluate(cfg)))
     _echo(f"report: {out}/report.json, {out}/report.md, {out}/samples.png, {out}/errors.png")
 
@@ -275,12 +279,11 @@ def probe(
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
-    from simgan_ray.evaluate import EvalConfig, build_probe
+    from simgan_ray.evaluate import ProbeSpec, build_probe
 
-    cfg = EvalConfig(synthetic="", real_train=real_train, real_test="", real_pool=reference, out=out,
-                     label_key=label_key, num_classes=num_classes, train_images=train_images, epochs=epochs,
-                     s3=_s3(s3_endpoint))
-    meta = build_probe(real_train, reference, out, cfg, reference_images)
+    meta = build_probe(_options(ProbeSpec, real_train=real_train, reference=reference, out=out, label_key=label_key,
+                                num_classes=num_classes, train_images=train_images,
+                                reference_images=reference_images, epochs=epochs, s3=_s3(s3_endpoint)))
     _echo(f"probe written to {out}: its classifier's error on {meta['heldout_images']} held-out images of "
           f"{real_train} is {100 * meta['heldout_error']:.2f}%; reference: {meta['reference_images']} images "
           f"of {reference}")
@@ -294,18 +297,22 @@ def tune(
     cluster: Cluster = None,
     address: Address = None,
     wait: Wait = True,
+    dry_run: DryRun = False,
 ) -> None:
     """Sweep train-config fields with ASHA or PBT, each trial a Ray Train run, ranked by the probe metric."""
     import yaml
 
     from simgan_ray.cluster import JobSpec
     from simgan_ray.config import dump_config
-    from simgan_ray.tune import load_spec, run_sweep
+    from simgan_ray.tune import load_spec, preflight, run_sweep
 
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
     spec, base = load_spec(config, overrides)
     _echo(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}; base config:\n"
           f"{dump_config(base)}")
+    if dry_run:
+        return _dry_run(cluster, f"sweep {spec.num_samples} trials ({spec.scheduler}, by {spec.metric}) into "
+                        f"{preflight(spec, base)}")
     resolved = {**spec.model_dump(mode="json"), "base": "base.yaml", "overrides": {}}  # base holds the overrides
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
         ["tune", "--config", "tune.yaml"], {"tune.yaml": yaml.safe_dump(resolved, sort_keys=False),
@@ -332,36 +339,8 @@ def fetch_mnist(
         _echo(f"{split}: {m.count} images, {len(m.shards)} shards")
 
 
-def _root_cause(exc: BaseException) -> str:
-    """The innermost message of a (possibly Ray-wrapped) error, on one line."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    text = str(exc).strip().splitlines()
-    return next((line for line in reversed(text) if line.strip()), type(exc).__name__)
-
-
-# How to carry on after an interrupt, per command: what the interrupted work left is kept.
-_CONTINUE = {
-    "train": "run the same command with --resume (or --auto-resume) to continue from the last checkpoint",
-    "refine": "run the same command again to finish: finished shards are kept",
-    "tune": "the trials run so far are in the sweep's folder; run the sweep again under another --name",
-}
-
-
 def _interrupted(signum: int) -> NoReturn:
-    """Shut down this process's Ray (left to interpreter exit, its threads abort the process), say
-    in one line what happened and how to go on, and exit with 128 + the signal's number."""
-    import signal
-
-    import ray
-
-    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-    hint = _CONTINUE.get(command, "what was written so far is kept")
-    if ray.is_initialized():
-        ray.shutdown()  # first, so that no log line of its workers comes after ours
-    _echo(f"interrupted ({signal.Signals(signum).name}): {hint}")
-    sys.stderr.flush()
-    os._exit(128 + signum)
+    exit_interrupted(signum, next((a for a in sys.argv[1:] if not a.startswith("-")), ""))
 
 
 def main() -> None:
@@ -387,7 +366,7 @@ def main() -> None:
 
         if not isinstance(e, TrainingFailedError):
             raise
-        _echo(f"error: training failed: {_root_cause(e)}")
+        _echo(f"error: training failed: {root_cause(e)}")
         sys.exit(1)
     if code == 128 + signal.SIGINT:  # typer's answer to a KeyboardInterrupt in a command
         _interrupted(stopped_by())

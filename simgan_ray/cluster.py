@@ -13,8 +13,6 @@ role / service account / environment) credentials.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import os
 import re
@@ -45,37 +43,13 @@ def _schema_error(e) -> str:
     return f"{field}: {' '.join(e.message.split())}"
 
 
-# Providers whose launcher steps (fill in node resources, bootstrap) run offline; a cloud's call its API.
-_OFFLINE_PROVIDERS = {"local"}
-
-
-def _launcher_checks(cfg: dict) -> dict:
-    """What `ray up` does to a config before it starts anything -> the config it would launch.
-
-    Ray 2.60 has no public API for these checks: `ray up` (create_or_update_cluster ->
-    _bootstrap_config in ray/autoscaler/_private/commands.py) runs prepare_config (defaults, and for
-    `provider: local` its own rules), the provider's fillout of node resources, validate_config (the
-    schema again, node types, max_workers) and the provider's bootstrap_config. Same private imports
-    as there; re-check them on a Ray upgrade. Their messages go to a CLI logger: kept quiet here, the
-    caller reports the failure in one line."""
-    from ray.autoscaler._private.providers import _get_node_provider_cls
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        cfg = prepare_config(cfg)
-        offline = cfg["provider"]["type"] in _OFFLINE_PROVIDERS
-        provider = _get_node_provider_cls(cfg["provider"]) if offline else None
-        if provider:
-            cfg = provider.fillout_available_node_types_resources(cfg)
-        validate_config(cfg)
-        return provider.bootstrap_config(cfg) if provider else cfg
-
-
 def load_cluster(path: str | Path) -> dict:
     """A Ray cluster-launcher YAML, checked as `ray up` checks it (Ray's schema, then the launcher's
     own preparation and validation) plus what submitting needs (a head) -> the config as `ray up`
     resolves it (Ray's defaults filled in); a SimganError naming the file (and field) otherwise."""
     import jsonschema
+
+    from simgan_ray.rayinternals import launcher_checks
 
     cfg = read_yaml(path, "cluster config")
     try:  # first on the file as written, so that an error names the user's field
@@ -86,7 +60,7 @@ def load_cluster(path: str | Path) -> dict:
     if provider["type"] == "local" and not provider.get("head_ip"):
         raise SimganError(f"{path}: provider.head_ip: a provider: local cluster needs its head's address")
     try:
-        cfg = _launcher_checks(cfg)
+        cfg = launcher_checks(cfg)
     except jsonschema.ValidationError as e:
         raise SimganError(f"{path}: {_schema_error(e)} (with Ray's defaults filled in)") from None
     except Exception as e:  # Ray's own refusal (ClickException, ValueError, ...), as `ray up` would stop on it
@@ -230,3 +204,40 @@ def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
     why = (info.message or "").strip().splitlines()
     echo(f"job {job_id} {status.value.lower()}" + (f": {why[-1]}" if why else ""))
     return info.driver_exit_code or 1
+
+
+def submit_if_asked(cluster: str | Path | None, address: str | None, wait: bool, job, echo) -> None:
+    """With --cluster/--address (or RAY_ADDRESS naming a Jobs API), submit job() (a JobSpec) there
+    and exit with the job's status; otherwise return, and the command runs here."""
+    target = jobs_address(cluster, address)
+    if target is not None:
+        # sys.exit, not typer.Exit: a 130 (Ctrl-C stopped following; the job goes on, as submit
+        # said) must not read as this process's own work interrupted (cli.main).
+        sys.exit(submit(target, job(), wait, echo))
+
+
+# Options naming data locations: made absolute before a job leaves for a cluster, whose working
+# directory differs from yours.
+LOCATION_OPTIONS = {"out"}
+
+
+def command_argv(ctx, echo) -> list[str]:
+    """A typer command's own options as given (cluster options left out), for its job on a cluster."""
+    from simgan_ray.storage import is_s3, normalize
+
+    argv = [ctx.info_name]
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if param.name in ("cluster", "address", "wait") or value is None:
+            continue
+        if param.is_flag:
+            argv += [param.opts[0]] if value else param.secondary_opts[:1]
+            continue
+        for v in value if param.multiple else [value]:
+            v = str(v)
+            if param.name in LOCATION_OPTIONS:
+                v = normalize(v)
+                if not is_s3(v):
+                    echo(f"note: {param.opts[0]} {v} is a local path: it must exist on the cluster's nodes")
+            argv += [param.opts[0], v]
+    return argv

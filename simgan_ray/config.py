@@ -24,7 +24,7 @@ from pydantic import (
 from simgan_ray.errors import SimganError, first_line, format_errors
 from simgan_ray.losses import Psi, Reduction
 from simgan_ray.networks import DiscriminatorConfig, RefinerConfig
-from simgan_ray.storage import S3Options, normalize
+from simgan_ray.storage import S3Options, join, normalize
 
 
 def _location(uri: str) -> str:
@@ -165,6 +165,11 @@ class TrainConfig(Section):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    @property
+    def run_uri(self) -> str:
+        """The run directory: run.storage / run.name."""
+        return join(normalize(self.run.storage), self.run.name)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

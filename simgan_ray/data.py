@@ -107,26 +107,14 @@ def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), 
     import ray.data
     from ray.data.datasource.file_based_datasource import FileShuffleConfig
 
-    from simgan_ray.backoff import IdleBackoff
+    from simgan_ray.rayinternals import parquet_reading
 
     fs, _ = storage.resolve(prefix, s3)
     paths = [storage.resolve(uri, s3)[1] for uri in shards.shard_uris(prefix, manifest)]
     shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
-    ctx = ray.data.DataContext.get_current()
-    v2 = ctx.use_datasource_v2
-    # Ray 2.60's V2 Parquet reader packs all of a set's small (few-MB) shards into ONE read task:
-    # no parallel decoding (measured: 1 task for 20 shards, 17k vs 22k images/s on 2 cores). The
-    # V1 reader runs one task per shard. IdleBackoff: a backpressured executor must not spin (backoff.py).
-    # The dataset keeps a copy of the context it was built with.
-    ctx.use_datasource_v2 = False
-    callbacks = ctx.custom_execution_callback_classes
-    ctx.custom_execution_callback_classes = [*callbacks, IdleBackoff]
-    try:
+    with parquet_reading():  # one read task per shard; a backpressured executor that does not spin
         ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, include_paths=True,
                                    override_num_blocks=len(paths))
-    finally:
-        ctx.use_datasource_v2 = v2
-        ctx.custom_execution_callback_classes = callbacks
     ds = ds.select_columns(["id", "image", "path"])
     return ds.map_batches(_decode_batch, batch_format="numpy",
                           fn_kwargs={"shape": manifest.shape, "strict": strict, "ledger": ledger})

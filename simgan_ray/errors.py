@@ -28,3 +28,11 @@ def format_errors(source: str, err) -> str:
             loc, msg = [*loc, inner], why
         lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}")
     return "; ".join(lines)
+
+
+def root_cause(exc: BaseException) -> str:
+    """The innermost message of a (possibly Ray-wrapped) error, on one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    return next((line for line in reversed(text) if line.strip()), type(exc).__name__)

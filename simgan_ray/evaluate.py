@@ -16,15 +16,16 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field, PositiveFloat
 from torch import nn
 
 from simgan_ray import checkpoints, data, shards, storage, viz
+from simgan_ray.config import Section
 from simgan_ray.errors import SimganError
-from simgan_ray.refine import refine_images, resolve_export
 from simgan_ray.runtime import ensure_ray, gather
 from simgan_ray.storage import S3Options
 
@@ -32,8 +33,20 @@ from simgan_ray.storage import S3Options
 PROBE_FORMAT = "simgan-ray-probe/2"
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+class Recipe(Section):
+    """The fixed classifier recipe (Table 1's classifiers and the probe's) and where the sets live."""
+
+    label_key: str = "digit"  # class = int(label_json[label_key])
+    num_classes: int = Field(10, ge=2)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: PositiveFloat = 1e-3
+    s3: S3Options = S3Options()
+
+
+class EvalConfig(Recipe):
+    """`evaluate`: the sets, the refiner (exactly one of `refiner` and `refined`), the sizes."""
+
     synthetic: str  # labelled synthetic set
     real_train: str  # labelled real set for the ceiling classifier (digits: MNIST dev)
     real_test: str  # labelled real set the errors are reported on (digits: MNIST test)
@@ -41,24 +54,20 @@ class EvalConfig:
     out: str  # report directory
     refiner: str | None = None  # run or export; refines `synthetic` in memory
     refined: str | None = None  # or: a set written by `simgan-ray refine`
-    label_key: str = "digit"  # class = int(label_json[label_key])
-    num_classes: int = 10
-    seeds: int = 3
-    train_images: int = 20_000  # per classifier (a), (b); (c) uses up to this many real ones
-    test_images: int = 10_000
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 1e-3
-    s3: S3Options = field(default_factory=S3Options)
+    seeds: int = Field(3, ge=1)
+    train_images: int = Field(20_000, ge=1)  # per classifier (a), (b); (c) uses up to this many real ones
+    test_images: int = Field(10_000, ge=1)
 
-    def __post_init__(self) -> None:
-        for name in ("seeds", "train_images", "test_images", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise SimganError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.num_classes < 2:
-            raise SimganError(f"--num-classes must be >= 2, got {self.num_classes}")
-        if not 0 < self.lr < float("inf"):
-            raise SimganError(f"lr must be a positive number, got {self.lr}")
+
+class ProbeSpec(Recipe):
+    """`probe`: the labelled real set its classifier learns from, the real reference images (never
+    the test set: runs and sweeps are selected by the probe), where it goes, the sizes."""
+
+    real_train: str
+    reference: str
+    out: str
+    train_images: int = Field(10_000, ge=1)  # labelled images read; a tenth is held out
+    reference_images: int = Field(10_000, ge=1)
 
 
 class TaskNet(nn.Module):
@@ -162,12 +171,13 @@ class Probe:
         }
 
 
-def build_probe(real_train: str, reference: str, out: str, cfg: EvalConfig, reference_images: int = 10_000) -> dict:
-    """Train the probe classifier on the first `cfg.train_images` of `real_train` less their last
-    tenth (seed 0, the evaluation recipe), report its error on that tenth, take the reference
-    feature statistics from the first `reference_images` of `reference`, and write probe.pt /
-    probe.json to `out`. `reference` must not be the test set: runs and sweeps are selected by the
-    probe (digits: the unlabelled real pool the GAN learns from, mnist/real)."""
+def build_probe(cfg: ProbeSpec) -> dict:
+    """Train the probe classifier on the first `cfg.train_images` of `cfg.real_train` less their
+    last tenth (seed 0, the evaluation recipe), report its error on that tenth, take the reference
+    feature statistics from the first `cfg.reference_images` of `cfg.reference`, and write probe.pt
+    / probe.json to `cfg.out`. The reference must not be the test set: runs and sweeps are selected
+    by the probe (digits: the unlabelled real pool the GAN learns from, mnist/real)."""
+    real_train, reference, out, reference_images = cfg.real_train, cfg.reference, cfg.out, cfg.reference_images
     x, y = load_set(real_train, cfg.train_images, cfg.s3, cfg.label_key)
     held = len(x) // 10
     if held < 10:
@@ -243,9 +253,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     s3 = cfg.s3
     syn_x, syn_y = load_set(cfg.synthetic, cfg.train_images, s3, cfg.label_key)
     if cfg.refiner is not None:
-        export = resolve_export(cfg.refiner, s3)
+        export = checkpoints.resolve_export(cfg.refiner, s3)
         refiner, _ = checkpoints.load_export(export, s3)
-        ref_x, ref_y = refine_images(refiner, syn_x), syn_y
+        ref_x, ref_y = checkpoints.refine_images(refiner, syn_x), syn_y
         refined_from = export
     else:
         ref_x, ref_y = load_set(cfg.refined, cfg.train_images, s3, cfg.label_key)
@@ -277,8 +287,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     report = {
         "inputs": {"synthetic": cfg.synthetic, "refined_from": refined_from, "real_train": cfg.real_train,
                    "real_test": cfg.real_test, "real_pool": cfg.real_pool},
-        "recipe": {k: v for k, v in asdict(cfg).items() if k in ("seeds", "train_images", "test_images", "epochs",
-                                                                  "batch_size", "lr", "label_key")},
+        "recipe": cfg.model_dump(include={"seeds", "train_images", "test_images", "epochs", "batch_size", "lr",
+                                          "label_key"}),
         "counts": {"synthetic": len(syn_x), "real_train": len(real_x), "real_test": len(test_x),
                    "real_pool": len(pool_x)},
         "test_error": errors,

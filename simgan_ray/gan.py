@@ -1,12 +1,20 @@
 """The SimGAN of the paper as plain PyTorch: R and D with their optimizers and losses, the two
-updates (Algorithm 1's refiner and discriminator steps), R's weight average and the learning-rate
-schedule's arithmetic. No Ray and no config parsing: Ray Train's workers (`train.train_func`) and
-the benchmarks both run these, the latter on machines with torch alone.
+updates (Algorithm 1's refiner and discriminator steps), the schedule as a table of phases whose
+records name the update they run, R's weight average and the learning-rate arithmetic. No Ray and
+no config parsing: Ray Train's workers (`worker.train_func`) and the benchmarks both run these, the
+latter on machines with torch alone.
+
+The schedule; one *step* runs every update of its phase, each `repeats` times:
+    pretrain_refiner        R on self-regularization only       x pretrain_refiner_steps
+    pretrain_discriminator  D                                   x pretrain_discriminator_steps
+    adversarial             K_g R updates, then K_d D updates   x steps
+Every update draws fresh mini-batches of `batch_size` per worker.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -180,3 +188,59 @@ def discriminator_update(gan: Gan, synthetic: torch.Tensor, real: torch.Tensor) 
         "d_acc_real": patch_accuracy(logits_real.detach(), REAL),
         "d_acc_refined": patch_accuracy(logits_fake.detach(), REFINED),
     }
+
+
+Batches = Iterator[torch.Tensor]  # endless (b, C, H, W) batches in [-1, 1]
+
+
+def pretrain_refiner(gan: Gan, synthetic: Batches, real: Batches) -> dict[str, torch.Tensor]:
+    """R on self-regularization alone (the paper's R pre-training)."""
+    return refiner_update(gan, next(synthetic), with_adversary=False)
+
+
+def train_refiner(gan: Gan, synthetic: Batches, real: Batches) -> dict[str, torch.Tensor]:
+    """R against D plus self-regularization."""
+    return refiner_update(gan, next(synthetic), with_adversary=True)
+
+
+def train_discriminator(gan: Gan, synthetic: Batches, real: Batches) -> dict[str, torch.Tensor]:
+    return discriminator_update(gan, next(synthetic), next(real))
+
+
+@dataclass(frozen=True)
+class Update:
+    """One update of a phase: the network it trains (with that network's optimizer, Gan.opt_r or
+    Gan.opt_d), the function that runs it, how many images it draws per batch size, and how many
+    times a step runs it."""
+
+    network: str  # "refiner" | "discriminator"
+    run: Callable[[Gan, Batches, Batches], dict[str, torch.Tensor]]
+    draws: int  # batches drawn per run: R's updates 1 (synthetic), D's 2 (synthetic and real)
+    repeats: int
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    updates: tuple[Update, ...]  # in order
+    steps: int
+    adversarial: bool = False  # whether R has an adversary (what the collapse guard watches)
+
+
+def phase_table(s: ScheduleConfig) -> list[Phase]:
+    return [
+        Phase("pretrain_refiner", (Update("refiner", pretrain_refiner, 1, 1),), s.pretrain_refiner_steps),
+        Phase("pretrain_discriminator", (Update("discriminator", train_discriminator, 2, 1),),
+              s.pretrain_discriminator_steps),
+        Phase("adversarial", (Update("refiner", train_refiner, 1, s.k_g),
+                              Update("discriminator", train_discriminator, 2, s.k_d)), s.steps, adversarial=True),
+    ]
+
+
+def phase_at(step: int, table: list[Phase]) -> Phase:
+    """The phase that 0-based global `step` belongs to."""
+    for phase in table:
+        if step < phase.steps:
+            return phase
+        step -= phase.steps
+    raise IndexError("step past the end of the schedule")

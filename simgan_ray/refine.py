@@ -22,7 +22,6 @@ list above, for that job's shards): a folder holding anything else is refused, n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -36,6 +35,7 @@ import torch
 from pydantic import Field, ValidationError
 
 from simgan_ray import checkpoints, data, shards, storage
+from simgan_ray.checkpoints import model_hash, refine_images, resolve_export
 from simgan_ray.config import Location, Section, read_yaml
 from simgan_ray.errors import SimganError, first_line, format_errors
 from simgan_ray.progress import progress
@@ -85,35 +85,6 @@ class RefineSummary:
     @property
     def images_per_s(self) -> float:
         return self.rows_out / self.seconds if self.seconds > 0 else 0.0
-
-
-def resolve_export(model: str, s3: S3Options) -> str:
-    """A run directory or an export directory -> the export directory."""
-    for candidate in (model, storage.join(model, checkpoints.EXPORT_DIR)):
-        if storage.exists(storage.join(candidate, "refiner.json"), s3):
-            return candidate
-    raise SimganError(f"{model}: not a training run or a refiner export (no refiner.json there or in export/)")
-
-
-def model_hash(export: str, s3: S3Options) -> str:
-    return hashlib.sha256(storage.read_bytes(storage.join(export, "refiner.pt"), s3)).hexdigest()[:16]
-
-
-def refine_images(refiner: torch.nn.Module, images: np.ndarray, batch_size: int = 512,
-                  bf16: bool = False) -> np.ndarray:
-    """uint8 (n, C, H, W) -> refined uint8 (n, C, H, W), in batches on the refiner's device and in
-    eval mode (bf16 autocast on CUDA when asked). The one place a refiner is applied to images."""
-    device = next(refiner.parameters()).device
-    was_training = refiner.training
-    refiner.eval()
-    out = np.empty_like(images)
-    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=bf16):
-        for start in range(0, len(images), batch_size):
-            chunk = np.ascontiguousarray(images[start : start + batch_size])
-            y = refiner(data.unit_range(torch.from_numpy(chunk).to(device)))
-            out[start : start + len(chunk)] = data.to_uint8(y.float().cpu().numpy()).transpose(0, 3, 1, 2)
-    refiner.train(was_training)
-    return out
 
 
 def _done_uri(output: str, shard: str) -> str:
@@ -278,10 +249,22 @@ def _check_output(job: RefineJob, identity: dict) -> None:
     storage.delete_tree(job.output, job.s3)
 
 
-def refine(job: RefineJob) -> RefineSummary:
-    """Driver: validate everything before writing anything, then refine the unfinished shards."""
-    import ray.data
+@dataclass
+class RefinePlan:
+    """What `plan` found: the export and its hash, the input's manifest, the job's identity (its
+    record's fields) and its shards, all and those not yet done."""
 
+    export: str
+    model_id: str
+    manifest: shards.Manifest
+    identity: dict
+    names: list[str]
+    pending: list[str]
+
+
+def plan(job: RefineJob) -> RefinePlan:
+    """Every check of `refine` before anything is written, writing nothing (`refine --dry-run`):
+    locations, the export, the input's manifest, shapes and shard footers, the output's owner."""
     _check_locations(job)
     export = resolve_export(job.model, job.s3)
     _, meta = checkpoints.load_export(export, job.s3)  # refuses anything that is not a refiner export
@@ -297,6 +280,16 @@ def refine(job: RefineJob) -> RefineSummary:
     _check_output(job, identity)
     names = [s["name"] for s in manifest.shards]
     pending = [n for n in names if not storage.exists(_done_uri(job.output, n), job.s3)]
+    return RefinePlan(export, model_id, manifest, identity, names, pending)
+
+
+def refine(job: RefineJob) -> RefineSummary:
+    """Driver: validate everything before writing anything (`plan`), then refine the unfinished shards."""
+    import ray.data
+
+    p = plan(job)
+    export, model_id, manifest, identity, names, pending = (p.export, p.model_id, p.manifest, p.identity, p.names,
+                                                            p.pending)
     if pending:
         ensure_ray(job.concurrency * job.cpus_per_worker)
         check_resources({"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker}, job.concurrency,

@@ -9,15 +9,12 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
 from simgan_ray.errors import SimganError, first_line
 
-# Where `ray up` leaves the cluster's launcher config on the head node, for its autoscaler (Ray 2.60:
-# ray.autoscaler._private.constants / commands.py write it there; Ray Jobs' entrypoints run on the head).
-BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 _started_here = False  # whether this process started its local Ray (which has no autoscaler)
 _stopped_by = signal.SIGINT  # the signal that last stopped this process's work (`on_stop_signal`)
 
@@ -92,14 +89,11 @@ def start_local_ray(num_cpus: int) -> None:
     fails when another Ray runs on the machine, so its address is handed to every worker."""
     import ray
 
+    from simgan_ray.rayinternals import disable_failure_signal_handler
+
     global _started_here
 
-    import ray._private.ray_constants as ray_constants
-
-    # Ray 2.60's core worker installs absl's failure-signal handler in the driver, which prints a
-    # native stack dump on SIGTERM: a stopped job is no crash (the CLI says in one line what to do).
-    # The module attribute, not the environment variable, so that workers still dump real crashes.
-    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    disable_failure_signal_handler()  # a stopped job is no crash: no native stack dump on SIGTERM
     port = free_port()
     _started_here = True
     # address="local": always a new Ray; without it, ray.init joins any Ray already started on the machine.
@@ -116,10 +110,12 @@ def _addable(per_worker: dict[str, float], alive: int) -> bool | None:
     """Whether the cluster's autoscaler could add a node that holds one worker: True/False from the
     launcher config on this (head) node, None where an autoscaler runs whose node types are not
     known here (KubeRay), False where there is none (a local Ray, a fixed cluster). `alive`: nodes up now."""
+    from simgan_ray import rayinternals
+
     if _started_here:
         return False
-    if BOOTSTRAP_CONFIG.exists():
-        launcher = yaml.safe_load(BOOTSTRAP_CONFIG.read_text()) or {}
+    if rayinternals.BOOTSTRAP_CONFIG.exists():
+        launcher = yaml.safe_load(rayinternals.BOOTSTRAP_CONFIG.read_text()) or {}
         types = launcher.get("available_node_types") or {}
         if launcher.get("provider", {}).get("type") == "local":
             # On-prem: `ray up` made one node type for the head and its workers (of worker_ips), with
@@ -128,12 +124,7 @@ def _addable(per_worker: dict[str, float], alive: int) -> bool | None:
         # A type without declared resources has them detected from its instance type at launch.
         return any(t.get("max_workers", 0) > 0 and ("resources" not in t or _bundles([t["resources"]], per_worker))
                    for t in types.values())
-    # Ray 2.60: autoscaler v2 (KubeRay's) sets a flag in the GCS; v1 (the launcher's monitor) keeps
-    # its status record in the internal KV store.
-    from ray.autoscaler.v2.utils import is_autoscaler_v2
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    return None if is_autoscaler_v2(fetch_from_server=True) or _internal_kv_get("__autoscaling_status") else False
+    return None if rayinternals.autoscaler_running() else False
 
 
 def check_resources(per_worker: dict[str, float], workers: int, what: str) -> None:
@@ -183,3 +174,23 @@ def gather(refs: list, what: str) -> list:
             results[index[ready[0]]] = ray.get(ready[0])
             bar.update(1)
     return results
+
+
+# How to carry on after an interrupt, per command: what the interrupted work left is kept.
+_CONTINUE = {
+    "train": "run the same command with --resume (or --auto-resume) to continue from the last checkpoint",
+    "refine": "run the same command again to finish: finished shards are kept",
+    "tune": "the trials run so far are in the sweep's folder; run the sweep again under another --name",
+}
+
+
+def exit_interrupted(signum: int, command: str) -> NoReturn:
+    """Shut down this process's Ray (left to interpreter exit, its threads abort the process), say
+    in one line what happened and how to go on with `command`, and exit with 128 + the signal's number."""
+    import ray
+
+    hint = _CONTINUE.get(command, "what was written so far is kept")
+    if ray.is_initialized():
+        ray.shutdown()  # first, so that no log line of its workers comes after ours
+    print(f"interrupted ({signal.Signals(signum).name}): {hint}", file=sys.stderr, flush=True)
+    os._exit(128 + signum)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray.train import UserCallback
 
-from simgan_ray import storage
+from simgan_ray import data, shards, storage
 from simgan_ray.config import (
     Location,
     TrainConfig,
@@ -197,15 +197,33 @@ def _trial(params: dict, base: dict, trials_storage: str, report_checkpoints: bo
 
 
 def ensure_probe(spec: TuneSpec, base: TrainConfig) -> dict:
-    from simgan_ray.evaluate import EvalConfig, build_probe, load_probe
+    from simgan_ray.evaluate import ProbeSpec, build_probe, load_probe
 
     s3 = base.data.s3
     if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
         return load_probe(spec.probe.uri, s3).meta
-    cfg = EvalConfig(synthetic=base.data.synthetic, real_train=spec.probe.real_train, real_test="",
-                     real_pool=spec.probe.reference, out=spec.probe.uri, train_images=spec.probe.train_images,
-                     epochs=spec.probe.epochs, s3=s3)
-    return build_probe(spec.probe.real_train, spec.probe.reference, spec.probe.uri, cfg)
+    return build_probe(ProbeSpec(real_train=spec.probe.real_train, reference=spec.probe.reference, out=spec.probe.uri,
+                                 train_images=spec.probe.train_images, epochs=spec.probe.epochs, s3=s3))
+
+
+def preflight(spec: TuneSpec, base: TrainConfig) -> str:
+    """Every check of `run_sweep` that needs no Ray, writing nothing (`tune --dry-run`): the sweep's
+    folder holds no finished sweep, the trials' data sets pass training's checks, and the probe
+    loads or the sets it would be built from are image sets. -> the sweep's folder."""
+    from simgan_ray.evaluate import load_probe
+
+    s3 = base.data.s3
+    out = storage.join(storage.normalize(spec.storage), spec.name)
+    if storage.exists(storage.join(out, "results.csv"), s3):
+        raise SimganError(f"{out} already holds a finished sweep; pick another name")
+    data.check_training_sets(base.data.synthetic, base.data.real, base.refiner.channels,
+                             base.batch_size * base.run.num_workers, s3)
+    if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
+        load_probe(spec.probe.uri, s3)
+    else:
+        for source in (spec.probe.real_train, spec.probe.reference):
+            shards.read_manifest(source, s3)
+    return out
 
 
 def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
@@ -216,9 +234,7 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     from simgan_ray.train import worker_resources
 
     s3 = base.data.s3
-    out = storage.join(storage.normalize(spec.storage), spec.name)
-    if storage.exists(storage.join(out, "results.csv"), s3):
-        raise SimganError(f"{out} already holds a finished sweep; pick another name")
+    out = preflight(spec, base)
     # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
     ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
     check_resources(worker_resources(base), base.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu")

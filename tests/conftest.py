@@ -61,6 +61,42 @@ def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int) ->
     return manifest
 
 
+# Fixtures that start Ray or a server: a test that uses one (directly or through another) is slow.
+_SLOW_FIXTURES = {"ray_session", "s3_server"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if _SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+def _quick(config) -> bool:
+    """Whether this is the quick tier: `-m` deselects slow tests (scripts/test.sh --quick)."""
+    return "not slow" in (config.getoption("markexpr") or "")
+
+
+@pytest.fixture(autouse=True)
+def quick_tier_starts_nothing(request, monkeypatch):
+    """In the quick tier, a test that starts Ray or a process fails, saying so: mark it slow (or
+    network). So the tier stays quick as tests are added, and `slow` means what it says."""
+    if not _quick(request.config):
+        yield
+        return
+    import subprocess
+
+    import ray
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts {what}: mark it @pytest.mark.slow")
+        return refused
+
+    monkeypatch.setattr(ray, "init", refuse("Ray"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("a subprocess"))
+    yield
+
+
 @pytest.fixture(scope="session", autouse=True)
 def leaves_no_ray_state():
     """Fails the session if it wrote Ray's default `ray_current_cluster` or ~/.ray/auth_token (a stale

@@ -114,11 +114,11 @@ def test_aws_roles_allow_what_the_launcher_and_the_nodes_do():
 def test_on_the_head_of_onprem_workers_still_starting_are_waited_for(tmp_path, monkeypatch):
     """A job started right after `ray up cluster/onprem.yaml`, while the head's autoscaler is still
     setting up the workers: it waits for them (check_resources) instead of being refused."""
-    from simgan_ray import runtime
+    from simgan_ray import rayinternals, runtime
 
     bootstrap = tmp_path / "ray_bootstrap_config.yaml"  # what `ray up` leaves on the head, as --cluster resolves it
     bootstrap.write_text(yaml.safe_dump(load_cluster(ROOT / "cluster" / "onprem.yaml")))
-    monkeypatch.setattr(runtime, "BOOTSTRAP_CONFIG", bootstrap)
+    monkeypatch.setattr(rayinternals, "BOOTSTRAP_CONFIG", bootstrap)
     monkeypatch.setattr(runtime, "_started_here", False)
     assert runtime._addable({"CPU": 2}, alive=1) is True  # the head alone: 3 workers to come
     assert runtime._addable({"CPU": 2}, alive=4) is False  # all 3 joined: no more to add

@@ -79,10 +79,10 @@ def test_corrupt_image_in_a_shard_is_skipped_and_counted_or_fatal_when_strict(ra
 def test_idle_backoff_sleeps_only_while_nothing_changes(monkeypatch):
     from types import SimpleNamespace
 
-    from simgan_ray import backoff
+    from simgan_ray import rayinternals
 
     slept = []
-    monkeypatch.setattr(backoff.time, "sleep", slept.append)
+    monkeypatch.setattr(rayinternals.time, "sleep", slept.append)
 
     class Op:  # hashable, as Ray's operators are
         metrics = SimpleNamespace(num_tasks_submitted=1, num_tasks_finished=0)
@@ -90,7 +90,7 @@ def test_idle_backoff_sleeps_only_while_nothing_changes(monkeypatch):
     op = Op()
     state = SimpleNamespace(total_enqueued_input_blocks=lambda: 0, total_enqueued_output_blocks=lambda: 2)
     executor = SimpleNamespace(_topology={op: state})
-    cb = backoff.IdleBackoff()
+    cb = rayinternals.IdleBackoff()
     for _ in range(10):
         cb.on_execution_step(executor)
     assert slept == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.064, 0.064]  # first step: no history
@@ -101,7 +101,7 @@ def test_idle_backoff_sleeps_only_while_nothing_changes(monkeypatch):
 
 
 def test_training_datasets_carry_the_idle_backoff(ray_session, digit_sets):
-    from simgan_ray.backoff import IdleBackoff
+    from simgan_ray.rayinternals import IdleBackoff
 
     manifest = shards.read_manifest(digit_sets["synthetic"])
     ds = data.image_dataset(digit_sets["synthetic"], manifest)

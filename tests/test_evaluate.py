@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import torch
 
 from simgan_ray import checkpoints
 from simgan_ray.errors import SimganError
-from simgan_ray.evaluate import EvalConfig, build_probe, evaluate, frechet_distance, load_probe, load_set
+from simgan_ray.evaluate import EvalConfig, ProbeSpec, build_probe, evaluate, frechet_distance, load_probe, load_set
 from simgan_ray.networks import Refiner, RefinerConfig
 
 
@@ -73,10 +72,10 @@ def test_evaluate_refuses_bad_requests(digit_sets, labelled_real_sets, export, t
 
 
 def test_probe_never_reads_the_test_set_and_scores(labelled_real_sets, digit_sets, tmp_path):
-    cfg = EvalConfig(synthetic="", real_train=labelled_real_sets["dev"], real_test="", real_pool=digit_sets["real"],
-                     out="", **small())
+    cfg = ProbeSpec(real_train=labelled_real_sets["dev"], reference=digit_sets["real"], out=str(tmp_path / "probe"),
+                    train_images=256, epochs=1, batch_size=64, reference_images=200)
     # Sweeps select by the probe: its reference is the real pool, its own error a held-out tenth of dev.
-    meta = build_probe(labelled_real_sets["dev"], digit_sets["real"], str(tmp_path / "probe"), cfg, 200)
+    meta = build_probe(cfg)
     assert (meta["train_images"], meta["heldout_images"], meta["reference_images"]) == (231, 25, 200)
     assert meta["reference"] == digit_sets["real"] and labelled_real_sets["test"] not in json.dumps(meta)
     assert 0 <= meta["heldout_error"] <= 1
@@ -94,5 +93,4 @@ def test_probe_never_reads_the_test_set_and_scores(labelled_real_sets, digit_set
     with pytest.raises(SimganError, match="rebuild it with `simgan-ray probe`"):
         load_probe(str(tmp_path / "probe"), cfg.s3)
     with pytest.raises(SimganError, match="50 labelled images; the probe needs >= 100"):
-        build_probe(labelled_real_sets["dev"], digit_sets["real"], str(tmp_path / "p2"),
-                    dataclasses.replace(cfg, train_images=50))
+        build_probe(cfg.model_copy(update={"out": str(tmp_path / "p2"), "train_images": 50}))

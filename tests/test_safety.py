@@ -266,7 +266,7 @@ def test_bad_configs_and_overrides_are_one_line(monkeypatch, capsys, tmp_path):
          "s3.endpoint_url: 'http://' is not an http(s)://HOST[:PORT] URL"),
         (["refine", "--model", "m", "--input", "i", "--output", "s3:///x"], "'' is not an S3 bucket name"),
         (["evaluate", "--synthetic", "s", "--real-train", "r", "--real-test", "t", "--real-pool", "p", "--out", "o",
-          "--refined", "x", "--test-images", "0"], "--test-images must be >= 1, got 0"),
+          "--refined", "x", "--test-images", "0"], "--test-images: Input should be greater than or equal to 1"),
         (["probe", "--real-train", "r", "--reference", "p", "--out", "o", "--s3-endpoint", "ftp://x"],
          "--s3-endpoint: 'ftp://x' is not an http(s)://HOST[:PORT] URL"),
     ]

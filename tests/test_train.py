@@ -8,11 +8,25 @@ import torch
 from simgan_ray import checkpoints
 from simgan_ray.config import GuardConfig, ScheduleConfig, load_config
 from simgan_ray.errors import SimganError
-from simgan_ray.gan import Gan, discriminator_update, ema_beta, ema_update, lr_scale, refiner_update, set_lrs
+from simgan_ray.gan import (
+    Gan,
+    discriminator_update,
+    ema_beta,
+    ema_update,
+    lr_scale,
+    phase_at,
+    phase_table,
+    pretrain_refiner,
+    refiner_update,
+    set_lrs,
+    train_discriminator,
+    train_refiner,
+)
+from simgan_ray.guard import CollapseGuard
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization
 from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
-from simgan_ray.train import CollapseGuard, fit, phase_at, phase_table
+from simgan_ray.train import fit
 
 from .conftest import TINY
 
@@ -21,7 +35,12 @@ def test_phase_table_order_and_alternation():
     table = phase_table(ScheduleConfig(pretrain_refiner_steps=2, pretrain_discriminator_steps=1, steps=3, k_g=2, k_d=1))
     names = [phase_at(s, table).name for s in range(6)]
     assert names == ["pretrain_refiner"] * 2 + ["pretrain_discriminator"] + ["adversarial"] * 3
-    assert phase_at(5, table).updates == (("refiner", 2), ("discriminator", 1))
+    adversarial = phase_at(5, table)
+    assert [(u.network, u.run, u.draws, u.repeats) for u in adversarial.updates] == [
+        ("refiner", train_refiner, 1, 2), ("discriminator", train_discriminator, 2, 1)]
+    assert adversarial.adversarial and not any(p.adversarial for p in table[:2])
+    (pretrain,) = table[0].updates
+    assert pretrain.run is pretrain_refiner  # self-regularization only: no adversary before the adversarial phase
     with pytest.raises(IndexError):
         phase_at(6, table)
 
@@ -61,7 +80,7 @@ def test_refiner_weight_average_follows_r_then_averages_with_its_half_life():
 def test_collapse_guard_rolls_everything_back_and_cools_the_learning_rates():
     gan = tiny_gan(history=16, ema=True)
     guard = CollapseGuard(GuardConfig(min_label_acc=0.3, lr_factor=0.5, max_rollbacks=1))
-    adversarial = phase_table(ScheduleConfig(steps=1))[2][0]
+    adversarial = phase_table(ScheduleConfig(steps=1))[2]
     x = torch.rand(8, 1, 28, 28) * 2 - 1
     discriminator_update(gan, x, x)
     guard.snapshot(gan, step=40, reports=4)
@@ -72,7 +91,7 @@ def test_collapse_guard_rolls_everything_back_and_cools_the_learning_rates():
         refiner_update(gan, x, with_adversary=True)
         discriminator_update(gan, x, x)
         ema_update(gan, 0.5)
-    healthy, pretrain = {"probe_label_acc": 0.64}, phase_table(ScheduleConfig())[0][0]
+    healthy, pretrain = {"probe_label_acc": 0.64}, phase_table(ScheduleConfig())[0]
     assert not guard.collapsed(healthy, adversarial, torch.device("cpu"))
     assert not guard.collapsed({"probe_label_acc": 0.1}, pretrain, torch.device("cpu"))  # only adversarial
     assert guard.collapsed({"probe_label_acc": 0.1}, adversarial, torch.device("cpu"))
@@ -217,12 +236,11 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
     """A guard that every adversarial report trips (min_label_acc 1.0): the first trip rolls both
     ranks back to the last pretraining report, the second stops the run naming the cause; the
     checkpoints hold no collapsed step."""
-    from simgan_ray.evaluate import EvalConfig, build_probe
+    from simgan_ray.evaluate import ProbeSpec, build_probe
 
     probe = str(tmp_path / "probe")
-    build_probe(labelled_real_sets["dev"], digit_sets["real"], probe,
-                EvalConfig(synthetic="", real_train="", real_test="", real_pool="", out="", train_images=200,
-                           epochs=1), reference_images=100)
+    build_probe(ProbeSpec(real_train=labelled_real_sets["dev"], reference=digit_sets["real"], out=probe,
+                          train_images=200, epochs=1, reference_images=100))
     cfg = load_config(None, {
         **TINY,
         "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],

@@ -1,0 +1,133 @@
+"""Every use of Ray's internals, in one place: what it is, the Ray version it was written against
+(2.60.0, pinned in pyproject.toml), and why no public API does. tests/test_rayinternals.py fails
+naming the use when a Ray upgrade moves one of them. Nothing else in the package imports a private
+Ray module or sets a private Ray attribute. Importing it imports Ray Data: modules the CLI
+imports at start import it where they use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from pathlib import Path
+
+from ray.data._internal.execution.execution_callback import ExecutionCallback
+
+# Ray Train V2 (ray/train/v2/_internal/constants.py, CHECKPOINT_MANAGER_SNAPSHOT_FILENAME) lists a
+# run's committed checkpoints in this file of the run directory and resumes from it: a checkpoint
+# uploaded but not yet committed is not in it. Whether a run can be resumed is whether it exists.
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+# Where `ray up` leaves the cluster's launcher config on the head node, for its autoscaler
+# (ray/autoscaler/_private/commands.py); Ray Jobs' entrypoints run on the head, so they can read it.
+BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
+
+
+def launcher_checks(cfg: dict) -> dict:
+    """What `ray up` does to a config before it starts anything -> the config it would launch.
+
+    `ray up` (create_or_update_cluster -> _bootstrap_config in ray/autoscaler/_private/commands.py)
+    runs prepare_config (defaults, and for `provider: local` its own rules), the provider's fillout
+    of node resources, validate_config (the schema again, node types, max_workers) and the
+    provider's bootstrap_config; Ray has no public API for them. Only `provider: local` runs all of
+    them offline (a cloud's fillout and bootstrap call its API). Their messages go to a CLI logger:
+    kept quiet here, the caller reports a failure in one line."""
+    from ray.autoscaler._private.providers import _get_node_provider_cls
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        cfg = prepare_config(cfg)
+        provider = _get_node_provider_cls(cfg["provider"]) if cfg["provider"]["type"] == "local" else None
+        if provider:
+            cfg = provider.fillout_available_node_types_resources(cfg)
+        validate_config(cfg)
+        return provider.bootstrap_config(cfg) if provider else cfg
+
+
+def disable_failure_signal_handler() -> None:
+    """Ray 2.60's core worker installs absl's failure-signal handler in the driver, which prints a
+    native stack dump on SIGTERM: a stopped job is no crash (the CLI says in one line what to do).
+    The module attribute (ray/_private/ray_constants.py), read when the driver's core worker starts,
+    not the environment variable, which workers would inherit: they still dump real crashes."""
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+
+
+def autoscaler_running() -> bool:
+    """Whether an autoscaler serves the Ray this process is connected to. Autoscaler v2 (KubeRay's)
+    sets a flag in the GCS (ray/autoscaler/v2/utils.py); v1 (the launcher's monitor) keeps its
+    status record in the internal KV store under "__autoscaling_status". No public API says either."""
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    return bool(is_autoscaler_v2(fetch_from_server=True) or _internal_kv_get("__autoscaling_status"))
+
+
+def quiet_train_reports() -> None:
+    """Ray Train V2 logs every report (its metrics dict, per rank) at INFO under a logger named by
+    its source file's path (ray/train/v2/_internal/execution/context.py), not under "ray.train":
+    our workers print one line per report themselves."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    for name in ("ray.train", train_context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def parquet_reading():
+    """Ray Data's global DataContext, set for building a Parquet read and restored after (the dataset
+    keeps a copy of the context it was built with): Ray 2.60's V2 Parquet reader packs all of a
+    set's small (few-MB) shards into ONE read task, so no parallel decoding (benchmarks/RESULTS.md,
+    stream), the V1 reader runs one task per shard
+    (`use_datasource_v2`, a DataContext field without a documented meaning); and a backpressured
+    executor must not spin (IdleBackoff, an execution callback, a Ray Data internal)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    v2, callbacks = ctx.use_datasource_v2, ctx.custom_execution_callback_classes
+    ctx.use_datasource_v2 = False
+    ctx.custom_execution_callback_classes = [*callbacks, IdleBackoff]
+    try:
+        yield
+    finally:
+        ctx.use_datasource_v2 = v2
+        ctx.custom_execution_callback_classes = callbacks
+
+
+# A Ray Data execution callback that stops an idle streaming executor from spinning. A training
+# consumer keeps its input streams backpressured nearly all the time (a digits worker takes ~400
+# images/s, decoding makes ~20,000); backpressured, Ray 2.60's scheduling loop has no task to
+# `ray.wait` on and spins, and the split coordinator of a training set burns most of a core
+# (benchmarks/RESULTS.md), CPU the training worker loses.
+class IdleBackoff(ExecutionCallback):
+    """Sleeps the scheduling loop after a step that changed nothing (no task submitted or finished,
+    no block queued or taken): 1, 2, 4, ... 64, 64, ... ms per idle step, none after any progress.
+    At most 64 ms pass before the loop notices new work: consumers hold seconds of batches, and a
+    loop with running tasks already blocks up to 100 ms in `ray.wait`."""
+
+    MAX_SLEEP_S = 0.064
+
+    def __init__(self) -> None:
+        self.last: tuple | None = None
+        self.sleep_s = 0.0
+
+    @staticmethod
+    def progress(executor) -> tuple:
+        """Counters that move whenever the executor does anything (Ray 2.60 internals: Ray is pinned)."""
+        return tuple(
+            (op.metrics.num_tasks_submitted, op.metrics.num_tasks_finished,
+             state.total_enqueued_input_blocks(), state.total_enqueued_output_blocks())
+            for op, state in executor._topology.items()
+        )
+
+    def on_execution_step(self, executor) -> None:
+        now = self.progress(executor)
+        if now == self.last:
+            self.sleep_s = min(max(2 * self.sleep_s, 0.001), self.MAX_SLEEP_S)
+            time.sleep(self.sleep_s)
+        else:
+            self.sleep_s = 0.0
+        self.last = now

@@ -1,0 +1,197 @@
+"""The Ray Train worker loop of SimGAN training (paper, Algorithm 1), data parallel over N workers:
+`train_func(config)` runs on every worker (the driver, `train.fit`, builds the TorchTrainer).
+
+Each worker builds the GAN (gan.py), restores a checkpoint when there is one, then runs the phase
+table step by step on batches from its Ray Data shards, reporting averaged metrics (metrics.py),
+scoring the refiner with the probe (rank 0), guarding against collapse (guard.py) and checkpointing:
+R, D, both optimizers and R's average from rank 0, its own history shard from every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import torch
+
+from simgan_ray import checkpoints, data, storage
+from simgan_ray.config import TrainConfig
+from simgan_ray.evaluate import load_probe, load_set
+from simgan_ray.gan import (
+    Gan,
+    distributed,
+    ema_beta,
+    ema_update,
+    lr_scale,
+    make_gan,
+    phase_at,
+    phase_table,
+    set_lrs,
+    unwrap,
+)
+from simgan_ray.guard import CollapseGuard
+from simgan_ray.history import ImageHistory
+from simgan_ray.metrics import MetricWindow, Stopwatch, check_finite, format_metrics
+from simgan_ray.rayinternals import quiet_train_reports
+
+
+def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device, fetch: int = 16):
+    """Endless (b, C, H, W) float batches from this rank's shard; a new epoch when exhausted.
+
+    Ray Data hands over `fetch` batches at a time and they are sliced here: its cost per handed
+    batch is fixed (tens of ms through the streaming split on a loaded machine), which a small
+    batch of small images would pay at every update. A pass's remainder carries over to the next."""
+    carry = None
+    while True:
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size * fetch, drop_last=False, device=device,
+            local_shuffle_buffer_size=shuffle_buffer or None,
+        ):
+            images = batch["image"] if carry is None else torch.cat([carry, batch["image"]])
+            full = len(images) // batch_size * batch_size
+            for start in range(0, full, batch_size):
+                yield data.unit_range(images[start : start + batch_size])
+            carry = images[full:] if full < len(images) else None
+
+
+def train_func(loop_config: dict) -> None:
+    """Ray Train worker loop. loop_config: {"config": TrainConfig.to_dict(), "image_shape": [C, H, W],
+    "start_from": a ray.train.Checkpoint of another run to start from, or None}."""
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = TrainConfig.model_validate(loop_config["config"])
+    image_shape = list(loop_config["image_shape"])
+    quiet_train_reports()  # one line per report is ours
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if not cfg.run.use_gpu:
+        torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+
+    gan = make_gan(cfg, ImageHistory(cfg.history_size // world, seed=cfg.seed * 100_003 + rank),
+                   ray.train.torch.prepare_model)
+    refiner, discriminator = gan.refiner, gan.discriminator
+    torch.manual_seed(cfg.seed * 100_003 + rank)  # per-rank stream for anything random later
+
+    step, metrics_log, guard = 0, [], CollapseGuard(cfg.guard, loud=rank == 0)
+    # This run's own latest checkpoint (resume, or a restart after a worker failure) comes first.
+    checkpoint = ray.train.get_checkpoint() or loop_config["start_from"]
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = checkpoints.load_train_state(Path(d))
+            unwrap(refiner).load_state_dict(state.refiner)
+            unwrap(discriminator).load_state_dict(state.discriminator)
+            if gan.ema is not None:
+                # A checkpoint without an average (written with ema_half_life 0) starts it at R.
+                gan.ema.load_state_dict(state.refiner_ema or state.refiner)
+            gan.opt_r.load_state_dict(state.optimizer_r)
+            gan.opt_d.load_state_dict(state.optimizer_d)
+            checkpoints.load_history(Path(d), rank, world, gan.history)
+            step, metrics_log, guard.rollbacks = state.step, state.metrics, state.rollbacks
+        print(f"[rank {rank}] resumed at step {step} with {len(gan.history)} history images")
+
+    _record_placement(cfg, rank, device)
+    buffer = cfg.data.local_shuffle_buffer
+    probe = _load_probe(cfg) if rank == 0 and cfg.probe.uri else None
+    waiting = Stopwatch()
+    synthetic = waiting.wrap(_cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device))
+    real = waiting.wrap(_cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device))
+    table = phase_table(cfg.schedule)
+    total = cfg.schedule.total_steps
+    b = cfg.batch_size
+    window = MetricWindow()
+    guard.snapshot(gan, step, len(metrics_log))
+    while step < total:
+        phase = phase_at(step, table)
+        # From the config at every step, never from a checkpoint: a resumed run may change them
+        # (`--resume --set optimizer_r.lr=...`, or PBT restarting a trial with mutated values).
+        set_lrs(gan, cfg, lr_scale(step, cfg.schedule) * guard.lr_factor)
+        for update in phase.updates:
+            for _ in range(update.repeats):
+                window.add(update.run(gan, synthetic, real), update.draws * b)
+        ema_update(gan, ema_beta(step, cfg.schedule))
+        step += 1
+        save = step % cfg.run.checkpoint_every == 0 or step == total
+        if not (save or step % cfg.run.report_every == 0):
+            continue
+        # Fraction of the window's wall time this rank waited for Ray Data: near 0 = compute bound.
+        window.add({"input_wait_frac": waiting.lap() / max(window.elapsed(), 1e-9)}, 0)
+        metrics = {"step": step, "phase": phase.name, **window.reduce(device)}
+        if probe is not None:
+            net, images, labels = probe
+            metrics.update(net.score(checkpoints.refine_images(gan.exported, images), labels))
+            if gan.ema is not None:  # R's last iterate too: side by side with its average
+                scores = net.score(checkpoints.refine_images(unwrap(refiner), images), labels)
+                metrics.update({f"probe_r_{k.removeprefix('probe_')}": v for k, v in scores.items()})
+        check_finite(metrics)
+        window = MetricWindow()
+        if guard.collapsed(metrics, phase, device):
+            step, kept = guard.rollback(gan, step, metrics)
+            del metrics_log[kept:]
+            continue
+        if guard.enabled:
+            metrics["rollbacks"] = guard.rollbacks
+        if rank == 0:
+            metrics_log.append(metrics)
+            print(format_metrics(metrics, total))
+        guard.snapshot(gan, step, len(metrics_log))
+        if save:
+            with tempfile.TemporaryDirectory() as tmp:
+                _save(Path(tmp), rank, step, gan, metrics_log, cfg, image_shape, guard.rollbacks)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def _record_placement(cfg: TrainConfig, rank: int, device: torch.device) -> None:
+    """Where each rank runs (Ray node id, host, device, torch threads), printed and written by rank 0 to
+    <run>/workers.json: on a cluster, the first thing to check when throughput or NCCL looks off."""
+    import ray
+
+    mine = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+            "pid": os.getpid(), "device": str(device), "torch_threads": torch.get_num_threads()}
+    everyone = [mine]
+    if distributed():
+        everyone = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, mine)
+    if rank == 0:
+        print("workers: " + "; ".join(f"rank {w['rank']} on {w['host']} node {w['node_id'][:8]} ({w['device']}, "
+                                      f"{w['torch_threads']} threads)" for w in everyone))
+        storage.write_bytes(storage.join(cfg.run_uri, "workers.json"), json.dumps(everyone, indent=1).encode(),
+                            cfg.data.s3)
+
+
+def _load_probe(cfg: TrainConfig):
+    """(probe, uint8 synthetic images (n, C, H, W), their class labels) for the real-data score."""
+    probe = load_probe(cfg.probe.uri, cfg.data.s3)
+    images, labels = load_set(cfg.data.synthetic, cfg.probe.images, cfg.data.s3, probe.meta["label_key"])
+    return probe, images, labels
+
+
+def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cfg: TrainConfig,
+          image_shape: list[int], rollbacks: int) -> None:
+    state = None
+    if rank == 0:
+        state = checkpoints.TrainState(
+            step=step,
+            refiner=unwrap(gan.refiner).state_dict(),
+            refiner_ema=gan.ema.state_dict() if gan.ema is not None else None,
+            discriminator=unwrap(gan.discriminator).state_dict(),
+            optimizer_r=gan.opt_r.state_dict(),
+            optimizer_d=gan.opt_d.state_dict(),
+            metrics=metrics_log,
+            rollbacks=rollbacks,
+        )
+        checkpoints.write_export(
+            directory / checkpoints.EXPORT_DIR,
+            gan.exported,
+            {"step": step, "run": cfg.run.name, "image_shape": image_shape, "pixel_range": [-1.0, 1.0],
+             "ema_half_life": cfg.schedule.ema_half_life},
+        )
+    checkpoints.save_train_state(directory, rank, state, gan.history, cfg.to_dict())

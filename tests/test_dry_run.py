@@ -1,0 +1,94 @@
+"""--dry-run of train, refine and tune: the real command's checks, one line saying what would run,
+exit 0, and nothing written or started (ray.init is made to fail); and resuming a run with another
+architecture, refused before Ray starts."""
+
+import pytest
+import ray
+import yaml
+from typer.testing import CliRunner
+
+from simgan_ray import checkpoints
+from simgan_ray.cli import app
+from simgan_ray.config import dump_config, load_config
+from simgan_ray.errors import SimganError
+from simgan_ray.networks import Refiner, RefinerConfig
+from simgan_ray.train import TRAIN_SNAPSHOT, fit, preflight
+
+from .conftest import TINY
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run started Ray")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def sets(digit_sets) -> list[str]:
+    overrides = {**TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"]}
+    return [f"--set={k}={v}" for k, v in overrides.items()]
+
+
+def test_train_dry_run_checks_everything_and_starts_nothing(digit_sets, tmp_path, no_ray):
+    args = ["train", "--dry-run", "--storage", str(tmp_path / "runs"), "--name", "dry", *sets(digit_sets)]
+    done = invoke(*args)
+    assert done.exit_code == 0, done.output
+    assert "dry run: start run" in done.output and "256 synthetic and 256 real 1x28x28 images" in done.output
+    assert not (tmp_path / "runs").exists()
+    too_big = invoke(*args, "--set", "batch_size=1000")  # the set holds fewer images than one batch
+    assert isinstance(too_big.exception, SimganError) and "batch" in str(too_big.exception)
+    bad_cluster = tmp_path / "cluster.yaml"
+    bad_cluster.write_text("cluster_name: x\nprovider: {type: local}\n")
+    refused = invoke(*args, "--cluster", str(bad_cluster))  # the cluster file is checked too (offline)
+    assert isinstance(refused.exception, SimganError) and "provider.head_ip" in str(refused.exception)
+
+
+def test_refine_dry_run_checks_everything_and_writes_nothing(digit_sets, tmp_path, no_ray):
+    checkpoints.write_export(tmp_path / "export", Refiner(RefinerConfig(features=8, blocks=1)),
+                             {"step": 0, "image_shape": [1, 28, 28]})
+    args = ["refine", "--dry-run", "--model", str(tmp_path / "export"), "--input", digit_sets["synthetic"],
+            "--output", str(tmp_path / "out")]
+    done = invoke(*args)
+    assert done.exit_code == 0, done.output
+    assert "dry run: refine 4 of 4 shards (256 images in all)" in done.output
+    assert not (tmp_path / "out").exists()
+    wrong = invoke(*args[:-4], "--input", digit_sets["synthetic"], "--output", digit_sets["synthetic"] + "/inside")
+    assert isinstance(wrong.exception, SimganError) and "overlap" in str(wrong.exception)
+
+
+def test_tune_dry_run_checks_everything_and_starts_nothing(digit_sets, tmp_path, no_ray):
+    cfg = load_config(None, {**TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"]})
+    (tmp_path / "base.yaml").write_text(dump_config(cfg))
+    spec = {"base": "base.yaml", "search": {"loss.lam": {"loguniform": [0.01, 0.1]}}, "num_samples": 2,
+            "storage": str(tmp_path / "sweeps"), "name": "t",
+            "probe": {"uri": str(tmp_path / "probe"), "real_train": digit_sets["synthetic"],
+                      "reference": digit_sets["real"]}}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    done = invoke("tune", "--dry-run", "--config", str(tmp_path / "tune.yaml"))
+    assert done.exit_code == 0, done.output
+    assert f"dry run: sweep 2 trials (asha, by probe_fd) into {tmp_path}/sweeps/t" in done.output
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "probe").exists()
+    spec["probe"]["reference"] = str(tmp_path / "missing")  # the probe could not be built
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    refused = invoke("tune", "--dry-run", "--config", str(tmp_path / "tune.yaml"))
+    assert isinstance(refused.exception, SimganError) and "missing" in str(refused.exception)
+
+
+def test_resume_with_another_architecture_is_refused_before_ray(digit_sets, tmp_path, no_ray):
+    given = {**TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
+             "run.storage": str(tmp_path), "run.name": "r"}
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text(dump_config(load_config(None, given)))
+    (run / TRAIN_SNAPSHOT).write_text("{}")  # as after a committed checkpoint
+    changed = load_config(None, {**given, "refiner.features": 16, "discriminator.widths": [8, 8, 8, 16]})
+    with pytest.raises(SimganError, match=r"refiner.features: 8 in the run, 16 now; discriminator.widths: "
+                                          r"\[8, 8, 8, 8\] in the run, \[8, 8, 8, 16\] now"):
+        fit(changed, resume="auto")
+    # Hyperparameters may change on resume (`--resume --set optimizer_r.lr=...`, PBT).
+    assert preflight(load_config(None, {**given, "optimizer_r.lr": 0.01}), resume=True).resumes

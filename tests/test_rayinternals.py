@@ -1,0 +1,81 @@
+"""Each use of Ray's internals (simgan_ray/rayinternals.py), checked against the Ray installed: when
+an upgrade moves one, the test names the use that broke."""
+
+import inspect
+from pathlib import Path
+
+import yaml
+
+from simgan_ray import rayinternals
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_snapshot_is_ray_trains_checkpoint_list():
+    from ray.train.v2._internal import constants
+
+    assert constants.CHECKPOINT_MANAGER_SNAPSHOT_FILENAME == rayinternals.TRAIN_SNAPSHOT, "TRAIN_SNAPSHOT moved"
+
+
+def test_bootstrap_config_is_where_ray_up_leaves_it():
+    from ray.autoscaler._private import commands
+
+    assert "~/ray_bootstrap_config.yaml" in inspect.getsource(commands), "BOOTSTRAP_CONFIG moved"
+    assert rayinternals.BOOTSTRAP_CONFIG == Path("~/ray_bootstrap_config.yaml").expanduser()
+
+
+def test_launcher_checks_run_ray_ups_own_steps():
+    cfg = rayinternals.launcher_checks(yaml.safe_load((ROOT / "cluster" / "onprem.yaml").read_text()))
+    # prepare_config and the local provider's fillout/bootstrap ran: worker_ips became a node type
+    (node_type,) = cfg["available_node_types"].values()
+    assert node_type["max_workers"] == len(cfg["provider"]["worker_ips"]), "launcher_checks: Ray's steps changed"
+
+
+def test_failure_signal_handler_switch_is_where_the_driver_reads_it():
+    import ray._private.ray_constants as ray_constants
+    import ray._raylet
+
+    assert hasattr(ray_constants, "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"), "disable_failure_signal_handler: moved"
+    assert b"RAY_DISABLE_FAILURE_SIGNAL_HANDLER" in Path(ray._raylet.__file__).read_bytes(), \
+        "disable_failure_signal_handler: the core worker no longer reads it"
+
+
+def test_autoscaler_records_are_where_autoscaler_running_looks():
+    import ray._private.ray_constants as ray_constants
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    assert "fetch_from_server" in inspect.signature(is_autoscaler_v2).parameters, "autoscaler_running: v2 flag"
+    assert ray_constants.DEBUG_AUTOSCALING_STATUS == "__autoscaling_status", "autoscaler_running: v1 record"
+    assert callable(_internal_kv_get)
+
+
+def test_train_report_logger_is_named_by_its_file():
+    from ray.train.v2._internal.execution import context
+
+    assert "logging.getLogger(__file__)" in inspect.getsource(context), "quiet_train_reports: logger renamed"
+
+
+def test_data_context_fields_and_executor_internals_idle_backoff_uses():
+    import ray.data
+    from ray.data._internal.execution import streaming_executor, streaming_executor_state
+    from ray.data._internal.execution.interfaces.op_runtime_metrics import OpRuntimeMetrics
+
+    ctx = ray.data.DataContext.get_current()
+    assert hasattr(ctx, "use_datasource_v2") and hasattr(ctx, "custom_execution_callback_classes"), \
+        "parquet_reading: DataContext fields"
+    assert "self._topology" in inspect.getsource(streaming_executor.StreamingExecutor), "IdleBackoff: _topology"
+    for name in ("total_enqueued_input_blocks", "total_enqueued_output_blocks"):
+        assert hasattr(streaming_executor_state.OpState, name), f"IdleBackoff: OpState.{name}"
+    fields = inspect.getsource(OpRuntimeMetrics)
+    assert "num_tasks_submitted" in fields and "num_tasks_finished" in fields, "IdleBackoff: op metrics"
+    assert "on_execution_step" in dir(rayinternals.IdleBackoff.__mro__[1]), "IdleBackoff: callback hook"
+
+
+def test_nothing_else_touches_ray_internals():
+    for path in (ROOT / "simgan_ray").glob("*.py"):
+        if path.name == "rayinternals.py":
+            continue
+        text = path.read_text()
+        for private in ("._private", "._internal", "._topology", "DataContext", "_internal_kv"):
+            assert private not in text, f"{path.name} uses {private}: move it to rayinternals.py"
