@@ -52,8 +52,7 @@ def in_memory_images(root: str, manifest, n: int = 4096) -> torch.Tensor:
     layout the workers' batches have. (A permuted (n, H, W, 1) array counts as contiguous with
     strides (HW, 1, W, 1): convolution then gives 1-channel weights channels_last gradients, and
     DDP copies them out of its buckets every step.)"""
-    hwc = data.head_images(root, manifest, n, S3Options())[1]  # uint8 (n, H, W, C)
-    return torch.from_numpy(hwc).permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+    return torch.from_numpy(data.head_images(root, manifest, n, S3Options())[1])  # uint8 (n, C, H, W)
 
 
 def bare(cfg, images: torch.Tensor, steps: int, prepare=lambda model: model) -> float:

@@ -187,6 +187,6 @@ def refine_images(refiner: torch.nn.Module, images: np.ndarray, batch_size: int 
         for start in range(0, len(images), batch_size):
             chunk = np.ascontiguousarray(images[start : start + batch_size])
             y = refiner(data.unit_range(torch.from_numpy(chunk).to(device)))
-            out[start : start + len(chunk)] = data.to_uint8(y.float().cpu().numpy()).transpose(0, 3, 1, 2)
+            out[start : start + len(chunk)] = data.to_uint8(y.float().cpu().numpy())
     refiner.train(was_training)
     return out

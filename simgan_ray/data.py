@@ -25,34 +25,26 @@ def unit_range(images):
     return images.float() / 127.5 - 1.0 if hasattr(images, "float") else images.astype(np.float32) / 127.5 - 1.0
 
 
-def to_unit_range(images: np.ndarray) -> np.ndarray:
-    """uint8 (n, H, W, C) -> float32 (n, C, H, W) in [-1, 1]."""
-    return images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-
-
 def to_uint8(images: np.ndarray) -> np.ndarray:
-    """float (n, C, H, W) in [-1, 1] -> uint8 (n, H, W, C)."""
-    return np.clip((images.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    """float (n, C, H, W) in [-1, 1] -> uint8 (n, C, H, W), rounded."""
+    return np.clip((images + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
 def decode_image(image_id: str, blob: bytes, shape: list[int]) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 (H, W, C), which must be the set's [C, H, W]."""
+    """PNG/JPEG bytes -> uint8 (C, H, W), which must be the set's [C, H, W]."""
     c, h, w = shape
     try:
         img = shards.decode_png(blob)
     except Exception as e:  # PIL raises several types for corrupt or truncated data
         raise SimganError(f"image {image_id}: cannot decode ({shards.image_error(e)})") from None
-    if img.shape != (h, w, c):
-        raise SimganError(
-            f"image {image_id}: shape {img.shape[2]}x{img.shape[0]}x{img.shape[1]} (CxHxW) != the set's {c}x{h}x{w}"
-        )
+    if img.shape != (c, h, w):
+        raise SimganError(f"image {image_id}: shape {'x'.join(map(str, img.shape))} (CxHxW) != the set's {c}x{h}x{w}")
     return img
 
 
 def decode_images(ids, blobs, shape: list[int]) -> np.ndarray:
-    """PNG blobs -> uint8 (n, H, W, C); the first bad image raises."""
-    c, h, w = shape
-    out = np.empty((len(blobs), h, w, c), np.uint8)
+    """PNG blobs -> uint8 (n, C, H, W); the first bad image raises."""
+    out = np.empty((len(blobs), *shape), np.uint8)
     for i, (image_id, blob) in enumerate(zip(ids, blobs, strict=True)):
         out[i] = decode_image(image_id, blob, shape)
     return out
@@ -94,9 +86,7 @@ def _decode_batch(batch: dict, shape: list[int], strict: bool, ledger) -> dict:
 
         # Waited for: once this task is done, the skips are in the ledger (rare path, one call).
         ray.get(ledger.record.remote(bad))
-    c, h, w = shape
-    images = np.stack(good) if good else np.empty((0, h, w, c), np.uint8)
-    return {"image": images.transpose(0, 3, 1, 2)}
+    return {"image": np.stack(good) if good else np.empty((0, *shape), np.uint8)}
 
 
 def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), *, shuffle_files: bool = False,
@@ -176,7 +166,7 @@ def check_training_sets(synthetic: str, real: str, channels: int, min_count: int
 
 def head_images(prefix: str, manifest: Manifest, n: int, s3: S3Options = S3Options()):
     """The first n images of a set, read directly from its first shards (driver-side, small n).
-    -> (ids, uint8 (n, H, W, C), labels as JSON strings or None)."""
+    -> (ids, uint8 (n, C, H, W), labels as JSON strings or None)."""
     import pyarrow.parquet as pq
 
     fs, _ = storage.resolve(prefix, s3)

@@ -236,7 +236,7 @@ def load_set(prefix: str, n: int, s3: S3Options, key: str | None) -> tuple[np.nd
     """The first n images of a set as uint8 (n, C, H, W), with class labels when `key` is given."""
     manifest = shards.read_manifest(prefix, s3)
     _, images, labels = data.head_images(prefix, manifest, min(n, manifest.count), s3)
-    return images.transpose(0, 3, 1, 2).copy(), _labels(labels, key, prefix) if key else None
+    return images, _labels(labels, key, prefix) if key else None
 
 
 def _mean_sd(values: list[float]) -> dict:
@@ -339,8 +339,7 @@ def _write_report(cfg: EvalConfig, report: dict, syn_x: np.ndarray, ref_x: np.nd
     storage.write_bytes(storage.join(cfg.out, "report.json"), json.dumps(report, indent=2).encode(), s3)
     storage.write_bytes(storage.join(cfg.out, "report.md"), markdown(report).encode(), s3)
     n = min(16, len(syn_x))
-    rows = [("synthetic", syn_x[:n].transpose(0, 2, 3, 1)), ("refined", ref_x[:n].transpose(0, 2, 3, 1)),
-            ("real test", test_x[:n].transpose(0, 2, 3, 1))]
+    rows = [("synthetic", syn_x[:n]), ("refined", ref_x[:n]), ("real test", test_x[:n])]
     storage.write_bytes(storage.join(cfg.out, "samples.png"), viz.image_grid(rows), s3)
     storage.write_bytes(storage.join(cfg.out, "errors.png"), viz.plot_errors(report["test_error"]), s3)
     if cfg.refiner is not None:  # a training run's curves, when the refiner came from one

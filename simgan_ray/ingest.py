@@ -33,7 +33,7 @@ class Target:
 
 
 def fit_image(data: bytes, target: Target) -> np.ndarray:
-    """Image file bytes -> uint8 (H, W) or (H, W, 3) of the target size."""
+    """Image file bytes -> uint8 (C, H, W) of the target size and channels."""
     with Image.open(io.BytesIO(data)) as im:
         im = ImageOps.exif_transpose(im).convert("L" if target.channels == 1 else "RGB")
         size = (target.width, target.height)
@@ -43,7 +43,7 @@ def fit_image(data: bytes, target: Target) -> np.ndarray:
             im = ImageOps.fit(im, size, Image.LANCZOS)
         else:
             im = ImageOps.pad(im, size, Image.LANCZOS, color=0)
-        return np.asarray(im)
+        return shards.from_pil(im)
 
 
 def _ingest_shard(src: str, out: str, index: int, files: list[str], target: Target, strict: bool,

@@ -91,7 +91,7 @@ def _write_split(out: str, kind: str, ids: list[str], images: np.ndarray, labels
             [json.dumps({"digit": int(d)}) for d in labels[start:stop]]
             if labels is not None else [None] * len(ids[start:stop])
         )
-        table = shards.make_table(ids[start:stop], images[start:stop], label_json)
+        table = shards.make_table(ids[start:stop], images[start:stop, None], label_json)
         written.append(shards.write_shard(out, index, table, s3))
     manifest = shards.Manifest(
         kind=kind, count=len(ids), shape=[1, *images.shape[1:]], shards=written,

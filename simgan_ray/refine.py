@@ -118,12 +118,11 @@ class ShardRefiner:
                     raise SimganError(f"{src}: {e}") from None
                 skipped.append(f"{src}: {e}")
         refined = (
-            refine_images(self.refiner, np.stack(images).transpose(0, 3, 1, 2), job.batch_size,
-                          bf16=self.device.type == "cuda").transpose(0, 2, 3, 1)
-            if images else np.empty((0, *self.shape[1:], self.shape[0]), np.uint8)
+            refine_images(self.refiner, np.stack(images), job.batch_size, bf16=self.device.type == "cuda")
+            if images else np.empty((0, *self.shape), np.uint8)
         )
         kept_ids, kept_labels = [ids[i] for i in keep], [labels[i] for i in keep]
-        out = shards.make_table(kept_ids, [im[..., 0] if im.shape[-1] == 1 else im for im in refined], kept_labels)
+        out = shards.make_table(kept_ids, refined, kept_labels)
         out = out.append_column("source_shard", pa.array([name] * len(keep), pa.string()))
         out = out.append_column("model", pa.array([self.model_id] * len(keep), pa.string()))
         shards.write_table(job.output, name, out, job.s3)
@@ -136,7 +135,7 @@ class ShardRefiner:
 
     def _check_row(self, image_id, blob: bytes, label: str | None, files: dict[str, str]) -> np.ndarray:
         """One input row, checked before anything of its shard is written -> its decoded image,
-        uint8 (H, W, C). A SimganError names the id and what is wrong with it. `files`: the PNG
+        uint8 (C, H, W). A SimganError names the id and what is wrong with it. `files`: the PNG
         file names given so far in this shard, to the ids that got them."""
         if why := shards.id_problem(image_id):
             raise SimganError(f"image id {image_id!r}: {why}")

@@ -108,10 +108,22 @@ def png_file_name(image_id: str) -> str:
     return stem + ".png"
 
 
+def to_pil(image: np.ndarray) -> Image.Image:
+    """uint8 (C, H, W), C 1 or 3 -> a PIL image. With `from_pil`, the one place the package's
+    layout (NCHW everywhere) meets PIL's (H, W[, C])."""
+    return Image.fromarray(image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0)))
+
+
+def from_pil(im: Image.Image) -> np.ndarray:
+    """A PIL image -> uint8 (C, H, W)."""
+    arr = np.asarray(im)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
 def encode_png(image: np.ndarray) -> bytes:
-    """(H, W) or (H, W, C) uint8 -> PNG bytes."""
+    """uint8 (C, H, W) -> PNG bytes."""
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    to_pil(image).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -123,23 +135,22 @@ def image_error(error: Exception) -> str:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes -> (H, W, C) uint8."""
+    """PNG/JPEG bytes -> uint8 (C, H, W)."""
     with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+        return from_pil(im)
 
 
 def make_table(ids: list[str], images: np.ndarray | list[np.ndarray], labels: list[str | None]) -> pa.Table:
-    """images: (N, H, W) or (N, H, W, C) uint8; labels: JSON strings or None."""
+    """images: uint8 (N, C, H, W) (or a list of (C, H, W)); labels: JSON strings or None."""
     for image_id in ids:
         if why := id_problem(image_id):
             raise SimganError(f"image id {image_id!r}: {why}")
     encoded, hs, ws, cs = [], [], [], []
     for img in images:
         encoded.append(encode_png(img))
-        hs.append(img.shape[0])
-        ws.append(img.shape[1])
-        cs.append(1 if img.ndim == 2 else img.shape[2])
+        cs.append(img.shape[0])
+        hs.append(img.shape[1])
+        ws.append(img.shape[2])
     return pa.table(
         {"id": ids, "image": encoded, "height": hs, "width": ws, "channels": cs, "label": labels},
         schema=SCHEMA,

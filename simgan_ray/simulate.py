@@ -128,8 +128,8 @@ def render_digit(index: int, seed: int, fonts: tuple[str, ...], params: DigitPar
 
 
 def render_range(start: int, count: int, seed: int, fonts: tuple[str, ...]):
-    """Images start..start+count-1 -> (ids, (count, 28, 28) uint8, JSON label strings)."""
-    ids, images, labels = [], np.empty((count, SIZE, SIZE), np.uint8), []
+    """Images start..start+count-1 -> (ids, uint8 (count, 1, 28, 28), JSON label strings)."""
+    ids, images, labels = [], np.empty((count, 1, SIZE, SIZE), np.uint8), []
     for j in range(count):
         image, annotation = render_digit(start + j, seed, fonts)
         ids.append(f"syn-{seed}-{start + j:09d}")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 import yaml
 
 from simgan_ray import checkpoints, data, shards, storage, viz
@@ -199,12 +198,11 @@ def _write_pictures(uri: str, cfg: TrainConfig, syn, real, refiner: Refiner, met
     s3, n = cfg.data.s3, 16
     _, synthetic, _ = data.head_images(cfg.data.synthetic, syn, n, s3)
     _, real_images, _ = data.head_images(cfg.data.real, real, n, s3)
-    with torch.no_grad():
-        refined = refiner(torch.from_numpy(data.to_unit_range(synthetic))).numpy()
-    change = np.abs(refined - data.to_unit_range(synthetic))  # in [0, 2]
+    refined = checkpoints.refine_images(refiner, synthetic)
+    change = np.abs(data.unit_range(refined) - data.unit_range(synthetic))  # in [0, 2]
     rows = [
         ("synthetic", synthetic),
-        ("refined", data.to_uint8(refined)),
+        ("refined", refined),
         ("|R(x) - x|", data.to_uint8(change - 1.0)),
         ("real", real_images),
     ]

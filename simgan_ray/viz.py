@@ -7,13 +7,15 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
+from simgan_ray import shards
+
 LABEL_W = 90  # px column for row titles
 
 
 def image_grid(rows: list[tuple[str, np.ndarray]], scale: int = 3) -> bytes:
-    """rows: (title, uint8 (n, H, W, C)) each; -> PNG bytes, one titled row of tiles per entry."""
+    """rows: (title, uint8 (n, C, H, W)) each; -> PNG bytes, one titled row of tiles per entry."""
     n = max(len(images) for _, images in rows)
-    h, w = rows[0][1].shape[1:3]
+    h, w = rows[0][1].shape[2:4]
     th, tw, pad = h * scale, w * scale, 2
     canvas = Image.new("RGB", (LABEL_W + n * (tw + pad), len(rows) * (th + pad)), "white")
     draw = ImageDraw.Draw(canvas)
@@ -21,7 +23,7 @@ def image_grid(rows: list[tuple[str, np.ndarray]], scale: int = 3) -> bytes:
         y = r * (th + pad)
         draw.text((4, y + th // 2 - 6), title, fill="black")
         for i, img in enumerate(images):
-            tile = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).convert("RGB")
+            tile = shards.to_pil(img).convert("RGB")
             canvas.paste(tile.resize((tw, th), Image.NEAREST), (LABEL_W + i * (tw + pad), y))
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")

@@ -48,15 +48,14 @@ TINY = {"refiner.features": 8, "refiner.blocks": 1, "discriminator.widths": [8, 
 
 
 def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int) -> shards.Manifest:
-    """images: uint8 (n, H, W[, C]) -> a complete shard set (shards + manifest) at prefix."""
+    """images: uint8 (n, C, H, W) -> a complete shard set (shards + manifest) at prefix."""
     ids = [f"{kind}-{i:06d}" for i in range(len(images))]
     written = [
         shards.write_shard(str(prefix), i, shards.make_table(ids[s : s + shard_size], images[s : s + shard_size],
                                                              labels[s : s + shard_size]))
         for i, s in enumerate(range(0, len(images), shard_size))
     ]
-    c = 1 if images.ndim == 3 else images.shape[3]
-    manifest = shards.Manifest(kind=kind, count=len(images), shape=[c, *images.shape[1:3]], shards=written)
+    manifest = shards.Manifest(kind=kind, count=len(images), shape=list(images.shape[1:]), shards=written)
     shards.write_manifest(str(prefix), manifest)
     return manifest
 

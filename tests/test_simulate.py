@@ -22,10 +22,10 @@ def test_fonts_are_digit_fonts(fonts):
 
 def test_mnist_style_frame(fonts):
     _, images, labels = simulate.render_range(0, 200, 7, fonts)
-    assert images.shape == (200, 28, 28) and images.dtype == np.uint8
+    assert images.shape == (200, 1, 28, 28) and images.dtype == np.uint8
     digits = [json.loads(x)["digit"] for x in labels]
     assert set(digits) == set(range(10))
-    for img in images:
+    for img in images[:, 0]:
         ys, xs = np.nonzero(img)
         assert ys.max() - ys.min() < 21 and xs.max() - xs.min() < 21  # fits the 20x20 box
         w = img.astype(np.float64)
@@ -52,7 +52,7 @@ def test_simulate_on_ray_writes_shards_and_manifest(ray_session, tmp_path, fonts
     assert read.source["simulator"] == simulate.SIMULATOR_VERSION and read.source["seed"] == 5
     ids, images, labels = head_images(out, read, 3)
     _, expected, expected_labels = simulate.render_range(0, 3, 5, fonts)
-    assert np.array_equal(images[..., 0], expected) and labels == expected_labels
+    assert np.array_equal(images, expected) and labels == expected_labels
     assert ids[0] == "syn-5-000000000"
 
 
