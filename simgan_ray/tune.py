@@ -277,16 +277,10 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
                      spec.metric: m.get(spec.metric),
                      "probe_label_acc": m.get("probe_label_acc"),
                      **{k: result.config[k] for k in spec.search}})
-    for r in rows:
-        if r["status"] == "ok" and r["step"] < total:
-            r["status"] = f"stopped by {spec.scheduler.upper()} at step {r['step']}"
-    done = [r for r in rows if r["status"] == "ok" and r[spec.metric] is not None]
-    if not done:
+    rows = rank(rows, spec, total)
+    if rows[0]["status"] != "ok" or rows[0].get(spec.metric) is None:
         raise SimganError(f"{out}: no trial finished with {spec.metric}; see the trial logs under {out}")
-    sign = -1 if spec.mode == "max" else 1
-    done.sort(key=lambda r: sign * r[spec.metric])
-    rows = done + [r for r in rows if r not in done]
-    best = done[0]  # among trials that ran to the end (they have an export)
+    best = rows[0]  # among trials that ran to the end (they have an export)
     _write_results(out, rows, spec, s3)
     best_cfg = with_overrides(base, {**{k: best[k] for k in spec.search},
                                      "run.storage": trials_storage, "run.name": best["run"]})
@@ -296,6 +290,19 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
         storage.write_bytes(storage.join(out, "best", "export", name),
                             storage.read_bytes(storage.join(best_export, name), s3), s3)
     return {"out": out, "best": best, "trials": len(rows), "probe_heldout_error": probe_meta["heldout_error"]}
+
+
+def rank(rows: list[dict], spec: TuneSpec, total: int) -> list[dict]:
+    """Trials best first by `spec.metric` (`spec.mode`), among those that ran all `total` steps
+    (they have an export); then those the scheduler stopped early, marked so whatever their metric
+    (a score at an early rung is no finished run's), then failed ones, in the order given."""
+    for r in rows:
+        if r["status"] == "ok" and r["step"] < total:
+            r["status"] = f"stopped by {spec.scheduler.upper()} at step {r['step']}"
+    done = [r for r in rows if r["status"] == "ok" and r[spec.metric] is not None]
+    sign = -1 if spec.mode == "max" else 1
+    done.sort(key=lambda r: sign * r[spec.metric])
+    return done + [r for r in rows if r not in done]
 
 
 def _write_results(out: str, rows: list[dict], spec: TuneSpec, s3) -> None:

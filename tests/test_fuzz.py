@@ -6,6 +6,7 @@ import io
 import json
 import os
 import string
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.flo
 trees = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
                                                       st.dictionaries(st.sampled_from(KEYS), inner, max_size=5)),
                      max_leaves=12)
-DIGITS = yaml.safe_load(open("jobs/digits.yaml"))
+DIGITS = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "digits.yaml").read_text())
 
 
 def refused_in_one_line(error: SimganError, path) -> None:

@@ -42,12 +42,22 @@ def test_refiner_receptive_field_is_local():
     assert changed[20, 20]
 
 
-@pytest.mark.parametrize("norm", ["none", "batch", "instance"])
-def test_norm_options_run(norm):
+@pytest.mark.parametrize(("norm", "layer"), [("none", None), ("batch", torch.nn.BatchNorm2d),
+                                             ("instance", torch.nn.InstanceNorm2d)])
+def test_norm_options_build_that_norm_and_run(norm, layer):
     x = torch.rand(4, 1, 28, 28)
-    assert Refiner(RefinerConfig(features=4, blocks=1, norm=norm))(x).shape == x.shape
+    r = Refiner(RefinerConfig(features=4, blocks=1, norm=norm))
     d = LocalDiscriminator(DiscriminatorConfig(widths=(4, 4, 4, 4), norm=norm))
-    assert d(x).shape == (4, 1, 5, 5)
+    assert r(x).shape == x.shape and d(x).shape == (4, 1, 5, 5)
+    norms = {type(m) for net in (r, d) for m in net.modules()
+             if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d))}
+    assert norms == ({layer} if layer else set())  # the norm asked for, in both nets, and no other
+    if layer is torch.nn.BatchNorm2d:  # it acts: normalised per channel over the batch in training mode
+        r.train()
+        bn = next(m for m in r.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        before = bn.running_mean.clone()
+        r(x)
+        assert not torch.equal(bn.running_mean, before)
 
 
 @pytest.mark.parametrize(("hw", "logits"), [((28, 28), 1), ((35, 55), 2), ((64, 96), 1)])

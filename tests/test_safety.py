@@ -349,7 +349,8 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
     """The real console script, stopped part-way: one last line, exit 143 / 130; then the rerun
     finishes the refine, and the same train command line (--auto-resume) continues the run."""
     big = tmp_path / "big"
-    write_set(big, "synthetic", np.random.default_rng(0).integers(0, 255, (2000, 1, 28, 28), np.uint8), [None] * 2000, 25)
+    noise = np.random.default_rng(0).integers(0, 255, (2000, 1, 28, 28), np.uint8)
+    write_set(big, "synthetic", noise, [None] * 2000, 25)
     refine_args = [str(BIN), "refine", "--model", model, "--input", str(big), "--output", str(tmp_path / "out"),
                    "--batch-size", "5"]
     proc = subprocess.Popen(refine_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

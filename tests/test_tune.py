@@ -7,7 +7,7 @@ import yaml
 from simgan_ray import checkpoints
 from simgan_ray.config import load_config
 from simgan_ray.errors import SimganError
-from simgan_ray.tune import load_spec, run_sweep
+from simgan_ray.tune import load_spec, rank, run_sweep
 
 from .conftest import TINY
 
@@ -52,6 +52,20 @@ def test_two_trial_sweep_ranks_by_the_probe(ray_session, digit_sets, labelled_re
     assert meta["step"] == 8
     with pytest.raises(SimganError, match="already holds a finished sweep"):
         run_sweep(spec, base)
+
+
+def test_ranking_puts_finished_trials_first_whatever_a_pruned_one_scored(tmp_path, digit_sets, labelled_real_sets):
+    spec, _ = load_spec(write_spec(tmp_path, digit_sets, labelled_real_sets))
+    rows = [{"trial": "a", "status": "ok", "step": 8, "probe_fd": 5.0},
+            {"trial": "pruned", "status": "ok", "step": 4, "probe_fd": 0.1},  # better, but at rung 4 of 8
+            {"trial": "failed", "status": "error: boom"},
+            {"trial": "b", "status": "ok", "step": 8, "probe_fd": 2.0}]
+    ranked = rank(rows, spec, total=8)
+    assert [r["trial"] for r in ranked] == ["b", "a", "pruned", "failed"]
+    assert ranked[2]["status"] == "stopped by ASHA at step 4"
+    maximise = spec.model_copy(update={"metric": "probe_label_acc", "mode": "max"})
+    rows = [{"trial": t, "status": "ok", "step": 8, "probe_label_acc": acc} for t, acc in (("lo", 0.2), ("hi", 0.9))]
+    assert [r["trial"] for r in rank(rows, maximise, total=8)] == ["hi", "lo"]
 
 
 def test_spec_errors_name_the_field(tmp_path, digit_sets, labelled_real_sets):
