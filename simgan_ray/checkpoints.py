@@ -123,13 +123,7 @@ def load_export(uri: str | os.PathLike, s3: S3Options = S3Options()) -> tuple[Re
     meta_uri, weights_uri = storage.join(uri, "refiner.json"), storage.join(uri, "refiner.pt")
     if not storage.exists(meta_uri, s3):
         raise SimganError(f"{meta_uri}: missing; {uri} is not a refiner export")
-    try:
-        meta = json.loads(storage.read_bytes(meta_uri, s3))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SimganError(f"{meta_uri}: not JSON ({first_line(e)})") from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise SimganError(f"{meta_uri}: format {found!r}, expected {EXPORT_FORMAT!r}")
+    meta = storage.read_json(meta_uri, s3, "a refiner export", EXPORT_FORMAT)
     try:
         cfg = RefinerConfig(**meta["refiner"])
     except (TypeError, ValueError, KeyError) as e:

@@ -203,10 +203,8 @@ def load_probe(uri: str, s3: S3Options) -> Probe:
     meta_uri = storage.join(uri, "probe.json")
     if not storage.exists(meta_uri, s3):
         raise SimganError(f"{meta_uri}: missing; {uri} is not a probe (make one with `simgan-ray probe`)")
-    meta = json.loads(storage.read_bytes(meta_uri, s3))
-    if meta.get("format") != PROBE_FORMAT:
-        raise SimganError(f"{meta_uri}: format {meta.get('format')!r}, expected {PROBE_FORMAT!r}; rebuild it with "
-                          "`simgan-ray probe` (format 1 took its reference statistics from the test set)")
+    meta = storage.read_json(meta_uri, s3, "a probe", PROBE_FORMAT, "; rebuild it with `simgan-ray probe` (format 1 "
+                             "took its reference statistics from the test set)")
     weights_uri = storage.join(uri, "probe.pt")
     state = checkpoints.load_tensors(storage.read_bytes(weights_uri, s3), weights_uri)
     net = TaskNet(meta["channels"], meta["classes"])

@@ -80,8 +80,7 @@ def ingest(src: str, out: str, target: Target, shard_size: int = 5000, strict: b
     if target.height < 1 or target.width < 1 or shard_size < 1:
         raise SimganError("height, width and shard size must be >= 1")
     src, out = storage.normalize(src), storage.normalize(out)
-    if storage.is_within(out, src):
-        raise SimganError(f"--out {out} lies inside --src {src}: outputs never go into the input prefix")
+    storage.refuse_overlap(("--out", out), {"--src": src}, "an image set is a prefix of its own, apart from its source")
     if not storage.exists(src, s3):
         raise SimganError(f"{src}: not found")
     files = storage.list_files(src, IMAGE_SUFFIXES, s3)

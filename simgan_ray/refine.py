@@ -175,10 +175,8 @@ class ShardRefiner:
 def _check_locations(job: RefineJob) -> None:
     """The output never touches the input or the model (local locations compared with symbolic
     links resolved: an alias of the input is the input)."""
-    for option, other in (("--input", job.input), ("--model", job.model)):
-        if storage.overlap(job.output, other):
-            raise SimganError(f"--output {job.output} overlaps {option} {other}: the output of refine is a "
-                              "prefix of its own, apart from both")
+    storage.refuse_overlap(("--output", job.output), {"--input": job.input, "--model": job.model},
+                           "the output of refine is a prefix of its own, apart from both")
 
 
 def _read_record(job: RefineJob) -> dict | None:
@@ -186,14 +184,10 @@ def _read_record(job: RefineJob) -> dict | None:
     uri = storage.join(job.output, JOB_FILE)
     if not storage.exists(uri, job.s3):
         return None
-    try:
-        record = json.loads(storage.read_bytes(uri, job.s3))
-    except ValueError as e:
-        raise SimganError(f"{uri}: not a refine job record ({first_line(e)}); pick another --output") from None
-    names = record.get("shards", []) if isinstance(record, dict) else None
-    if (names is None or record.get("format") != JOB_FORMAT or not isinstance(names, list)
-            or not all(isinstance(n, str) for n in names)):
-        raise SimganError(f"{uri}: not a {JOB_FORMAT} job record; pick another --output")
+    record = storage.read_json(uri, job.s3, "a refine job record", JOB_FORMAT, "; pick another --output")
+    names = record.get("shards", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise SimganError(f"{uri}: not a refine job record (shards: not a list of names); pick another --output")
     return record
 
 

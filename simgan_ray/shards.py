@@ -183,13 +183,9 @@ def read_manifest(prefix: str, s3: S3Options = S3Options()) -> Manifest:
     if not storage.exists(uri, s3):
         raise SimganError(f"{uri}: missing; {prefix} is not a complete simgan-ray image set")
     try:
-        doc = _ManifestDoc.model_validate(json.loads(storage.read_bytes(uri, s3)))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SimganError(f"{uri}: not JSON ({first_line(e)})") from None
+        doc = _ManifestDoc.model_validate(storage.read_json(uri, s3, "an image set's manifest", FORMAT))
     except ValidationError as e:
         raise SimganError(format_errors(uri, e)) from None
-    if doc.format != FORMAT:
-        raise SimganError(f"{uri}: format {doc.format!r}, expected {FORMAT!r}")
     if any(n < 1 for n in doc.shape):
         raise SimganError(f"{uri}: shape: {doc.shape} is not [C, H, W] of positive sizes")
     names = set()

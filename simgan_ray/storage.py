@@ -8,6 +8,7 @@ never stored in configs or printed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from contextlib import contextmanager
@@ -140,6 +141,31 @@ def is_within(uri: str, parent: str) -> bool:
 def overlap(a: str, b: str) -> bool:
     """Whether one of two locations lies inside the other (or they are the same)."""
     return is_within(a, b) or is_within(b, a)
+
+
+def read_json(uri: str, options: S3Options, what: str, fmt: str | None = None, hint: str = "") -> dict:
+    """The one way a JSON document simgan-ray wrote (a manifest, an export's refiner.json, a probe,
+    a job record) is read back: a JSON object whose "format" is `fmt`; otherwise a SimganError
+    saying that `uri` is not `what` and why, then `hint` (what to do)."""
+    try:
+        doc = json.loads(read_bytes(uri, options))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SimganError(f"{uri}: not {what} (not JSON: {first_line(e)}){hint}") from None
+    if not isinstance(doc, dict):
+        raise SimganError(f"{uri}: not {what} (a JSON {type(doc).__name__}, not an object){hint}")
+    if fmt is not None and doc.get("format") != fmt:
+        raise SimganError(f"{uri}: not {what}: format {doc.get('format')!r}, expected {fmt!r}{hint}")
+    return doc
+
+
+def refuse_overlap(output: tuple[str, str], inputs: dict[str, str], why: str) -> None:
+    """The one check that a command's output stays apart from its inputs: `output` (its option or
+    name, location) overlapping any of `inputs` (option -> location), local paths compared with
+    symbolic links resolved, raises a SimganError naming both and `why`."""
+    name, location = output
+    for option, other in inputs.items():
+        if overlap(location, other):
+            raise SimganError(f"{name} {location} overlaps {option} {other}: {why}")
 
 
 def join(uri: str, *parts: str) -> str:

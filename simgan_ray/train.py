@@ -95,9 +95,8 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Prefl
     history's memory, D's output on these images, the probe. Writes nothing; `train --dry-run`."""
     s3 = cfg.data.s3
     uri = cfg.run_uri
-    for field, prefix in (("data.synthetic", cfg.data.synthetic), ("data.real", cfg.data.real)):
-        if storage.overlap(uri, prefix):
-            raise SimganError(f"run {uri} overlaps {field} {prefix}: a run never writes into its input")
+    storage.refuse_overlap(("run", uri), {"data.synthetic": cfg.data.synthetic, "data.real": cfg.data.real},
+                           "a run never writes into its input")
     started = storage.exists(storage.join(uri, "config.yaml"), s3)
     checkpointed = started and storage.exists(storage.join(uri, TRAIN_SNAPSHOT), s3)
     if started and not resume:

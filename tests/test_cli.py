@@ -6,7 +6,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).with_name("simgan-ray")
+pytestmark = pytest.mark.slow  # every test here runs the console script in a subprocess
 
 
 def run(*args, cwd=None):

@@ -59,6 +59,7 @@ def test_evaluate_reports_table_realism_and_labels(ray_session, digit_sets, labe
     assert "Relative error reduction" in (tmp_path / "rep" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_bad_requests(digit_sets, labelled_real_sets, export, tmp_path):
     base = {"synthetic": digit_sets["synthetic"], "real_train": labelled_real_sets["dev"],
             "real_test": labelled_real_sets["test"], "real_pool": digit_sets["real"], "out": str(tmp_path)}

@@ -26,6 +26,7 @@ from simgan_ray.networks import Refiner, RefinerConfig  # noqa: E402
 ABSENT_THERE = ("ray", "pydantic", "pydantic_core", "s3fs", "jsonschema", "moto")
 
 
+@pytest.mark.slow  # the benchmark scripts, in subprocesses
 def test_gpu_check_quick_runs_every_variant_without_ray_or_pydantic(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

@@ -20,10 +20,10 @@ def test_fit_modes_give_target_size():
     wide = image_bytes(100, 50, value=255)
     for fit in ("resize", "crop", "pad"):
         out = fit_image(wide, Target(28, 28, 1, fit))
-        assert out.shape == (28, 28) and out.dtype == np.uint8
-    padded = fit_image(wide, Target(28, 28, 1, "pad"))
+        assert out.shape == (1, 28, 28) and out.dtype == np.uint8  # (C, H, W)
+    padded = fit_image(wide, Target(28, 28, 1, "pad"))[0]
     assert padded[0].max() == 0 and padded[14].min() > 0  # letterbox: black rows above the image
-    assert fit_image(wide, Target(20, 30, 3, "crop")).shape == (20, 30, 3)
+    assert fit_image(wide, Target(20, 30, 3, "crop")).shape == (3, 20, 30)
 
 
 @pytest.fixture()
@@ -57,8 +57,10 @@ def test_ingest_strict_names_the_file(ray_session, image_folder, tmp_path):
 
 
 def test_ingest_refuses_bad_locations(image_folder, tmp_path):
-    with pytest.raises(SimganError, match="inside --src"):
+    with pytest.raises(SimganError, match="overlaps --src"):
         ingest(str(image_folder), str(image_folder / "out"), Target(28, 28, 1))
+    with pytest.raises(SimganError, match="overlaps --src"):  # the source inside the output, too
+        ingest(str(image_folder / "sub"), str(image_folder), Target(28, 28, 1))
     with pytest.raises(SimganError, match="not found"):
         ingest(str(tmp_path / "nothing"), str(tmp_path / "o"), Target(28, 28, 1))
     (tmp_path / "textonly").mkdir()

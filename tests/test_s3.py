@@ -127,6 +127,7 @@ def test_missing_bucket_and_shard_problems_are_named(s3_server):
         check_training_sets(good, f"{bucket}/truncated", 1, 1, s3)
 
 
+@pytest.mark.slow
 def test_wrong_credentials_are_reported_not_dumped():
     server = MotoServer(require_auth=True)  # knows no keys at all: every request is refused
     try:

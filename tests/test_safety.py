@@ -335,6 +335,7 @@ def test_history_beyond_memory_and_a_run_without_checkpoint_are_one_line(monkeyp
     assert_one_line_exit_2(code, err, "history_size")  # refused after the note, before any Ray work
 
 
+@pytest.mark.slow
 def test_the_console_script_refuses_an_output_without_a_bucket(tmp_path):
     out = subprocess.run([str(BIN), "refine", "--model", "m", "--input", "i", "--output", "s3://"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
