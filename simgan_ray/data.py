@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from simgan_ray import shards, storage
-from simgan_ray.errors import SimganError, first_line
+from simgan_ray.errors import BadItems, SimganError, first_line
 from simgan_ray.shards import Manifest
 from simgan_ray.storage import S3Options
 
@@ -72,20 +72,16 @@ def new_skip_ledger():
 def _decode_batch(batch: dict, shape: list[int], strict: bool, ledger) -> dict:
     """Arrow batch (id, image, path) -> {"image": uint8 (n, C, H, W)}. Corrupt images fail the
     job when `strict`, else are dropped and recorded in the ledger with their shard."""
-    good, bad = [], []
+    good, bad = [], BadItems(strict)
     for image_id, blob, path in zip(batch["id"], batch["image"], batch["path"], strict=True):
-        try:
-            good.append(decode_image(image_id, blob, shape))
-        except SimganError as e:
-            if strict:
-                raise SimganError(f"{path}: {e}") from None
-            bad.append(f"{path}: {e}")
-    if bad:
-        logger.warning("skipping %d corrupt image(s), first: %s", len(bad), bad[0])
+        if (image := bad.attempt(path, decode_image, image_id, blob, shape)) is not None:
+            good.append(image)
+    if bad.reasons:
+        logger.warning("skipping %d corrupt image(s), first: %s", len(bad.reasons), bad.reasons[0])
         import ray
 
         # Waited for: once this task is done, the skips are in the ledger (rare path, one call).
-        ray.get(ledger.record.remote(bad))
+        ray.get(ledger.record.remote(bad.reasons))
     return {"image": np.stack(good) if good else np.empty((0, *shape), np.uint8)}
 
 

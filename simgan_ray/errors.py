@@ -36,3 +36,27 @@ def root_cause(exc: BaseException) -> str:
         exc = exc.__cause__
     text = str(exc).strip().splitlines()
     return next((line for line in reversed(text) if line.strip()), type(exc).__name__)
+
+
+class BadItems:
+    """The one policy for an item (an image, a row, a file) that cannot be used: with `strict` the
+    first fails the job (a SimganError naming it); otherwise it is skipped and its reason kept in
+    `reasons`, for the job's count and list of skipped items."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.reasons: list[str] = []
+
+    def skip(self, reason: str) -> None:
+        if self.strict:
+            raise SimganError(reason)
+        self.reasons.append(reason)
+
+    def attempt(self, where: str, fn, *args):
+        """fn(*args), or None when it raises a SimganError, skipped (or raised) as `where: why`."""
+        try:
+            return fn(*args)
+        except SimganError as e:
+            self.skip(f"{where}: {e}")
+            return None
+

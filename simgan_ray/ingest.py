@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from simgan_ray import shards, storage
-from simgan_ray.errors import SimganError
+from simgan_ray.errors import BadItems, SimganError
 from simgan_ray.runtime import run_tasks
 from simgan_ray.storage import S3Options
 
@@ -49,30 +49,24 @@ def fit_image(data: bytes, target: Target) -> np.ndarray:
 def _ingest_shard(src: str, out: str, index: int, files: list[str], target: Target, strict: bool,
                   s3: S3Options) -> tuple[dict | None, list[str]]:
     """files: paths relative to `src`, which become the images' ids."""
-    ids, images, skipped = [], [], []
-
-    def skip(problem: str) -> None:
-        if strict:
-            raise SimganError(problem)
-        skipped.append(problem)
-
+    ids, images, bad = [], [], BadItems(strict)
     for rel in files:
         # An S3 key may hold '..' segments or control characters: such a name is no image id.
         if why := storage.bad_segment(rel) or shards.id_problem(rel):
-            skip(f"{src}/{rel}: unusable as an image id: it {why}")
+            bad.skip(f"{src}/{rel}: unusable as an image id: it {why}")
             continue
         try:
             images.append(fit_image(storage.read_bytes(storage.join(src, rel), s3), target))
         except SimganError:
             raise  # storage errors (access denied, ...) fail the job
         except Exception as e:  # PIL: UnidentifiedImageError, OSError (truncated), ValueError, ...
-            skip(f"{src}/{rel}: not a readable image ({shards.image_error(e)})")
+            bad.skip(f"{src}/{rel}: not a readable image ({shards.image_error(e)})")
             continue
         ids.append(rel)
     if not ids:
-        return None, skipped
+        return None, bad.reasons
     table = shards.make_table(ids, images, [None] * len(ids))
-    return shards.write_shard(out, index, table, s3), skipped
+    return shards.write_shard(out, index, table, s3), bad.reasons
 
 
 def ingest(src: str, out: str, target: Target, shard_size: int = 5000, strict: bool = False,

@@ -37,7 +37,7 @@ from pydantic import Field, ValidationError
 from simgan_ray import checkpoints, data, shards, storage
 from simgan_ray.checkpoints import model_hash, refine_images, resolve_export
 from simgan_ray.config import Location, Section, read_yaml
-from simgan_ray.errors import SimganError, first_line, format_errors
+from simgan_ray.errors import BadItems, SimganError, first_line, format_errors
 from simgan_ray.progress import progress
 from simgan_ray.runtime import check_resources, ensure_ray
 from simgan_ray.storage import S3Options
@@ -108,15 +108,11 @@ class ShardRefiner:
         fs, path = storage.resolve(src, job.s3)
         table = pq.read_table(path, filesystem=fs, columns=["id", "image", "label"])
         ids, blobs, labels = table["id"].to_pylist(), table["image"].to_pylist(), table["label"].to_pylist()
-        keep, images, files, skipped = [], [], {}, []
+        keep, images, files, bad = [], [], {}, BadItems(job.strict)
         for i, (image_id, blob, label) in enumerate(zip(ids, blobs, labels, strict=True)):
-            try:
-                images.append(self._check_row(image_id, blob, label, files))
+            if (image := bad.attempt(src, self._check_row, image_id, blob, label, files)) is not None:
+                images.append(image)
                 keep.append(i)
-            except SimganError as e:
-                if job.strict:
-                    raise SimganError(f"{src}: {e}") from None
-                skipped.append(f"{src}: {e}")
         refined = (
             refine_images(self.refiner, np.stack(images), job.batch_size, bf16=self.device.type == "cuda")
             if images else np.empty((0, *self.shape), np.uint8)
@@ -129,7 +125,7 @@ class ShardRefiner:
         written = sum(len(b) for b in out["image"].to_pylist())
         if job.png:
             written += self._write_pngs(name, kept_ids, out["image"].to_pylist(), kept_labels)
-        marker = {"rows_in": len(ids), "rows": len(keep), "skipped": skipped, "bytes": written}
+        marker = {"rows_in": len(ids), "rows": len(keep), "skipped": bad.reasons, "bytes": written}
         storage.write_bytes(_done_uri(job.output, name), json.dumps(marker).encode(), job.s3)
         return marker
 
