@@ -25,12 +25,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from ray.train import UserCallback
 
 from simgan_ray import data, shards, storage
 from simgan_ray.config import (
     Location,
+    Section,
     TrainConfig,
     dump_config,
     load_config,
@@ -45,10 +46,9 @@ TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
 PBT_MUTABLE = ("loss.lam", "optimizer_r.lr", "optimizer_d.lr", "schedule.k_g", "schedule.k_d")
 
 
-class Dist(BaseModel):
+class Dist(Section):
     """One search dimension: exactly one of the keys."""
 
-    model_config = ConfigDict(extra="forbid")
     choice: list[Any] | None = None
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
@@ -75,8 +75,7 @@ class Dist(BaseModel):
         return tune.randint(*self.randint)
 
 
-class ProbeSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ProbeSource(Section):
     uri: Location  # where the probe lives; built from the two sets below if missing
     real_train: Location
     reference: Location  # real images apart from the test set (digits: the real pool)
@@ -84,8 +83,7 @@ class ProbeSource(BaseModel):
     epochs: int = Field(3, ge=1)
 
 
-class TuneSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TuneSpec(Section):
     base: str  # train config YAML, relative to the spec file
     overrides: dict[str, Any] = {}  # dotted train-config keys applied to every trial
     search: dict[str, Dist]  # dotted train-config key -> distribution

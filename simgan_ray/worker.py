@@ -143,7 +143,8 @@ def train_func(loop_config: dict) -> None:
         guard.snapshot(gan, step, len(metrics_log))
         if save:
             with tempfile.TemporaryDirectory() as tmp:
-                _save(Path(tmp), rank, step, gan, metrics_log, cfg, image_shape, guard.rollbacks)
+                _save(Path(tmp), gan, cfg, rank=rank, step=step, metrics_log=metrics_log,
+                      image_shape=image_shape, rollbacks=guard.rollbacks)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -174,7 +175,7 @@ def _load_probe(cfg: TrainConfig):
     return probe, images, labels
 
 
-def _save(directory: Path, rank: int, step: int, gan: Gan, metrics_log: list, cfg: TrainConfig,
+def _save(directory: Path, gan: Gan, cfg: TrainConfig, *, rank: int, step: int, metrics_log: list,
           image_shape: list[int], rollbacks: int) -> None:
     state = None
     if rank == 0:
