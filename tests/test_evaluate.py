@@ -8,9 +8,13 @@ import pytest
 import torch
 
 from simgan_ray import checkpoints
+from simgan_ray.config import load_config
 from simgan_ray.errors import SimganError
 from simgan_ray.evaluate import EvalConfig, ProbeSpec, build_probe, evaluate, frechet_distance, load_probe, load_set
 from simgan_ray.networks import Refiner, RefinerConfig
+from simgan_ray.train import preflight
+
+from .conftest import TINY
 
 
 def test_frechet_distance_by_hand():
@@ -37,7 +41,7 @@ def small(**kw) -> dict:
 
 def test_evaluate_reports_table_realism_and_labels(ray_session, digit_sets, labelled_real_sets, export, tmp_path):
     cfg = EvalConfig(synthetic=digit_sets["synthetic"], real_train=labelled_real_sets["dev"],
-                     real_test=labelled_real_sets["test"], real_pool=digit_sets["real"], out=str(tmp_path / "rep"),
+                     real_test=labelled_real_sets["val"], real_pool=digit_sets["real"], out=str(tmp_path / "rep"),
                      refiner=export, **small())
     report = evaluate(cfg)
     for source in ("synthetic", "refined", "real"):
@@ -53,10 +57,43 @@ def test_evaluate_reports_table_realism_and_labels(ray_session, digit_sets, labe
         assert all(0 <= v <= 1 for v in report[key].values())
     assert report["frechet_distance"]["refined"] > 0
     assert report["counts"] == {"synthetic": 256, "real_train": 256, "real_test": 200, "real_pool": 256}
+    assert report["reported_on"] == {"kind": "val", "final": False}  # choices are made on val
     for name in ("report.json", "report.md", "samples.png", "errors.png"):
         assert (tmp_path / "rep" / name).exists()
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["test_error"] == report["test_error"]
     assert "Relative error reduction" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_the_test_set_is_read_only_with_final_and_never_trained_on(digit_sets, labelled_real_sets, export, tmp_path):
+    """Before any classifier trains: a test-kind set as the report set needs --final; as the ceiling's
+    training set, the realism pool, the probe's sets or a training set it is refused outright."""
+    sets = {"synthetic": digit_sets["synthetic"], "real_train": labelled_real_sets["dev"],
+            "real_test": labelled_real_sets["test"], "real_pool": digit_sets["real"], "out": str(tmp_path / "r")}
+    with pytest.raises(SimganError, match=r"--real-test .*: a test set \(manifest kind 'test'\) is read once per "
+                                          r"reported configuration: choose on val .* with --final"):
+        evaluate(EvalConfig(**sets, refiner=export, **small()))
+    for field in ("real_train", "real_pool"):
+        with pytest.raises(SimganError, match=f"--{field.replace('_', '-')} .*a test set .* is never trained on"):
+            evaluate(EvalConfig(**{**sets, field: labelled_real_sets["test"]}, refiner=export, final=True, **small()))
+    for field in ("real_train", "reference"):
+        spec = {"real_train": labelled_real_sets["dev"], "reference": digit_sets["real"], "out": str(tmp_path / "p"),
+                field: labelled_real_sets["test"]}
+        with pytest.raises(SimganError, match=f"--{field.replace('_', '-')} .*a test set .* never serves the probe"):
+            build_probe(ProbeSpec(**spec))
+    cfg = load_config(None, {**TINY, "data.synthetic": digit_sets["synthetic"], "data.real": labelled_real_sets["test"],
+                             "run.storage": str(tmp_path / "runs")})
+    with pytest.raises(SimganError, match="data.real .*a test set .* is never trained on"):
+        preflight(cfg)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "p").exists() and not (tmp_path / "runs").exists()
+
+
+def test_final_evaluation_on_the_test_set_is_recorded(ray_session, digit_sets, labelled_real_sets, export, tmp_path):
+    cfg = EvalConfig(synthetic=digit_sets["synthetic"], real_train=labelled_real_sets["dev"],
+                     real_test=labelled_real_sets["test"], real_pool=digit_sets["real"], out=str(tmp_path / "final"),
+                     refiner=export, final=True, seeds=1, train_images=64, test_images=50, epochs=1, batch_size=32)
+    report = evaluate(cfg)
+    assert report["reported_on"] == {"kind": "test", "final": True}
+    assert "the final, test-set measurement" in (tmp_path / "final" / "report.md").read_text()
 
 
 @pytest.mark.slow

