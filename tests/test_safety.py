@@ -145,7 +145,7 @@ def test_a_symlinked_alias_is_the_folder_it_names(ray_session, model, digit_sets
     src.mkdir()
     (src / "a.png").write_bytes(shards.encode_png(np.zeros((1, 28, 28), np.uint8)))
     (tmp_path / "photos-alias").symlink_to(src)
-    with pytest.raises(SimganError, match="inside --src"):
+    with pytest.raises(SimganError, match="overlaps --src"):
         ingest(str(src), str(tmp_path / "photos-alias" / "set"), Target(28, 28, 1))
     assert tree(data) == before and sorted(os.listdir(src)) == ["a.png"]
 
