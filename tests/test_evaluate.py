@@ -99,7 +99,7 @@ def test_final_evaluation_on_the_test_set_is_recorded(ray_session, digit_sets, l
 @pytest.mark.slow
 def test_evaluate_refuses_bad_requests(digit_sets, labelled_real_sets, export, tmp_path):
     base = {"synthetic": digit_sets["synthetic"], "real_train": labelled_real_sets["dev"],
-            "real_test": labelled_real_sets["test"], "real_pool": digit_sets["real"], "out": str(tmp_path)}
+            "real_test": labelled_real_sets["val"], "real_pool": digit_sets["real"], "out": str(tmp_path)}
     with pytest.raises(SimganError, match="exactly one of --refiner"):
         evaluate(EvalConfig(**base, **small()))
     with pytest.raises(SimganError, match="integer 'digit'"):  # the real pool has no labels
