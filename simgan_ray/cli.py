@@ -56,17 +56,6 @@ def _dry_run(cluster: Path | None, what: str) -> None:
     _echo(f"dry run: {what}; nothing started")
 
 
-def _options(model, **options):
-    """A pydantic section from a command's options; a bad one -> SimganError naming the option."""
-    from pydantic import ValidationError
-
-    try:
-        return model(**options)
-    except ValidationError as e:
-        raise SimganError("; ".join(f"--{'.'.join(map(str, x['loc'])).replace('_', '-')}: {x['msg']}"
-                                    for x in e.errors())) from None
-
-
 def _s3(endpoint: str | None):
     from simgan_ray.storage import S3Options
 
@@ -256,10 +245,11 @@ def evaluate(
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Table 1 on real data: classifiers trained on raw vs refined synthetic vs real, realism, labels."""
+    from simgan_ray.config import from_options
     from simgan_ray.evaluate import EvalConfig, markdown
     from simgan_ray.evaluate import evaluate as run_evaluate
 
-    cfg = _options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
+    cfg = from_options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
                    out=out, refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes,
                    seeds=seeds, train_images=train_images, test_images=test_images, epochs=epochs, final=final,
                    s3=_s3(s3_endpoint))
@@ -281,9 +271,10 @@ def probe(
     s3_endpoint: S3Endpoint = None,
 ) -> None:
     """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
-    from simgan_ray.evaluate import ProbeSpec, build_probe
+    from simgan_ray.config import from_options
+    from simgan_ray.probe import ProbeSpec, build_probe
 
-    meta = build_probe(_options(ProbeSpec, real_train=real_train, reference=reference, out=out, label_key=label_key,
+    meta = build_probe(from_options(ProbeSpec, real_train=real_train, reference=reference, out=out, label_key=label_key,
                                 num_classes=num_classes, train_images=train_images,
                                 reference_images=reference_images, epochs=epochs, s3=_s3(s3_endpoint)))
     _echo(f"probe written to {out}: its classifier's error on {meta['heldout_images']} held-out images of "

@@ -44,6 +44,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+def from_options(model: type[Section], **options) -> Section:
+    """A section from a command's options; a bad one -> SimganError naming the option (--test-images)."""
+    try:
+        return model(**options)
+    except ValidationError as e:
+        raise SimganError("; ".join(f"--{'.'.join(map(str, x['loc'])).replace('_', '-')}: {x['msg']}"
+                                    for x in e.errors())) from None
+
+
 class OptimizerConfig(Section):
     name: Literal["adam", "sgd"] = "adam"
     lr: PositiveFloat = 1e-3

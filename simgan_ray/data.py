@@ -7,6 +7,7 @@ streamed to the training workers, which scale to float in [-1, 1] themselves (pi
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -175,3 +176,17 @@ def head_images(prefix: str, manifest: Manifest, n: int, s3: S3Options = S3Optio
         if len(ids) >= n:
             break
     return ids, decode_images(ids, blobs, manifest.shape), labels
+
+
+def _labels(raw: list, key: str, where: str) -> np.ndarray:
+    try:
+        return np.array([int(json.loads(s)[key]) for s in raw], np.int64)
+    except (TypeError, KeyError, ValueError, json.JSONDecodeError):
+        raise SimganError(f"{where}: every image needs a JSON label with an integer {key!r}") from None
+
+
+def load_set(prefix: str, n: int, s3: S3Options, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first n images of a set as uint8 (n, C, H, W), with class labels when `key` is given."""
+    manifest = shards.read_manifest(prefix, s3)
+    _, images, labels = head_images(prefix, manifest, min(n, manifest.count), s3)
+    return images, _labels(labels, key, prefix) if key else None

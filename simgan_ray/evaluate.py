@@ -13,35 +13,18 @@ The classifiers train as Ray tasks, one CPU each, in parallel.
 
 from __future__ import annotations
 
-import io
 import json
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field, PositiveFloat
-from torch import nn
+from pydantic import Field
 
-from simgan_ray import checkpoints, data, shards, storage, viz
-from simgan_ray.config import Section
+from simgan_ray import checkpoints, shards, storage, viz
+from simgan_ray.classifier import Recipe, TaskNet, accuracy, frechet_distance, predict, train_classifier
+from simgan_ray.data import load_set
 from simgan_ray.errors import SimganError
 from simgan_ray.runtime import ensure_ray, gather
-from simgan_ray.storage import S3Options
-
-# 2: reference statistics from real images apart from the test set (1 took them from the test set).
-PROBE_FORMAT = "simgan-ray-probe/2"
-
-
-class Recipe(Section):
-    """The fixed classifier recipe (Table 1's classifiers and the probe's) and where the sets live."""
-
-    label_key: str = "digit"  # class = int(label_json[label_key])
-    num_classes: int = Field(10, ge=2)
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: PositiveFloat = 1e-3
-    s3: S3Options = S3Options()
 
 
 class EvalConfig(Recipe):
@@ -60,72 +43,6 @@ class EvalConfig(Recipe):
     # real_test of manifest kind "test" is read only with final: the one measurement of a
     # configuration chosen on val; recorded in the report.
     final: bool = False
-
-
-class ProbeSpec(Recipe):
-    """`probe`: the labelled real set its classifier learns from, the real reference images (never
-    the test set: runs and sweeps are selected by the probe), where it goes, the sizes."""
-
-    real_train: str
-    reference: str
-    out: str
-    train_images: int = Field(10_000, ge=1)  # labelled images read; a tenth is held out
-    reference_images: int = Field(10_000, ge=1)
-
-
-class TaskNet(nn.Module):
-    """Small CNN classifier: (n, C, H, W) in [-1, 1] -> (n, classes) logits; `features` gives
-    the 128-d penultimate activations used for the Frechet distance."""
-
-    def __init__(self, channels: int, classes: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(),
-        )
-        self.head = nn.Linear(128, classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epochs: int, batch_size: int,
-                     lr: float) -> TaskNet:
-    """The fixed recipe: Adam, `epochs` passes, shuffled mini-batches, no augmentation.
-    x: uint8 (n, C, H, W); y: int64 (n,)."""
-    torch.manual_seed(seed)
-    net = TaskNet(x.shape[1], classes)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))  # writable copies of Ray's arrays
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(xt), generator=gen).split(batch_size):
-            loss = nn.functional.cross_entropy(net(data.unit_range(xt[idx])), yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return net.eval()
-
-
-@torch.no_grad()
-def predict(net: TaskNet, x: np.ndarray, features: bool = False) -> np.ndarray:
-    out = [(net.features if features else net)(data.unit_range(torch.tensor(x[i : i + 1024])))
-           for i in range(0, len(x), 1024)]
-    return torch.cat(out).numpy()
-
-
-def accuracy(net: TaskNet, x: np.ndarray, y: np.ndarray) -> float:
-    return float((predict(net, x).argmax(1) == y).mean())
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to feature sets a (n, d) and b (m, d)."""
-    a64, b64 = torch.from_numpy(a).double(), torch.from_numpy(b).double()
-    return _frechet(a64.mean(0), torch.cov(a64.T), b64.mean(0), torch.cov(b64.T))
 
 
 def _task_run(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int,
@@ -152,109 +69,9 @@ def _two_sample(name: str, fake: np.ndarray, real: np.ndarray, seed: int, cfg: E
     return {"source": name, "heldout_accuracy": accuracy(net, x[held], y[held]), "pairs": n}
 
 
-@dataclass
-class Probe:
-    """A real-data yardstick cheap enough to use during training: a classifier trained on real
-    labelled images, and the mean / covariance of its features on reference real images kept
-    apart from the test set (runs and sweeps are ranked by it)."""
-
-    net: TaskNet
-    mu: torch.Tensor  # (128,)
-    sigma: torch.Tensor  # (128, 128)
-    meta: dict
-
-    def score(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        """Frechet distance of `images`' features to the reference real features, and the classifier's
-        accuracy on them against `labels` (do refined images still show their labels?)."""
-        feats = torch.from_numpy(predict(self.net, images, features=True)).double()
-        logits = self.net.head(feats.float()).detach().numpy()
-        return {
-            "probe_fd": _frechet(feats.mean(0), torch.cov(feats.T), self.mu, self.sigma),
-            "probe_label_acc": float((logits.argmax(1) == labels).mean()),
-        }
-
-
-def build_probe(cfg: ProbeSpec) -> dict:
-    """Train the probe classifier on the first `cfg.train_images` of `cfg.real_train` less their
-    last tenth (seed 0, the evaluation recipe), report its error on that tenth, take the reference
-    feature statistics from the first `cfg.reference_images` of `cfg.reference`, and write probe.pt
-    / probe.json to `cfg.out`. The reference must not be the test set: runs and sweeps are selected
-    by the probe (digits: the unlabelled real pool the GAN learns from, mnist/real)."""
-    real_train, reference, out, reference_images = cfg.real_train, cfg.reference, cfg.out, cfg.reference_images
-    for option, prefix in (("--real-train", real_train), ("--reference", reference)):
-        refuse_test_set(option, prefix, cfg.s3, "never serves the probe: runs and sweeps are chosen by it (use dev "
-                        "and the real pool)")
-    x, y = load_set(real_train, cfg.train_images, cfg.s3, cfg.label_key)
-    held = len(x) // 10
-    if held < 10:
-        raise SimganError(f"{real_train}: {len(x)} labelled images; the probe needs >= 100 (a tenth is held out)")
-    ref, _ = load_set(reference, reference_images, cfg.s3, None)
-    if ref.shape[1:] != x.shape[1:]:
-        raise SimganError(f"{reference}: images of shape {list(ref.shape[1:])}, {real_train} has {list(x.shape[1:])}")
-    net = train_classifier(x[:-held], y[:-held], cfg.num_classes, 0, cfg.epochs, cfg.batch_size, cfg.lr)
-    feats = torch.from_numpy(predict(net, ref, features=True)).double()
-    meta = {"format": PROBE_FORMAT, "channels": int(x.shape[1]), "classes": cfg.num_classes,
-            "label_key": cfg.label_key, "real_train": real_train, "reference": reference,
-            "train_images": len(x) - held, "heldout_images": held, "reference_images": len(ref),
-            "heldout_error": 1.0 - accuracy(net, x[-held:], y[-held:])}
-    buf = io.BytesIO()
-    torch.save({"net": net.state_dict(), "mu": feats.mean(0), "sigma": torch.cov(feats.T)}, buf)
-    storage.make_dirs(out, cfg.s3)
-    storage.write_bytes(storage.join(out, "probe.pt"), buf.getvalue(), cfg.s3)
-    storage.write_bytes(storage.join(out, "probe.json"), json.dumps(meta, indent=2).encode(), cfg.s3)
-    return meta
-
-
-def load_probe(uri: str, s3: S3Options) -> Probe:
-    meta_uri = storage.join(uri, "probe.json")
-    if not storage.exists(meta_uri, s3):
-        raise SimganError(f"{meta_uri}: missing; {uri} is not a probe (make one with `simgan-ray probe`)")
-    meta = storage.read_json(meta_uri, s3, "a probe", PROBE_FORMAT, "; rebuild it with `simgan-ray probe` (format 1 "
-                             "took its reference statistics from the test set)")
-    weights_uri = storage.join(uri, "probe.pt")
-    state = checkpoints.load_tensors(storage.read_bytes(weights_uri, s3), weights_uri)
-    net = TaskNet(meta["channels"], meta["classes"])
-    net.load_state_dict(state["net"])
-    return Probe(net.eval(), state["mu"].double(), state["sigma"].double(), meta)
-
-
-def _frechet(mu_a: torch.Tensor, s_a: torch.Tensor, mu_b: torch.Tensor, s_b: torch.Tensor) -> float:
-    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), via symmetric eigendecompositions."""
-    def sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
-        w, v = torch.linalg.eigh((m + m.T) / 2)
-        return (v * w.clamp(min=0).sqrt()) @ v.T
-
-    root_a = sqrtm_psd(s_a)
-    cross = sqrtm_psd(root_a @ s_b @ root_a)
-    return float(((mu_a - mu_b) ** 2).sum() + torch.trace(s_a + s_b - 2 * cross))
-
-
-def _labels(raw: list, key: str, where: str) -> np.ndarray:
-    try:
-        return np.array([int(json.loads(s)[key]) for s in raw], np.int64)
-    except (TypeError, KeyError, ValueError, json.JSONDecodeError):
-        raise SimganError(f"{where}: every image needs a JSON label with an integer {key!r}") from None
-
-
-def load_set(prefix: str, n: int, s3: S3Options, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The first n images of a set as uint8 (n, C, H, W), with class labels when `key` is given."""
-    manifest = shards.read_manifest(prefix, s3)
-    _, images, labels = data.head_images(prefix, manifest, min(n, manifest.count), s3)
-    return images, _labels(labels, key, prefix) if key else None
-
-
 def _mean_sd(values: list[float]) -> dict:
     arr = np.array(values)
     return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "runs": values}
-
-
-def refuse_test_set(option: str, prefix: str, s3: S3Options, role: str) -> str:
-    """A set's manifest kind; a SimganError when it is "test" (the MNIST test split, or any set its
-    maker marked so): nothing is chosen by, trained on or tuned against the test set."""
-    kind = shards.read_manifest(prefix, s3).kind
-    if kind == "test":
-        raise SimganError(f"{option} {prefix}: a test set (manifest kind 'test') {role}")
-    return kind
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -265,10 +82,12 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise SimganError("give exactly one of --refiner (a run or export) and --refined (a refined set)")
     s3 = cfg.s3
     for option, prefix in (("--real-train", cfg.real_train), ("--real-pool", cfg.real_pool)):
-        refuse_test_set(option, prefix, s3, "is never trained on: use dev for the ceiling, the real pool for realism")
+        shards.refuse_test_set(option, prefix, s3, "is never trained on: use dev for the ceiling, the real pool "
+                               "for realism")
     if not cfg.final:
-        refuse_test_set("--real-test", cfg.real_test, s3, "is read once per reported configuration: choose on val "
-                        "(its manifest kind 'val'), then report on test with --final, recorded in the report")
+        shards.refuse_test_set("--real-test", cfg.real_test, s3, "is read once per reported configuration: choose "
+                               "on val (its manifest kind 'val'), then report on test with --final, recorded in the "
+                               "report")
     report_kind = shards.read_manifest(cfg.real_test, s3).kind
     syn_x, syn_y = load_set(cfg.synthetic, cfg.train_images, s3, cfg.label_key)
     if cfg.refiner is not None:

@@ -203,3 +203,12 @@ def read_manifest(prefix: str, s3: S3Options = S3Options()) -> Manifest:
 
 def shard_uris(prefix: str, manifest: Manifest) -> list[str]:
     return [storage.join(prefix, s["name"]) for s in manifest.shards]
+
+
+def refuse_test_set(option: str, prefix: str, s3: S3Options, role: str) -> str:
+    """A set's manifest kind; a SimganError when it is "test" (the MNIST test split, or any set its
+    maker marked so): nothing is chosen by, trained on or tuned against the test set."""
+    kind = read_manifest(prefix, s3).kind
+    if kind == "test":
+        raise SimganError(f"{option} {prefix}: a test set (manifest kind 'test') {role}")
+    return kind

@@ -19,8 +19,8 @@ import yaml
 from simgan_ray import checkpoints, data, shards, storage, viz
 from simgan_ray.config import TrainConfig, dump_config
 from simgan_ray.errors import SimganError
-from simgan_ray.evaluate import load_probe
 from simgan_ray.networks import LocalDiscriminator, Refiner
+from simgan_ray.probe import load_probe
 from simgan_ray.rayinternals import TRAIN_SNAPSHOT
 from simgan_ray.runtime import check_resources, ensure_ray
 from simgan_ray.worker import train_func

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from ray.train import UserCallback
 
-from simgan_ray import data, storage
+from simgan_ray import data, shards, storage
 from simgan_ray.config import (
     Location,
     Section,
@@ -39,6 +39,9 @@ from simgan_ray.config import (
     with_overrides,
 )
 from simgan_ray.errors import SimganError, format_errors
+from simgan_ray.probe import ProbeSpec, build_probe, load_probe
+from simgan_ray.runtime import check_resources, ensure_ray
+from simgan_ray.train import fit, worker_resources
 
 TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
 # Fields PBT may change when it restarts a trial from another's checkpoint: nothing that changes a
@@ -153,8 +156,6 @@ def _trial(params: dict, base: dict, trials_storage: str, report_checkpoints: bo
     from ray.train import Checkpoint
     from ray.util.queue import Queue
 
-    from simgan_ray.train import fit
-
     start = tune.get_checkpoint()  # None on a first start
     trial_id = tune.get_context().get_trial_id()
     name = trial_id if start is None else f"{trial_id}-{uuid.uuid4().hex[:6]}"
@@ -195,8 +196,7 @@ def _trial(params: dict, base: dict, trials_storage: str, report_checkpoints: bo
 
 
 def ensure_probe(spec: TuneSpec, base: TrainConfig) -> dict:
-    from simgan_ray.evaluate import ProbeSpec, build_probe, load_probe
-
+    """The sweep's probe's record: loaded, or built from the spec's sets on the first sweep."""
     s3 = base.data.s3
     if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
         return load_probe(spec.probe.uri, s3).meta
@@ -208,8 +208,6 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
     """Every check of `run_sweep` that needs no Ray, writing nothing (`tune --dry-run`): the sweep's
     folder holds no finished sweep, the trials' data sets pass training's checks, and the probe
     loads or the sets it would be built from are image sets. -> the sweep's folder."""
-    from simgan_ray.evaluate import load_probe, refuse_test_set
-
     s3 = base.data.s3
     out = storage.join(storage.normalize(spec.storage), spec.name)
     if storage.exists(storage.join(out, "results.csv"), s3):
@@ -220,7 +218,7 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
         load_probe(spec.probe.uri, s3)
     for field, source in (("probe.real_train", spec.probe.real_train), ("probe.reference", spec.probe.reference)):
         if not storage.exists(storage.join(spec.probe.uri, "probe.json"), s3) or storage.exists(source, s3):
-            refuse_test_set(field, source, s3, "never ranks trials: the sweep selects by the probe (use dev and "
+            shards.refuse_test_set(field, source, s3, "never ranks trials: the sweep selects by the probe (use dev and "
                             "the real pool)")
     return out
 
@@ -228,9 +226,6 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
 def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     """Run the sweep; write results.csv/.md, best.yaml and best/export. -> summary dict."""
     from ray import tune
-
-    from simgan_ray.runtime import check_resources, ensure_ray
-    from simgan_ray.train import worker_resources
 
     s3 = base.data.s3
     out = preflight(spec, base)

@@ -19,7 +19,7 @@ import torch
 
 from simgan_ray import checkpoints, data, storage
 from simgan_ray.config import TrainConfig
-from simgan_ray.evaluate import load_probe, load_set
+from simgan_ray.data import load_set
 from simgan_ray.gan import (
     Gan,
     distributed,
@@ -35,6 +35,7 @@ from simgan_ray.gan import (
 from simgan_ray.guard import CollapseGuard
 from simgan_ray.history import ImageHistory
 from simgan_ray.metrics import MetricWindow, Stopwatch, check_finite, format_metrics
+from simgan_ray.probe import load_probe
 from simgan_ray.rayinternals import quiet_train_reports
 
 

@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from simgan_ray import checkpoints
+from simgan_ray.classifier import frechet_distance
 from simgan_ray.config import load_config
+from simgan_ray.data import load_set
 from simgan_ray.errors import SimganError
-from simgan_ray.evaluate import EvalConfig, ProbeSpec, build_probe, evaluate, frechet_distance, load_probe, load_set
+from simgan_ray.evaluate import EvalConfig, evaluate
 from simgan_ray.networks import Refiner, RefinerConfig
+from simgan_ray.probe import ProbeSpec, build_probe, load_probe
 from simgan_ray.train import preflight
 
 from .conftest import TINY

@@ -236,7 +236,7 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
     """A guard that every adversarial report trips (min_label_acc 1.0): the first trip rolls both
     ranks back to the last pretraining report, the second stops the run naming the cause; the
     checkpoints hold no collapsed step."""
-    from simgan_ray.evaluate import ProbeSpec, build_probe
+    from simgan_ray.probe import ProbeSpec, build_probe
 
     probe = str(tmp_path / "probe")
     build_probe(ProbeSpec(real_train=labelled_real_sets["dev"], reference=digit_sets["real"], out=probe,

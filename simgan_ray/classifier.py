@@ -1,0 +1,92 @@
+"""The fixed classifier recipe behind every real-data figure (evaluate's Table 1, the probe): a
+small CNN (2 conv + 2 FC layers, Adam, no augmentation), trained from uint8 (N, C, H, W) images in
+[0, 255] scaled to [-1, 1]; its accuracy, its 128-d features and the Frechet distance between
+feature sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveFloat
+from torch import nn
+
+from simgan_ray import data
+from simgan_ray.config import Section
+from simgan_ray.storage import S3Options
+
+
+class Recipe(Section):
+    """The fixed classifier recipe (Table 1's classifiers and the probe's) and where the sets live."""
+
+    label_key: str = "digit"  # class = int(label_json[label_key])
+    num_classes: int = Field(10, ge=2)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: PositiveFloat = 1e-3
+    s3: S3Options = S3Options()
+
+
+class TaskNet(nn.Module):
+    """Small CNN classifier: (n, C, H, W) in [-1, 1] -> (n, classes) logits; `features` gives
+    the 128-d penultimate activations used for the Frechet distance."""
+
+    def __init__(self, channels: int, classes: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(),
+        )
+        self.head = nn.Linear(128, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epochs: int, batch_size: int,
+                     lr: float) -> TaskNet:
+    """The fixed recipe: Adam, `epochs` passes, shuffled mini-batches, no augmentation.
+    x: uint8 (n, C, H, W); y: int64 (n,)."""
+    torch.manual_seed(seed)
+    net = TaskNet(x.shape[1], classes)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))  # writable copies of Ray's arrays
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(batch_size):
+            loss = nn.functional.cross_entropy(net(data.unit_range(xt[idx])), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net: TaskNet, x: np.ndarray, features: bool = False) -> np.ndarray:
+    out = [(net.features if features else net)(data.unit_range(torch.tensor(x[i : i + 1024])))
+           for i in range(0, len(x), 1024)]
+    return torch.cat(out).numpy()
+
+
+def accuracy(net: TaskNet, x: np.ndarray, y: np.ndarray) -> float:
+    return float((predict(net, x).argmax(1) == y).mean())
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (n, d) and b (m, d)."""
+    a64, b64 = torch.from_numpy(a).double(), torch.from_numpy(b).double()
+    return frechet_from_stats(a64.mean(0), torch.cov(a64.T), b64.mean(0), torch.cov(b64.T))
+
+
+def frechet_from_stats(mu_a: torch.Tensor, s_a: torch.Tensor, mu_b: torch.Tensor, s_b: torch.Tensor) -> float:
+    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), via symmetric eigendecompositions."""
+    def sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+        w, v = torch.linalg.eigh((m + m.T) / 2)
+        return (v * w.clamp(min=0).sqrt()) @ v.T
+
+    root_a = sqrtm_psd(s_a)
+    cross = sqrtm_psd(root_a @ s_b @ root_a)
+    return float(((mu_a - mu_b) ** 2).sum() + torch.trace(s_a + s_b - 2 * cross))

@@ -1,0 +1,100 @@
+"""The probe: a real-data yardstick cheap enough to use at every training report and to rank sweeps
+by. A classifier (the fixed recipe) trained on real labelled images, and the mean / covariance of
+its features on reference real images kept apart from the test set."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from simgan_ray import checkpoints, shards, storage
+from simgan_ray.classifier import Recipe, TaskNet, accuracy, frechet_from_stats, predict, train_classifier
+from simgan_ray.data import load_set
+from simgan_ray.errors import SimganError
+from simgan_ray.storage import S3Options
+
+# 2: reference statistics from real images apart from the test set (1 took them from the test set).
+PROBE_FORMAT = "simgan-ray-probe/2"
+
+
+
+class ProbeSpec(Recipe):
+    """`probe`: the labelled real set its classifier learns from, the real reference images (never
+    the test set: runs and sweeps are selected by the probe), where it goes, the sizes."""
+
+    real_train: str
+    reference: str
+    out: str
+    train_images: int = Field(10_000, ge=1)  # labelled images read; a tenth is held out
+    reference_images: int = Field(10_000, ge=1)
+
+
+@dataclass
+class Probe:
+    """A real-data yardstick cheap enough to use during training: a classifier trained on real
+    labelled images, and the mean / covariance of its features on reference real images kept
+    apart from the test set (runs and sweeps are ranked by it)."""
+
+    net: TaskNet
+    mu: torch.Tensor  # (128,)
+    sigma: torch.Tensor  # (128, 128)
+    meta: dict
+
+    def score(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Frechet distance of `images`' features to the reference real features, and the classifier's
+        accuracy on them against `labels` (do refined images still show their labels?)."""
+        feats = torch.from_numpy(predict(self.net, images, features=True)).double()
+        logits = self.net.head(feats.float()).detach().numpy()
+        return {
+            "probe_fd": frechet_from_stats(feats.mean(0), torch.cov(feats.T), self.mu, self.sigma),
+            "probe_label_acc": float((logits.argmax(1) == labels).mean()),
+        }
+
+
+def build_probe(cfg: ProbeSpec) -> dict:
+    """Train the probe classifier on the first `cfg.train_images` of `cfg.real_train` less their
+    last tenth (seed 0, the evaluation recipe), report its error on that tenth, take the reference
+    feature statistics from the first `cfg.reference_images` of `cfg.reference`, and write probe.pt
+    / probe.json to `cfg.out`. The reference must not be the test set: runs and sweeps are selected
+    by the probe (digits: the unlabelled real pool the GAN learns from, mnist/real)."""
+    real_train, reference, out, reference_images = cfg.real_train, cfg.reference, cfg.out, cfg.reference_images
+    for option, prefix in (("--real-train", real_train), ("--reference", reference)):
+        shards.refuse_test_set(option, prefix, cfg.s3, "never serves the probe: runs and sweeps are chosen by "
+                               "it (use dev and the real pool)")
+    x, y = load_set(real_train, cfg.train_images, cfg.s3, cfg.label_key)
+    held = len(x) // 10
+    if held < 10:
+        raise SimganError(f"{real_train}: {len(x)} labelled images; the probe needs >= 100 (a tenth is held out)")
+    ref, _ = load_set(reference, reference_images, cfg.s3, None)
+    if ref.shape[1:] != x.shape[1:]:
+        raise SimganError(f"{reference}: images of shape {list(ref.shape[1:])}, {real_train} has {list(x.shape[1:])}")
+    net = train_classifier(x[:-held], y[:-held], cfg.num_classes, 0, cfg.epochs, cfg.batch_size, cfg.lr)
+    feats = torch.from_numpy(predict(net, ref, features=True)).double()
+    meta = {"format": PROBE_FORMAT, "channels": int(x.shape[1]), "classes": cfg.num_classes,
+            "label_key": cfg.label_key, "real_train": real_train, "reference": reference,
+            "train_images": len(x) - held, "heldout_images": held, "reference_images": len(ref),
+            "heldout_error": 1.0 - accuracy(net, x[-held:], y[-held:])}
+    buf = io.BytesIO()
+    torch.save({"net": net.state_dict(), "mu": feats.mean(0), "sigma": torch.cov(feats.T)}, buf)
+    storage.make_dirs(out, cfg.s3)
+    storage.write_bytes(storage.join(out, "probe.pt"), buf.getvalue(), cfg.s3)
+    storage.write_bytes(storage.join(out, "probe.json"), json.dumps(meta, indent=2).encode(), cfg.s3)
+    return meta
+
+
+def load_probe(uri: str, s3: S3Options) -> Probe:
+    meta_uri = storage.join(uri, "probe.json")
+    if not storage.exists(meta_uri, s3):
+        raise SimganError(f"{meta_uri}: missing; {uri} is not a probe (make one with `simgan-ray probe`)")
+    meta = storage.read_json(meta_uri, s3, "a probe", PROBE_FORMAT, "; rebuild it with `simgan-ray probe` (format 1 "
+                             "took its reference statistics from the test set)")
+    weights_uri = storage.join(uri, "probe.pt")
+    state = checkpoints.load_tensors(storage.read_bytes(weights_uri, s3), weights_uri)
+    net = TaskNet(meta["channels"], meta["classes"])
+    net.load_state_dict(state["net"])
+    return Probe(net.eval(), state["mu"].double(), state["sigma"].double(), meta)
