@@ -84,11 +84,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     for option, prefix in (("--real-train", cfg.real_train), ("--real-pool", cfg.real_pool)):
         shards.refuse_test_set(option, prefix, s3, "is never trained on: use dev for the ceiling, the real pool "
                                "for realism")
-    if not cfg.final:
-        shards.refuse_test_set("--real-test", cfg.real_test, s3, "is read once per reported configuration: choose "
-                               "on val (its manifest kind 'val'), then report on test with --final, recorded in the "
-                               "report")
     report_kind = shards.read_manifest(cfg.real_test, s3).kind
+    if not cfg.final:
+        shards.refuse_test_kind("--real-test", cfg.real_test, report_kind, "is read once per reported configuration: "
+                                "choose on val (its manifest kind 'val'), then report on test with --final, recorded "
+                                "in the report")
     syn_x, syn_y = load_set(cfg.synthetic, cfg.train_images, s3, cfg.label_key)
     if cfg.refiner is not None:
         export = checkpoints.resolve_export(cfg.refiner, s3)

@@ -22,7 +22,6 @@ from simgan_ray.storage import S3Options
 PROBE_FORMAT = "simgan-ray-probe/2"
 
 
-
 class ProbeSpec(Recipe):
     """`probe`: the labelled real set its classifier learns from, the real reference images (never
     the test set: runs and sweeps are selected by the probe), where it goes, the sizes."""

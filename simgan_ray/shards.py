@@ -205,10 +205,15 @@ def shard_uris(prefix: str, manifest: Manifest) -> list[str]:
     return [storage.join(prefix, s["name"]) for s in manifest.shards]
 
 
-def refuse_test_set(option: str, prefix: str, s3: S3Options, role: str) -> str:
-    """A set's manifest kind; a SimganError when it is "test" (the MNIST test split, or any set its
+def refuse_test_kind(option: str, prefix: str, kind: str, role: str) -> None:
+    """A SimganError when a set's manifest kind is "test" (the MNIST test split, or any set its
     maker marked so): nothing is chosen by, trained on or tuned against the test set."""
-    kind = read_manifest(prefix, s3).kind
     if kind == "test":
         raise SimganError(f"{option} {prefix}: a test set (manifest kind 'test') {role}")
+
+
+def refuse_test_set(option: str, prefix: str, s3: S3Options, role: str) -> str:
+    """`refuse_test_kind` on the set's manifest, read here; -> its kind."""
+    kind = read_manifest(prefix, s3).kind
+    refuse_test_kind(option, prefix, kind, role)
     return kind

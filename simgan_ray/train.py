@@ -114,9 +114,8 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Prefl
         cfg.data.synthetic, cfg.data.real, cfg.refiner.channels,
         cfg.batch_size * cfg.run.num_workers, s3,
     )
-    if "test" in (syn.kind, real.kind):
-        field, prefix = ("data.synthetic", cfg.data.synthetic) if syn.kind == "test" else ("data.real", cfg.data.real)
-        raise SimganError(f"{field} {prefix}: a test set (manifest kind 'test') is never trained on")
+    for field, prefix, manifest in (("data.synthetic", cfg.data.synthetic, syn), ("data.real", cfg.data.real, real)):
+        shards.refuse_test_kind(field, prefix, manifest.kind, "is never trained on")
     _check_history_memory(cfg, syn.shape)
     try:
         LocalDiscriminator(cfg.discriminator).output_shape(*syn.shape[1:])

@@ -214,10 +214,11 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
         raise SimganError(f"{out} already holds a finished sweep; pick another name")
     data.check_training_sets(base.data.synthetic, base.data.real, base.refiner.channels,
                              base.batch_size * base.run.num_workers, s3)
-    if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
+    built = storage.exists(storage.join(spec.probe.uri, "probe.json"), s3)
+    if built:
         load_probe(spec.probe.uri, s3)
     for field, source in (("probe.real_train", spec.probe.real_train), ("probe.reference", spec.probe.reference)):
-        if not storage.exists(storage.join(spec.probe.uri, "probe.json"), s3) or storage.exists(source, s3):
+        if not built or storage.exists(source, s3):  # a probe built elsewhere need not have its sets here
             shards.refuse_test_set(field, source, s3, "never ranks trials: the sweep selects by the probe (use dev and "
                             "the real pool)")
     return out
