@@ -2,15 +2,16 @@
 
 Resume checkpoint directory (written by all ranks, merged by Ray Train into one directory):
     state.pt                 rank 0: step, R, R's weight average (schedule.ema_half_life), D, both
-                             optimizers, guard rollbacks (tensors/ints)
+                             optimizers, guard rollbacks, the best report's weights (probe.export
+                             "best") (tensors/ints)
     metrics.json             rank 0: every metric report so far (so a resume never loses or repeats one)
     config.json              rank 0: the resolved run config
     history-rank00000.pt     one per rank: its history-buffer shard and its torch RNG state
     export/                  rank 0: the export artifact, also copied to <run>/export at the end
 Export directory:
     refiner.pt               the exported refiner's state_dict only (R's weight average when the run
-                             keeps one, else R)
-    refiner.json             {"format", "refiner": RefinerConfig, "image": {...}, "step", ...}
+                             keeps one, else R; at the last step, or at the lowest-probe_fd report)
+    refiner.json             {"format", "refiner": RefinerConfig, "image": {...}, "step", "weights_step", ...}
 Everything is loaded with torch.load(weights_only=True): no pickle from a file is ever executed.
 """
 
@@ -50,6 +51,7 @@ class TrainState:
     metrics: list[dict]
     rollbacks: int = 0  # collapse-guard rollbacks so far (they scale the learning rates)
     refiner_ema: dict | None = None  # R's weight average; None: the run keeps none
+    best: dict | None = None  # probe.export "best": {"step", "probe_fd", "refiner"} of the best report so far
 
 
 def save_train_state(directory: Path, rank: int, state: TrainState | None, history: ImageHistory,
@@ -71,6 +73,7 @@ def save_train_state(directory: Path, rank: int, state: TrainState | None, histo
             "optimizer_d": state.optimizer_d,
             "rollbacks": state.rollbacks,
             "refiner_ema": state.refiner_ema,
+            "best": state.best,
         },
         directory / "state.pt",
     )
@@ -109,9 +112,10 @@ def load_history(directory: Path, rank: int, world_size: int, history: ImageHist
     history.push(ImageHistory.reshard(states, rank, world_size))
 
 
-def write_export(directory: Path, refiner: Refiner, meta: dict) -> None:
+def write_export(directory: Path, refiner: Refiner, meta: dict, weights: dict | None = None) -> None:
+    """`refiner`'s config and its weights, or `weights` (a state_dict of the same refiner) instead."""
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(refiner.state_dict(), directory / "refiner.pt")
+    torch.save(weights if weights is not None else refiner.state_dict(), directory / "refiner.pt")
     doc = {"format": EXPORT_FORMAT, "refiner": refiner.cfg.to_dict(), **meta}
     (directory / "refiner.json").write_text(json.dumps(doc, indent=2))
 

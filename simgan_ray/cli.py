@@ -110,7 +110,9 @@ def train(
         _echo(f"skipped {len(result.skipped)} corrupt image(s), listed in {result.run_uri}/skipped.txt; "
               f"first: {result.skipped[0]}")
     _echo(
-        f"done: step {result.step}; export {result.export_uri}; pictures {result.run_uri}/samples.png, "
+        f"done: step {result.step}; export {result.export_uri}"
+        + (f" (weights of step {result.export_step}, the lowest probe_fd)" if result.export_step != result.step else "")
+        + f"; pictures {result.run_uri}/samples.png, "
         f"{result.run_uri}/curves.png; last metrics "
         + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
     )

@@ -116,6 +116,26 @@ class ProbeConfig(Section):
 
     uri: Location | None = None
     images: int = Field(1000, ge=2)
+    # What the export holds: R's weights (or their average) at the last step, or at the healthy report
+    # with the lowest probe_fd ("best": chosen on the probe, never on a test set; the export records
+    # that report's step and score). Why: late in a run the refiner can drift away from its best.
+    export: Literal["last", "best"] = "last"
+
+
+class ConsistencyConfig(Section):
+    """Label consistency (beyond the paper: CyCADA's semantic consistency). A small classifier (the
+    fixed recipe) trained on the synthetic set's own labels, no real labels, so still S+U; frozen.
+    In R's adversarial updates R also pays `weight` x the cross-entropy of the classifier's logits on
+    R(x) against its predicted class on x (per image, averaged over the batch): refining must not
+    change what the digit reads as. The driver trains it when the run starts (seed: the run's) on
+    the first `images` synthetic images less a held-out tenth, and keeps it in <run>/consistency/,
+    where a resumed run finds it."""
+
+    weight: NonNegativeFloat = 0.0  # 0: off
+    images: int = Field(10_000, ge=100)
+    label_key: str = "digit"  # class = int(label_json[label_key]) of the synthetic set
+    num_classes: int = Field(10, ge=2)
+    epochs: int = Field(2, ge=1)
 
 
 class GuardConfig(Section):
@@ -158,6 +178,7 @@ class TrainConfig(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()
     probe: ProbeConfig = ProbeConfig()
+    consistency: ConsistencyConfig = ConsistencyConfig()
     guard: GuardConfig = GuardConfig()
     run: RunConfig = RunConfig()
 
@@ -168,6 +189,8 @@ class TrainConfig(Section):
                 f"refiner.channels ({self.refiner.channels}) != discriminator.channels "
                 f"({self.discriminator.channels})"
             )
+        if self.probe.export == "best" and not self.probe.uri:
+            raise ValueError("probe.export: best needs probe.uri: the best report is the one with the lowest probe_fd")
         if self.guard.min_label_acc is not None and not self.probe.uri:
             raise ValueError("guard.min_label_acc needs probe.uri: the guard reads the probe's label accuracy")
         return self

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from simgan_ray.history import ImageHistory
-from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy
+from simgan_ray.losses import REAL, REFINED, LabelConsistency, LocalAdversarialLoss, SelfRegularization, patch_accuracy
 from simgan_ray.networks import LocalDiscriminator, Refiner
 
 if TYPE_CHECKING:  # config needs pydantic, which nothing here does
@@ -75,6 +75,8 @@ class Gan:
     amp: torch.dtype | None = None
     # A bare copy of R holding the moving average of its weights (schedule.ema_half_life), or None.
     ema: nn.Module | None = None
+    # The label-consistency term of R's adversarial updates (config.ConsistencyConfig), or None.
+    consistency: LabelConsistency | None = None
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, self.amp or torch.bfloat16, enabled=self.amp is not None)
@@ -85,9 +87,11 @@ class Gan:
         return self.ema if self.ema is not None else unwrap(self.refiner)
 
 
-def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: model) -> Gan:
+def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: model,
+             label_net: nn.Module | None = None) -> Gan:
     """R, D (each passed through `prepare`, e.g. Ray Train's DDP wrapping), their optimizers and
-    losses as `cfg` says. Seed torch first: this draws the initial weights."""
+    losses as `cfg` says; `label_net`: the frozen synthetic-label classifier when
+    cfg.consistency.weight > 0. Seed torch first: this draws the initial weights."""
     bf16 = cfg.run.precision == "bf16"
     # bf16: channels_last weights too (the layout bf16 convolution kernels want, on CPU and GPU).
     layout = torch.channels_last if bf16 else torch.contiguous_format
@@ -106,6 +110,7 @@ def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: mode
         history=history,
         amp=torch.bfloat16 if bf16 else None,
         ema=ema,
+        consistency=LabelConsistency(label_net, cfg.consistency.weight) if cfg.consistency.weight else None,
     )
 
 
@@ -147,7 +152,8 @@ def set_lrs(gan: Gan, cfg: TrainConfig, scale: float) -> None:
 
 
 def refiner_update(gan: Gan, synthetic: torch.Tensor, with_adversary: bool) -> dict[str, torch.Tensor]:
-    """One R step: L_R = l_real(D(R(x))) + lambda*||psi(R(x)) - psi(x)||_1 on (b, C, H, W)."""
+    """One R step: L_R = l_real(D(R(x))) + lambda*||psi(R(x)) - psi(x)||_1 on (b, C, H, W), plus the
+    label-consistency term against the adversary when the run has one."""
     with gan.autocast(synthetic.device):
         refined = gan.refiner(synthetic).float()
         reg = gan.self_reg(refined, synthetic)
@@ -159,6 +165,10 @@ def refiner_update(gan: Gan, synthetic: torch.Tensor, with_adversary: bool) -> d
                 adv = gan.adversarial(disc(refined), REAL)
             loss = loss + adv
             out["loss_r_adv"] = adv.detach()
+            if gan.consistency is not None:
+                label, kept = gan.consistency(refined, synthetic)
+                loss = loss + label
+                out["loss_r_label"], out["label_kept"] = label.detach(), kept
     gan.opt_r.zero_grad(set_to_none=True)
     loss.backward()
     gan.opt_r.step()

@@ -12,6 +12,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 Reduction = Literal["sum", "mean"]
 Psi = Literal["identity", "channel_mean", "downsample2"]
@@ -83,3 +84,20 @@ class SelfRegularization:
     def __call__(self, refined: torch.Tensor, synthetic: torch.Tensor) -> torch.Tensor:
         diff = (psi(refined, self.kind) - psi(synthetic, self.kind)).abs()
         return self.lam * _reduce(diff, self.reduction)
+
+
+class LabelConsistency:
+    """weight * cross-entropy of a frozen classifier's logits on R(x) against its predicted class on
+    x, per image, averaged over the batch (config.ConsistencyConfig says why)."""
+
+    def __init__(self, net: nn.Module, weight: float) -> None:
+        self.net = net.eval().requires_grad_(False)
+        self.weight = weight
+
+    def __call__(self, refined: torch.Tensor, synthetic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, C, H, W) each -> (loss, fraction of images whose predicted class R kept)."""
+        with torch.no_grad():
+            target = self.net(synthetic).argmax(1)
+        logits = self.net(refined).float()
+        kept = (logits.detach().argmax(1) == target).float().mean()
+        return self.weight * F.cross_entropy(logits, target), kept

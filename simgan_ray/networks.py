@@ -61,6 +61,8 @@ class DiscriminatorConfig:
     conv3x3/s2/`widths[0]` - conv3x3/s2/`widths[1]` - maxpool3x3/s1 - conv3x3/`widths[2]`
     - conv1x1/`widths[3]` - conv1x1/`logits`. Paper widths: 96, 64, 32, 32; 2 logits.
     With `logits=1` each patch has one real-vs-refined logit (BCE); with 2, a softmax.
+    `spectral_norm` divides every conv's weight by its largest singular value (Miyato et al., 2018),
+    bounding D's Lipschitz constant so its gradients to R stay informative when D gets ahead.
     """
 
     channels: int = 1
@@ -68,6 +70,7 @@ class DiscriminatorConfig:
     kernel: int = 3
     logits: Literal[1, 2] = 1
     norm: Norm = "none"
+    spectral_norm: bool = False
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -141,21 +144,26 @@ class LocalDiscriminator(nn.Module):
         self.cfg = cfg
         w1, w2, w3, w4 = cfg.widths
         k, pad = cfg.kernel, cfg.kernel // 2
+
+        def conv(*args, **kwargs) -> nn.Module:
+            layer = nn.Conv2d(*args, **kwargs)
+            return nn.utils.parametrizations.spectral_norm(layer) if cfg.spectral_norm else layer
+
         self.net = nn.Sequential(
-            nn.Conv2d(cfg.channels, w1, k, stride=2, padding=pad),
+            conv(cfg.channels, w1, k, stride=2, padding=pad),
             _norm(cfg.norm, w1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(w1, w2, k, stride=2, padding=pad),
+            conv(w1, w2, k, stride=2, padding=pad),
             _norm(cfg.norm, w2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, stride=1),
-            nn.Conv2d(w2, w3, k, padding=pad),
+            conv(w2, w3, k, padding=pad),
             _norm(cfg.norm, w3),
             nn.ReLU(inplace=True),
-            nn.Conv2d(w3, w4, 1),
+            conv(w3, w4, 1),
             _norm(cfg.norm, w4),
             nn.ReLU(inplace=True),
-            nn.Conv2d(w4, cfg.logits, 1),
+            conv(w4, cfg.logits, 1),
         )
 
     def output_shape(self, height: int, width: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ import yaml
 
 from simgan_ray import checkpoints, data, shards, storage, viz
 from simgan_ray.config import TrainConfig, dump_config
+from simgan_ray.consistency import ensure_label_net
 from simgan_ray.errors import SimganError
 from simgan_ray.networks import LocalDiscriminator, Refiner
 from simgan_ray.probe import load_probe
@@ -42,6 +43,7 @@ class FitResult:
     step: int
     metrics: list[dict]
     export_uri: str
+    export_step: int  # the step the exported weights are from (probe.export "best": the best report's)
     skipped: list[str]  # "<shard>: image <id>: <why>" for each corrupt image skipped
 
 
@@ -80,10 +82,12 @@ def _check_architecture(uri: str, cfg: TrainConfig) -> None:
     """Refuse to resume `uri` with other architecture fields than the run's config.yaml (its
     checkpoints' shapes), naming them, before any worker would fail loading the weights."""
     saved = yaml.safe_load(storage.read_bytes(storage.join(uri, "config.yaml"), cfg.data.s3)) or {}
-    now = cfg.to_dict()
-    changed = [f"{section}.{key}: {saved.get(section, {}).get(key)!r} in the run, {value!r} now"
+    now, defaults = cfg.to_dict(), TrainConfig().to_dict()
+    # A field the run's config.yaml lacks (written before the field existed) had its default.
+    was = {section: {**defaults[section], **(saved.get(section) or {})} for section in ARCHITECTURE}
+    changed = [f"{section}.{key}: {was[section].get(key)!r} in the run, {value!r} now"
                for section in ARCHITECTURE for key, value in now[section].items()
-               if saved.get(section, {}).get(key) != value]
+               if was[section].get(key) != value]
     if changed:
         raise SimganError(f"{uri}: cannot resume with another architecture ({'; '.join(changed)}): its checkpoints "
                           "hold the run's; leave those fields as they were, or start a new run.name")
@@ -123,6 +127,8 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Prefl
         raise SimganError(str(e)) from None
     if cfg.probe.uri:
         load_probe(cfg.probe.uri, s3)  # refuses a missing or foreign probe
+    if cfg.consistency.weight:  # the synthetic set's labels, which the consistency classifier learns
+        data.load_set(cfg.data.synthetic, 1, s3, cfg.consistency.label_key)
     return Preflight(run_uri=uri, resumes=bool(resume and checkpointed), synthetic=syn, real=real)
 
 
@@ -147,6 +153,9 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
     check_resources(worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu")
     storage.make_dirs(uri, s3)
     storage.write_bytes(storage.join(uri, "config.yaml"), dump_config(cfg).encode(), s3)
+    if label_net := ensure_label_net(cfg):
+        print(f"label-consistency classifier: {label_net['heldout_error']:.2%} error on {label_net['heldout_images']} "
+              f"held-out synthetic images ({uri}/consistency)", flush=True)
     fs, path = storage.resolve(storage.normalize(cfg.run.storage), s3)
     ledger = data.new_skip_ledger()
     trainer = TorchTrainer(
@@ -184,7 +193,7 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
         raise SimganError(f"{uri}: training produced no checkpoint")
     with result.checkpoint.as_directory() as d:
         d = Path(d)
-        state_step = json.loads((d / checkpoints.EXPORT_DIR / "refiner.json").read_text())["step"]
+        export_meta = json.loads((d / checkpoints.EXPORT_DIR / "refiner.json").read_text())
         metrics = json.loads((d / "metrics.json").read_text())
         export_uri = storage.join(uri, checkpoints.EXPORT_DIR)
         storage.copy_dir_to(str(d / checkpoints.EXPORT_DIR), export_uri, s3)
@@ -192,7 +201,8 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
     _write_pictures(uri, cfg, syn, real, refiner, metrics)
     jsonl = "".join(json.dumps(m) + "\n" for m in metrics)
     storage.write_bytes(storage.join(uri, "metrics.jsonl"), jsonl.encode(), s3)
-    return FitResult(run_uri=uri, step=state_step, metrics=metrics, export_uri=export_uri, skipped=skipped)
+    return FitResult(run_uri=uri, step=export_meta["step"], metrics=metrics, export_uri=export_uri,
+                     export_step=export_meta["weights_step"], skipped=skipped)
 
 
 def _write_pictures(uri: str, cfg: TrainConfig, syn, real, refiner: Refiner, metrics: list[dict]) -> None:

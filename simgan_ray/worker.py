@@ -19,6 +19,7 @@ import torch
 
 from simgan_ray import checkpoints, data, storage
 from simgan_ray.config import TrainConfig
+from simgan_ray.consistency import load_label_net
 from simgan_ray.data import load_set
 from simgan_ray.gan import (
     Gan,
@@ -75,12 +76,14 @@ def train_func(loop_config: dict) -> None:
         torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
+    label_net = load_label_net(cfg).to(device) if cfg.consistency.weight else None
     gan = make_gan(cfg, ImageHistory(cfg.history_size // world, seed=cfg.seed * 100_003 + rank),
-                   ray.train.torch.prepare_model)
+                   ray.train.torch.prepare_model, label_net)
     refiner, discriminator = gan.refiner, gan.discriminator
     torch.manual_seed(cfg.seed * 100_003 + rank)  # per-rank stream for anything random later
 
     step, metrics_log, guard = 0, [], CollapseGuard(cfg.guard, loud=rank == 0)
+    best = None  # probe.export "best", rank 0: {"step", "probe_fd", "refiner"} of the lowest-probe_fd report
     # This run's own latest checkpoint (resume, or a restart after a worker failure) comes first.
     checkpoint = ray.train.get_checkpoint() or loop_config["start_from"]
     if checkpoint is not None:
@@ -94,7 +97,7 @@ def train_func(loop_config: dict) -> None:
             gan.opt_r.load_state_dict(state.optimizer_r)
             gan.opt_d.load_state_dict(state.optimizer_d)
             checkpoints.load_history(Path(d), rank, world, gan.history)
-            step, metrics_log, guard.rollbacks = state.step, state.metrics, state.rollbacks
+            step, metrics_log, guard.rollbacks, best = state.step, state.metrics, state.rollbacks, state.best
         print(f"[rank {rank}] resumed at step {step} with {len(gan.history)} history images")
 
     _record_placement(cfg, rank, device)
@@ -141,11 +144,14 @@ def train_func(loop_config: dict) -> None:
         if rank == 0:
             metrics_log.append(metrics)
             print(format_metrics(metrics, total))
+            if cfg.probe.export == "best" and (best is None or metrics["probe_fd"] < best["probe_fd"]):
+                best = {"step": step, "probe_fd": metrics["probe_fd"],
+                        "refiner": {k: v.detach().cpu().clone() for k, v in gan.exported.state_dict().items()}}
         guard.snapshot(gan, step, len(metrics_log))
         if save:
             with tempfile.TemporaryDirectory() as tmp:
                 _save(Path(tmp), gan, cfg, rank=rank, step=step, metrics_log=metrics_log,
-                      image_shape=image_shape, rollbacks=guard.rollbacks)
+                      image_shape=image_shape, rollbacks=guard.rollbacks, best=best)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -177,7 +183,7 @@ def _load_probe(cfg: TrainConfig):
 
 
 def _save(directory: Path, gan: Gan, cfg: TrainConfig, *, rank: int, step: int, metrics_log: list,
-          image_shape: list[int], rollbacks: int) -> None:
+          image_shape: list[int], rollbacks: int, best: dict | None) -> None:
     state = None
     if rank == 0:
         state = checkpoints.TrainState(
@@ -189,11 +195,13 @@ def _save(directory: Path, gan: Gan, cfg: TrainConfig, *, rank: int, step: int, 
             optimizer_d=gan.opt_d.state_dict(),
             metrics=metrics_log,
             rollbacks=rollbacks,
+            best=best,
         )
-        checkpoints.write_export(
-            directory / checkpoints.EXPORT_DIR,
-            gan.exported,
-            {"step": step, "run": cfg.run.name, "image_shape": image_shape, "pixel_range": [-1.0, 1.0],
-             "ema_half_life": cfg.schedule.ema_half_life},
-        )
+        # "step": the run's step at this checkpoint; "weights_step": the step the exported weights are from.
+        meta = {"step": step, "weights_step": step, "run": cfg.run.name, "image_shape": image_shape,
+                "pixel_range": [-1.0, 1.0], "ema_half_life": cfg.schedule.ema_half_life, "export": cfg.probe.export}
+        if best is not None:
+            meta.update(weights_step=best["step"], weights_probe_fd=best["probe_fd"])
+        checkpoints.write_export(directory / checkpoints.EXPORT_DIR, gan.exported, meta,
+                                 best["refiner"] if best is not None else None)
     checkpoints.save_train_state(directory, rank, state, gan.history, cfg.to_dict())

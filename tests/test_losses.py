@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from simgan_ray.losses import REAL, REFINED, LocalAdversarialLoss, SelfRegularization, patch_accuracy, psi
+from simgan_ray.classifier import TaskNet
+from simgan_ray.losses import (
+    REAL,
+    REFINED,
+    LabelConsistency,
+    LocalAdversarialLoss,
+    SelfRegularization,
+    patch_accuracy,
+    psi,
+)
 
 LOG2 = math.log(2.0)
 
@@ -58,3 +67,21 @@ def test_psi_variants():
     y[:, :, 0, 1] -= 1
     assert SelfRegularization(1.0, "downsample2")(y, x).item() == pytest.approx(0.0)
     assert SelfRegularization(1.0, "identity")(y, x).item() > 0
+
+
+def test_label_consistency_pays_for_a_changed_prediction_and_trains_only_the_refined_input():
+    torch.manual_seed(0)
+    net = TaskNet(1, 10)
+    term = LabelConsistency(net, weight=2.0)
+    x = torch.rand(16, 1, 28, 28) * 2 - 1
+    refined = x.clone().requires_grad_(True)
+    loss, kept = term(refined, x)
+    assert kept.item() == 1.0  # R(x) = x keeps every prediction
+    target = net(x).argmax(1)
+    assert loss.item() == pytest.approx(2.0 * torch.nn.functional.cross_entropy(net(x), target).item(), rel=1e-5)
+    loss.backward()
+    assert refined.grad is not None and refined.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in net.parameters())  # frozen
+    other = torch.rand(16, 1, 28, 28) * 8 - 4
+    _, kept = term(other, x)
+    assert kept.item() == (net(other).argmax(1) == target).float().mean().item()

@@ -90,3 +90,18 @@ def test_config_validation():
         RefinerConfig(kernel=4)
     with pytest.raises(ValueError):
         DiscriminatorConfig(widths=(0, 1, 1, 1))
+
+
+def test_spectral_norm_bounds_every_discriminator_conv():
+    torch.manual_seed(0)
+    d = LocalDiscriminator(DiscriminatorConfig(widths=(8, 8, 8, 8), spectral_norm=True))
+    for _ in range(30):  # power iterations run in training-mode forwards
+        out = d(torch.rand(4, 1, 28, 28))
+    assert out.shape == (4, 1, 5, 5)
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5 and all(nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, abs=0.05)
+    plain = LocalDiscriminator(DiscriminatorConfig(widths=(8, 8, 8, 8)))
+    assert not any(nn.utils.parametrize.is_parametrized(m) for m in plain.modules())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from simgan_ray import checkpoints
+from simgan_ray.classifier import TaskNet
 from simgan_ray.config import GuardConfig, ScheduleConfig, load_config
 from simgan_ray.errors import SimganError
 from simgan_ray.gan import (
@@ -24,7 +25,7 @@ from simgan_ray.gan import (
 )
 from simgan_ray.guard import CollapseGuard
 from simgan_ray.history import ImageHistory
-from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization
+from simgan_ray.losses import LabelConsistency, LocalAdversarialLoss, SelfRegularization
 from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
 from simgan_ray.train import fit
 
@@ -111,6 +112,8 @@ def test_collapse_guard_rolls_everything_back_and_cools_the_learning_rates():
 def test_guard_needs_the_probe():
     with pytest.raises(SimganError, match="guard.min_label_acc needs probe.uri"):
         load_config(None, {"guard.min_label_acc": 0.3})
+    with pytest.raises(SimganError, match="probe.export: best needs probe.uri"):
+        load_config(None, {"probe.export": "best"})
 
 
 def tiny_gan(history: int = 64, ema: bool = False) -> Gan:
@@ -133,6 +136,16 @@ def test_refiner_update_trains_only_the_refiner():
     assert any(not torch.equal(a, b) for a, b in zip(r_before, gan.refiner.parameters(), strict=True))
     pre = refiner_update(gan, torch.rand(8, 1, 28, 28) * 2 - 1, with_adversary=False)
     assert "loss_r_adv" not in pre
+
+
+def test_label_consistency_joins_only_the_adversarial_refiner_update():
+    gan = tiny_gan()
+    gan.consistency = LabelConsistency(TaskNet(1, 10), weight=1.0)
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    out = refiner_update(gan, x, with_adversary=True)
+    assert {"loss_r_label", "label_kept"} <= set(out) and out["loss_r_label"] > 0
+    assert all(p.grad is None for p in gan.consistency.net.parameters())
+    assert "loss_r_label" not in refiner_update(gan, x, with_adversary=False)  # pretraining: self-reg only
 
 
 def test_bf16_updates_keep_float32_state_and_match_float32_losses():
@@ -254,3 +267,48 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
         fit(cfg)
     state = torch.load(_latest_checkpoint(tmp_path / "g") / "state.pt", weights_only=True)
     assert state["step"] == 4 and state["rollbacks"] == 0  # the last healthy report: end of pretraining
+
+
+def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_session, digit_sets,
+                                                                          labelled_real_sets, tmp_path):
+    """A 1-worker run with the label-consistency term (its classifier trained on synthetic labels and
+    kept in the run), a spectrally normalised D and `probe.export: best`: the export holds the
+    weights of the lowest-probe_fd report, recorded with its step, also after a resume."""
+    from simgan_ray.probe import ProbeSpec, build_probe
+
+    probe = str(tmp_path / "probe")
+    build_probe(ProbeSpec(real_train=labelled_real_sets["dev"], reference=digit_sets["real"], out=probe,
+                          train_images=200, epochs=1, reference_images=100))
+    overrides = {
+        **TINY,
+        "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
+        "run.storage": str(tmp_path), "run.name": "c", "run.num_workers": 1, "run.report_every": 2,
+        "run.checkpoint_every": 4, "batch_size": 8, "history_size": 16,
+        "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
+        "optimizer_r.lr": 0.01, "probe.uri": probe, "probe.images": 32, "probe.export": "best",
+        "consistency.weight": 1.0, "consistency.images": 200, "consistency.epochs": 1,
+        "discriminator.spectral_norm": True,
+    }
+    first = fit(load_config(None, overrides))
+    run = tmp_path / "c"
+    label_net = json.loads((run / "consistency" / "net.json").read_text())
+    assert label_net["train_images"] == 180 and 0 <= label_net["heldout_error"] <= 1  # 2 updates: untrained
+    adversarial = [m for m in first.metrics if m["phase"] == "adversarial"]
+    assert all("loss_r_label" in m and 0 <= m["label_kept"] <= 1 for m in adversarial)
+
+    def check_best(result):
+        best = min(result.metrics, key=lambda m: m["probe_fd"])
+        _, meta = checkpoints.load_export(run / "export")
+        assert (meta["export"], meta["weights_step"], meta["step"]) == ("best", best["step"], result.step)
+        assert meta["weights_probe_fd"] == best["probe_fd"] and result.export_step == best["step"]
+        state = torch.load(_latest_checkpoint(run) / "state.pt", weights_only=True)
+        exported = torch.load(run / "export" / "refiner.pt", weights_only=True)
+        assert state["best"]["step"] == best["step"]
+        assert all(torch.equal(exported[k], v) for k, v in state["best"]["refiner"].items())
+
+    check_best(first)
+    modified = (run / "consistency" / "net.pt").stat().st_mtime_ns
+    second = fit(load_config(None, {**overrides, "schedule.steps": 12}), resume=True)
+    assert second.step == 16 and [m["step"] for m in second.metrics] == list(range(2, 17, 2))
+    check_best(second)
+    assert (run / "consistency" / "net.pt").stat().st_mtime_ns == modified  # the resume kept its classifier
