@@ -1,0 +1,59 @@
+"""The Python API (`import simgan_ray as sg`) as a notebook user calls it: config objects in,
+result objects out, no CLI."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import simgan_ray as sg
+from simgan_ray import data
+
+from .conftest import TINY
+
+
+def test_every_public_name_resolves_to_its_documented_object():
+    from simgan_ray import checkpoints, config, evaluate, refine, train
+
+    assert set(sg.__all__) == set(sg._API) and set(sg.__all__) <= set(dir(sg))
+    assert (sg.fit, sg.run_refine, sg.run_evaluation) == (train.fit, refine.refine, evaluate.evaluate)
+    assert (sg.TrainConfig, sg.load_export) == (config.TrainConfig, checkpoints.load_export)
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        sg.nonsense  # noqa: B018
+
+
+@pytest.mark.slow
+def test_importing_the_package_imports_neither_torch_nor_ray():
+    code = "import sys, simgan_ray; print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_real_sets, tmp_path):
+    cfg = sg.load_config(None, {
+        **TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
+        "run.storage": str(tmp_path), "run.name": "nb", "run.num_workers": 1, "batch_size": 8, "history_size": 16,
+        "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 4,
+    })
+    assert isinstance(cfg, sg.TrainConfig)
+    run = sg.fit(cfg)
+    assert isinstance(run, sg.FitResult) and run.step == 8 and run.metrics[-1]["step"] == 8
+
+    refiner, meta = sg.load_export(run.export_uri)
+    images, _ = data.load_set(digit_sets["synthetic"], 16, cfg.data.s3, None)
+    refined = sg.refine_images(refiner, images)
+    assert refined.shape == images.shape and refined.dtype == np.uint8 and meta["step"] == 8
+
+    job = sg.RefineJob(model=run.run_uri, input=digit_sets["synthetic"], output=str(tmp_path / "out"))
+    summary = sg.run_refine(job)
+    assert isinstance(summary, sg.RefineSummary) and summary.rows_out == 256
+    written, _ = data.load_set(str(tmp_path / "out"), 16, cfg.data.s3, None)
+    assert np.array_equal(written, refined)  # the job and the in-memory call agree
+
+    report = sg.run_evaluation(sg.EvalConfig(
+        synthetic=digit_sets["synthetic"], real_train=labelled_real_sets["dev"], real_test=labelled_real_sets["val"],
+        real_pool=digit_sets["real"], out=str(tmp_path / "eval"), refiner=run.run_uri,
+        seeds=1, train_images=64, test_images=50, epochs=1, batch_size=32))
+    assert report["reported_on"] == {"kind": "val", "final": False}
+    with pytest.raises(sg.SimganError, match="already holds a run"):
+        sg.fit(cfg)
