@@ -12,6 +12,8 @@ Export directory:
     refiner.pt               the exported refiner's state_dict only (R's weight average when the run
                              keeps one, else R; at the last step, or at the lowest-probe_fd report)
     refiner.json             {"format", "refiner": RefinerConfig, "image": {...}, "step", "weights_step", ...}
+    refiner.torchscript.pt   at the end of a run: the refiner as TorchScript and as a torch.export
+    refiner.pt2              program, loadable with torch alone (write_portable)
 Everything is loaded with torch.load(weights_only=True): no pickle from a file is ever executed.
 """
 
@@ -118,6 +120,35 @@ def write_export(directory: Path, refiner: Refiner, meta: dict, weights: dict | 
     torch.save(weights if weights is not None else refiner.state_dict(), directory / "refiner.pt")
     doc = {"format": EXPORT_FORMAT, "refiner": refiner.cfg.to_dict(), **meta}
     (directory / "refiner.json").write_text(json.dumps(doc, indent=2))
+
+
+# The refiner in torch's own formats, loadable with torch alone (no simgan_ray): TorchScript (libtorch,
+# C++; torch.jit is deprecated in favour of torch.export but still loads everywhere) and a
+# torch.export program with dynamic batch, height and width. Each carries PORTABLE_META.
+TORCHSCRIPT, TORCH_EXPORT, PORTABLE_META = "refiner.torchscript.pt", "refiner.pt2", "simgan_ray.json"
+PIXELS = {"input": "float32 (N, C, H, W) in [-1, 1]: uint8 / 127.5 - 1",
+          "output": "float32 (N, C, H, W) in [-1, 1]: uint8 = round((y + 1) * 127.5), clipped to [0, 255]"}
+
+
+def write_portable(directory: Path, refiner: Refiner, meta: dict) -> None:
+    """refiner.torchscript.pt and refiner.pt2 in `directory` (an export), with the pixel convention
+    and refiner.json's fields in their extra file simgan_ray.json."""
+    import warnings
+
+    from torch.export import Dim
+
+    c, h, w = meta.get("image_shape") or [refiner.cfg.channels, 32, 32]
+    example = torch.zeros(2, c, h, w)
+    extra = json.dumps({**meta, "pixels": PIXELS})
+    refiner = refiner.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's, said above
+        torch.jit.save(torch.jit.trace(refiner, example), directory / TORCHSCRIPT,
+                       _extra_files={PORTABLE_META: extra})
+    # No striding or pooling: any H x W from 1 px works (the refiner pads "same").
+    dims = {0: Dim("batch", min=1), 2: Dim("height", min=1), 3: Dim("width", min=1)}
+    program = torch.export.export(refiner, (example,), dynamic_shapes=(dims,))
+    torch.export.save(program, directory / TORCH_EXPORT, extra_files={PORTABLE_META: extra})
 
 
 def load_export(uri: str | os.PathLike, s3: S3Options = S3Options()) -> tuple[Refiner, dict]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import yaml
 
 from simgan_ray import checkpoints, data, shards, storage, viz
@@ -191,16 +192,17 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
         storage.write_bytes(storage.join(uri, "skipped.txt"), "".join(f"{x}\n" for x in skipped).encode(), s3)
     if result.checkpoint is None:
         raise SimganError(f"{uri}: training produced no checkpoint")
-    with result.checkpoint.as_directory() as d:
+    export_uri = storage.join(uri, checkpoints.EXPORT_DIR)
+    with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
         d = Path(d)
-        export_meta = json.loads((d / checkpoints.EXPORT_DIR / "refiner.json").read_text())
         metrics = json.loads((d / "metrics.json").read_text())
-        export_uri = storage.join(uri, checkpoints.EXPORT_DIR)
-        storage.copy_dir_to(str(d / checkpoints.EXPORT_DIR), export_uri, s3)
-        refiner, _ = checkpoints.load_export(str(d / checkpoints.EXPORT_DIR))
+        # The checkpoint's export plus the refiner in torch's own formats, written beside it in a copy
+        # (`d` may be the checkpoint itself).
+        shutil.copytree(d / checkpoints.EXPORT_DIR, tmp, dirs_exist_ok=True)
+        refiner, export_meta = checkpoints.load_export(tmp)
+        checkpoints.write_portable(Path(tmp), refiner, export_meta)
+        storage.copy_dir_to(tmp, export_uri, s3)
     _write_pictures(uri, cfg, syn, real, refiner, metrics)
-    jsonl = "".join(json.dumps(m) + "\n" for m in metrics)
-    storage.write_bytes(storage.join(uri, "metrics.jsonl"), jsonl.encode(), s3)
     return FitResult(run_uri=uri, step=export_meta["step"], metrics=metrics, export_uri=export_uri,
                      export_step=export_meta["weights_step"], skipped=skipped)
 
@@ -210,13 +212,6 @@ def _write_pictures(uri: str, cfg: TrainConfig, syn, real, refiner: Refiner, met
     _, synthetic, _ = data.head_images(cfg.data.synthetic, syn, n, s3)
     _, real_images, _ = data.head_images(cfg.data.real, real, n, s3)
     refined = checkpoints.refine_images(refiner, synthetic)
-    change = np.abs(data.unit_range(refined) - data.unit_range(synthetic))  # in [0, 2]
-    rows = [
-        ("synthetic", synthetic),
-        ("refined", refined),
-        ("|R(x) - x|", data.to_uint8(change - 1.0)),
-        ("real", real_images),
-    ]
-    storage.write_bytes(storage.join(uri, "samples.png"), viz.image_grid(rows), s3)
+    storage.write_bytes(storage.join(uri, "samples.png"), viz.refinement_rows(synthetic, refined, real_images), s3)
     if metrics:
         storage.write_bytes(storage.join(uri, "curves.png"), viz.plot_curves(metrics), s3)

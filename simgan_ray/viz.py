@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw
 
-from simgan_ray import shards
+from simgan_ray import data, shards
 
 LABEL_W = 90  # px column for row titles
 
@@ -28,6 +28,14 @@ def image_grid(rows: list[tuple[str, np.ndarray]], scale: int = 3) -> bytes:
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def refinement_rows(synthetic: np.ndarray, refined: np.ndarray, real: np.ndarray | None = None) -> bytes:
+    """The samples picture: synthetic, refined, |R(x) - x| (white = unchanged) and, when given, real
+    images, each uint8 (n, C, H, W). -> PNG bytes."""
+    change = np.abs(synthetic.astype(np.float32) - refined.astype(np.float32)) / 127.5  # in [0, 2]
+    rows = [("synthetic", synthetic), ("refined", refined), ("|R(x) - x|", data.to_uint8(change - 1.0))]
+    return image_grid(rows + ([("real", real)] if real is not None else []))
 
 
 def plot_curves(metrics: list[dict]) -> bytes:

@@ -38,6 +38,7 @@ from simgan_ray.history import ImageHistory
 from simgan_ray.metrics import MetricWindow, Stopwatch, check_finite, format_metrics
 from simgan_ray.probe import load_probe
 from simgan_ray.rayinternals import quiet_train_reports
+from simgan_ray.tracking import RunTracker
 
 
 def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device, fetch: int = 16):
@@ -106,6 +107,9 @@ def train_func(loop_config: dict) -> None:
     waiting = Stopwatch()
     synthetic = waiting.wrap(_cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device))
     real = waiting.wrap(_cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device))
+    # Rank 0's live record (metrics.jsonl, TensorBoard, sample grids); flushed at every report, so
+    # a run that fails leaves it as of its last report.
+    tracker = RunTracker.for_run(cfg, step) if rank == 0 else None
     table = phase_table(cfg.schedule)
     total = cfg.schedule.total_steps
     b = cfg.batch_size
@@ -144,17 +148,22 @@ def train_func(loop_config: dict) -> None:
         if rank == 0:
             metrics_log.append(metrics)
             print(format_metrics(metrics, total))
+            tracker.report(metrics_log)
             if cfg.probe.export == "best" and (best is None or metrics["probe_fd"] < best["probe_fd"]):
                 best = {"step": step, "probe_fd": metrics["probe_fd"],
                         "refiner": {k: v.detach().cpu().clone() for k, v in gan.exported.state_dict().items()}}
         guard.snapshot(gan, step, len(metrics_log))
         if save:
+            if tracker is not None:
+                tracker.checkpoint(step, gan.exported)
             with tempfile.TemporaryDirectory() as tmp:
                 _save(Path(tmp), gan, cfg, rank=rank, step=step, metrics_log=metrics_log,
                       image_shape=image_shape, rollbacks=guard.rollbacks, best=best)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
+    if tracker is not None:
+        tracker.close()
 
 
 def _record_placement(cfg: TrainConfig, rank: int, device: torch.device) -> None:

@@ -1,11 +1,13 @@
 """The Python API (`import simgan_ray as sg`) as a notebook user calls it: config objects in,
 result objects out, no CLI."""
 
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 import simgan_ray as sg
 from simgan_ray import data
@@ -29,6 +31,21 @@ def test_importing_the_package_imports_neither_torch_nor_ray():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
+PORTABLE = """
+import json, sys, torch
+export, out = sys.argv[1], sys.argv[2]
+x = torch.load(out + "/x.pt", weights_only=True)
+extra = {"simgan_ray.json": ""}
+scripted = torch.jit.load(export + "/refiner.torchscript.pt", _extra_files=extra)
+program = torch.export.load(export + "/refiner.pt2").module()
+with torch.no_grad():
+    torch.save(scripted(x), out + "/y-torchscript.pt")
+    torch.save(program(x), out + "/y-pt2.pt")
+open(out + "/meta.json", "w").write(extra["simgan_ray.json"].decode())
+assert not any(m.startswith("simgan_ray") for m in sys.modules), "imported simgan_ray"
+"""
+
+
 def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_real_sets, tmp_path):
     cfg = sg.load_config(None, {
         **TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
@@ -43,6 +60,17 @@ def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_rea
     images, _ = data.load_set(digit_sets["synthetic"], 16, cfg.data.s3, None)
     refined = sg.refine_images(refiner, images)
     assert refined.shape == images.shape and refined.dtype == np.uint8 and meta["step"] == 8
+
+    # The same refiner in torch's own formats, in a process that never imports simgan_ray.
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    torch.save(x, tmp_path / "x.pt")
+    subprocess.run([sys.executable, "-c", PORTABLE, run.export_uri, str(tmp_path)], check=True, cwd=tmp_path)
+    with torch.no_grad():
+        want = refiner(x)
+    for name in ("torchscript", "pt2"):
+        out = torch.load(tmp_path / f"y-{name}.pt", weights_only=True)
+        assert (out - want).abs().max().item() <= 1e-5, name
+    assert json.loads((tmp_path / "meta.json").read_text())["pixels"]["input"].startswith("float32 (N, C, H, W) in [-1")
 
     job = sg.RefineJob(model=run.run_uri, input=digit_sets["synthetic"], output=str(tmp_path / "out"))
     summary = sg.run_refine(job)

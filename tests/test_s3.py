@@ -17,6 +17,7 @@ from simgan_ray.errors import SimganError
 from simgan_ray.ingest import Target, ingest
 from simgan_ray.simulate import simulate
 from simgan_ray.storage import S3Options
+from simgan_ray.tracking import read_events
 from simgan_ray.train import fit
 
 from .conftest import TINY
@@ -73,6 +74,11 @@ def test_simulate_ingest_train_on_s3(ray_session, s3_server, tmp_path):
     assert all(m["worker_peak_rss_mb"] > 0 for m in metrics)
     for picture in ("samples.png", "curves.png"):
         assert storage.read_bytes(f"{bucket}/runs/s3run/{picture}", s3)[:4] == b"\x89PNG"
+    # The live record, in the bucket too: TensorBoard events and a sample grid per checkpoint.
+    events = read_events(f"{bucket}/runs/s3run", s3)
+    assert sorted(events["images_per_s"]) == [4, 8, 12] and sorted(events["samples"]) == [4, 8, 12]
+    for step in (4, 8, 12):
+        assert storage.read_bytes(f"{bucket}/runs/s3run/samples/step-{step:06d}.png", s3)[:4] == b"\x89PNG"
     _, images, _ = head_images(f"{bucket}/synthetic", shards.read_manifest(f"{bucket}/synthetic", s3), 4, s3)
     with torch.no_grad():
         out = refiner(torch.from_numpy(images).float() / 127.5 - 1)

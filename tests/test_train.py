@@ -27,6 +27,7 @@ from simgan_ray.guard import CollapseGuard
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import LabelConsistency, LocalAdversarialLoss, SelfRegularization
 from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
+from simgan_ray.tracking import read_events
 from simgan_ray.train import fit
 
 from .conftest import TINY
@@ -182,6 +183,26 @@ def _latest_checkpoint(run: Path) -> Path:
     return max(p for p in run.glob("checkpoint_*") if p.is_dir())
 
 
+def _live_record_reader(run: Path, out: Path):
+    """A Train callback (it runs in the Train controller, another process) that, at every report,
+    reads the run's live record as a user would mid-run and appends what it found to `out`."""
+    from ray.train import UserCallback
+
+    class Reader(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            from simgan_ray.tracking import read_events
+
+            events = read_events(str(run))
+            seen = {"step": metrics[0]["step"], "loss_r_reg": events["loss_r_reg"],
+                    "images": sorted(events.get("samples", {})),
+                    "jsonl": [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()],
+                    "samples": sorted(p.name for p in (run / "samples").iterdir())}
+            with out.open("a") as f:
+                f.write(json.dumps(seen) + "\n")
+
+    return Reader()
+
+
 def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_path):
     """A real 2-worker DDP TorchTrainer run (gloo) of 20 steps, then a resumed run to 30."""
     overrides = {
@@ -194,8 +215,18 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
         "schedule.ema_half_life": 4,
     }
     cfg = load_config(None, overrides)
-    first = fit(cfg)
+    seen = tmp_path / "seen.jsonl"
+    first = fit(cfg, callbacks=[_live_record_reader(tmp_path / "r", seen)])
     run = tmp_path / "r"
+    # At each report, read while the run went on (the reader may lag the workers by a report or two):
+    # metrics.jsonl held it, TensorBoard its numbers, and each checkpoint's sample grid was there.
+    observed = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert [o["step"] for o in observed] == [5, 10, 15, 20]
+    for o, m in zip(observed, first.metrics, strict=True):
+        assert m in o["jsonl"]
+        assert o["loss_r_reg"][str(m["step"])] == pytest.approx(m["loss_r_reg"], rel=1e-6)
+        assert {f"step-{s:06d}.png" for s in (10, 20) if s <= m["step"]} <= set(o["samples"])
+    assert observed[-1]["images"] == [10, 20]  # the grid at checkpoints, in TensorBoard too
     assert first.step == 20
     assert [m["step"] for m in first.metrics] == [5, 10, 15, 20]
     assert [m["phase"] for m in first.metrics] == ["pretrain_refiner", "pretrain_discriminator"] + ["adversarial"] * 2
@@ -267,6 +298,13 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
         fit(cfg)
     state = torch.load(_latest_checkpoint(tmp_path / "g") / "state.pt", weights_only=True)
     assert state["step"] == 4 and state["rollbacks"] == 0  # the last healthy report: end of pretraining
+    # The run failed, so nothing at its end wrote these: the live record, as of its last healthy report.
+    run = tmp_path / "g"
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000002.png", "step-000004.png"]
+    events = read_events(str(run))
+    assert sorted(events["probe_fd"]) == [2, 4] and sorted(events["samples"]) == [2, 4]
+    assert events["samples"][4].startswith(b"\x89PNG")
 
 
 def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_session, digit_sets,

@@ -1,0 +1,115 @@
+"""A run's live record, kept by rank 0 while it trains, on any run storage (local or s3://):
+
+    <run>/metrics.jsonl             every report so far, rewritten at each report (object stores
+                                    have no append; a collapse-guard rollback drops its reports here too)
+    <run>/tensorboard/              TensorBoard events: every numeric metric at each report, and the
+                                    samples grid at each checkpoint (`tensorboard --logdir <run>`)
+    <run>/samples/step-NNNNNN.png   at each checkpoint: synthetic / refined / |R(x) - x| for the same
+                                    16 synthetic images throughout the run
+
+so a run can be watched, and compared mid-way, while it goes; the driver adds curves.png and the
+final samples.png at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from simgan_ray import checkpoints, data, storage, viz
+from simgan_ray.config import TrainConfig
+from simgan_ray.storage import S3Options
+
+SAMPLES_DIR, TENSORBOARD_DIR = "samples", "tensorboard"
+
+
+class RunTracker:
+    def __init__(self, cfg: TrainConfig, images: np.ndarray, start_step: int) -> None:
+        """images: uint8 (n, C, H, W), the synthetic images the sample grids show; start_step: 0, or
+        the step a resumed run continues from (its event file is a new one beside the earlier ones)."""
+        from tensorboardX.event_file_writer import EventsWriter
+
+        self.uri, self.s3, self.images = cfg.run_uri, cfg.data.s3, images
+        self.tensorboard = storage.join(self.uri, TENSORBOARD_DIR)
+        # A local run directory takes the event file directly; for object storage it is written in a
+        # temporary directory and uploaded (one file, growing) after each report.
+        self._local = storage.normalize(self.uri).startswith("/")
+        self._tmp = None if self._local else tempfile.TemporaryDirectory(prefix="simgan-tb-")
+        logdir = self.tensorboard if self._local else self._tmp.name
+        storage.make_dirs(logdir, self.s3)
+        # Written synchronously (SummaryWriter queues events for a thread, so a report could reach a
+        # reader before its numbers do).
+        self.events = EventsWriter(str(Path(logdir) / "events"), f".step{start_step:06d}")
+        self._written = Path(logdir)
+        storage.make_dirs(storage.join(self.uri, SAMPLES_DIR), self.s3)
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, start_step: int, n: int = 16) -> RunTracker:
+        images, _ = data.load_set(cfg.data.synthetic, n, cfg.data.s3, None)
+        return cls(cfg, images, start_step)
+
+    def _write(self, step: int, values: list) -> None:
+        from tensorboardX.proto import event_pb2, summary_pb2
+
+        summary = summary_pb2.Summary(value=values)
+        self.events.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+        self.events.flush()
+        if not self._local:
+            for path in self._written.iterdir():
+                storage.write_bytes(storage.join(self.tensorboard, path.name), path.read_bytes(), self.s3)
+
+    def report(self, metrics_log: list[dict]) -> None:
+        """After a report: the newest report's numbers to TensorBoard, the whole log to metrics.jsonl."""
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        last = metrics_log[-1]
+        self._write(last["step"], [Summary.Value(tag=key, simple_value=float(value)) for key, value in last.items()
+                                   if isinstance(value, (int, float)) and key != "step"])
+        text = "".join(json.dumps(m) + "\n" for m in metrics_log)
+        storage.write_bytes(storage.join(self.uri, "metrics.jsonl"), text.encode(), self.s3)
+
+    def checkpoint(self, step: int, refiner) -> None:
+        """At a checkpoint: samples/step-NNNNNN.png and the same grid in TensorBoard."""
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        png = viz.refinement_rows(self.images, checkpoints.refine_images(refiner, self.images))
+        storage.write_bytes(storage.join(self.uri, SAMPLES_DIR, f"step-{step:06d}.png"), png, self.s3)
+        width, height = Image.open(io.BytesIO(png)).size
+        image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+        self._write(step, [Summary.Value(tag="samples", image=image)])
+
+    def close(self) -> None:
+        self.events.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def read_events(uri: str, s3: S3Options = S3Options()) -> dict[str, dict[int, float | bytes]]:
+    """What a run's TensorBoard events hold so far, {tag: {step: value}}: a float for a scalar, PNG
+    bytes for an image (a later event file, written after a resume, wins). Without TensorBoard: e.g.
+    to compare runs while they go."""
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, dict[int, float | bytes]] = {}
+    logdir = storage.join(uri, TENSORBOARD_DIR)
+    for name in storage.list_files(logdir, (), s3):
+        if "tfevents" not in name:
+            continue
+        raw, at = storage.read_bytes(storage.join(logdir, name), s3), 0
+        while at + 12 <= len(raw):  # TFRecords: length (8 bytes), its crc (4), an Event, its crc (4)
+            (n,) = struct.unpack("<Q", raw[at : at + 8])
+            event = event_pb2.Event.FromString(raw[at + 12 : at + 12 + n])
+            at += 16 + n
+            for value in event.summary.value:
+                kind = value.WhichOneof("value")
+                if kind in ("simple_value", "image"):
+                    got = value.simple_value if kind == "simple_value" else value.image.encoded_image_string
+                    out.setdefault(value.tag, {})[event.step] = got
+    return out
