@@ -2,11 +2,14 @@
 
 One run, one machine, one moto S3 server on loopback holding N synthetic images:
   (a) direct:  pyarrow reads + decodes the shards, one process per core (the ceiling)
-  (b) ray:     the Ray Data pipeline training uses (read_parquet -> decode map_batches), no-op consumer
+  (b) ray:     the Ray Data pipeline training uses (read_parquet -> decode map_batches), no-op consumer,
+               reading through pyarrow's native S3 client (the default)
+  (b2) s3fs:   the same pipeline reading through s3fs (fsspec, `s3.client: s3fs`), side by side
   (c) train:   the same pipeline feeding the real SimGAN update step (2 R + 1 D updates per step)
   (d) memory:  the same update step on in-memory tensors
 Prints images/s of each, peak RSS of the driver and of Ray's worker processes, and last the
-ratios (b)/(a) (goal >= 0.8) and (c)/(d) (goal >= 0.95).
+ratios (b)/(a) (goal >= 0.8), (b2)/(b) (what s3fs costs against the native client) and (c)/(d)
+(goal >= 0.95).
 
     .venv/bin/python benchmarks/stream.py --count 100000
 """
@@ -145,6 +148,9 @@ def main() -> None:
         ds = data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=0)
         b = through_ray(ds, 256)
         print(f"(b) Ray Data pipeline -> no-op consumer: {b:,.0f} images/s")
+        via_s3fs = S3Options(endpoint_url=server.endpoint, client="s3fs")
+        b2 = through_ray(data.image_dataset(prefix, manifest, via_s3fs, shuffle_files=True, seed=0), 256)
+        print(f"(b2) the same pipeline through s3fs: {b2:,.0f} images/s")
 
         cfg = load_config(ROOT / "jobs" / "digits.yaml")
         torch.set_num_threads(os.cpu_count())  # both (c) and (d) compute on every core
@@ -171,6 +177,7 @@ def main() -> None:
         print(f"peak memory: driver RSS {driver_mb:,.0f} MiB; largest Ray worker private RSS "
               f"{sampler.peak:,.0f} MiB, sampled every 0.5 s (for {args.count:,} images of {manifest.shape})")
         print(f"ratio (b)/(a) = {b / a:.2f}  (goal >= 0.80)")
+        print(f"ratio (b2)/(b) = {b2 / b:.2f}  (s3fs against the native client)")
         print(f"ratio (c)/(d) = {c / d:.2f}  (goal >= 0.95)")
     finally:
         ray.shutdown()

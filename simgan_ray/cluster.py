@@ -223,7 +223,7 @@ LOCATION_OPTIONS = {"out"}
 
 def command_argv(ctx, echo) -> list[str]:
     """A typer command's own options as given (cluster options left out), for its job on a cluster."""
-    from simgan_ray.storage import is_s3, normalize
+    from simgan_ray.storage import is_local, normalize
 
     argv = [ctx.info_name]
     for param in ctx.command.params:
@@ -237,7 +237,7 @@ def command_argv(ctx, echo) -> list[str]:
             v = str(v)
             if param.name in LOCATION_OPTIONS:
                 v = normalize(v)
-                if not is_s3(v):
+                if is_local(v):
                     echo(f"note: {param.opts[0]} {v} is a local path: it must exist on the cluster's nodes")
             argv += [param.opts[0], v]
     return argv

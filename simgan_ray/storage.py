@@ -1,9 +1,13 @@
 """The only module that knows about object storage.
 
-A location is a local path, a `file://` URI or an `s3://bucket/prefix` URI. S3-compatible servers
-(MinIO, Ceph, moto) are reached through an explicit endpoint in the config: pyarrow does not read
-one from the environment. Credentials come from the usual AWS environment/profile chain; they are
-never stored in configs or printed.
+A location is a local path, a `file://` URI, an `s3://bucket/prefix` URI or a URI of any scheme
+fsspec has a filesystem for (gs://, az:// / abfs://, hf://, http(s):// read-only, ...; the package
+it needs is named when missing). Everything goes through pyarrow filesystems, as Ray Data and Ray
+Train take them: s3:// through pyarrow's native S3 client (the fast path; `s3.client: s3fs` uses
+s3fs instead), the other schemes through fsspec wrapped for pyarrow. S3-compatible servers (MinIO,
+Ceph, moto) are reached through an explicit endpoint in the config: pyarrow does not read one from
+the environment. Credentials come from each backend's usual chain (AWS environment/profile,
+gcloud, Azure, HF tokens); they are never stored in configs or printed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
+from typing import Literal
 
 import pyarrow.fs as pafs
 
@@ -32,6 +37,9 @@ class S3Options:
     region: str | None = None
     anonymous: bool = False  # public buckets: sign nothing
     retries: int = 5  # attempts per request (AWS standard retry strategy: backoff with jitter)
+    # pyarrow: pyarrow's native S3 client (C++, the fast path); s3fs: s3fs (Python, through fsspec),
+    # e.g. where a proxy or a credential source only s3fs understands stands in the way.
+    client: Literal["pyarrow", "s3fs"] = "pyarrow"
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -47,6 +55,31 @@ class S3Options:
 
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
+
+
+def is_local(uri: str) -> bool:
+    """A local path or file:// URI (anything else is a remote location: s3:// or an fsspec scheme)."""
+    return uri.startswith("file://") or not _SCHEME.match(uri)
+
+
+_READ_ONLY = ("http", "https")
+
+
+def _fsspec_class(scheme: str, uri: str):
+    """fsspec's filesystem class for `scheme`; SimganError naming the package to install when its
+    package is missing, or the schemes there are when fsspec has none."""
+    import fsspec
+    from fsspec.registry import known_implementations
+
+    if scheme not in known_implementations and scheme not in fsspec.available_protocols():
+        raise SimganError(f"{uri}: unsupported scheme {scheme}:// (use a local path, file://, s3://, or a scheme "
+                          "fsspec knows: gs://, az://, abfs://, hf://, http(s)://, ...)")
+    try:
+        return fsspec.get_filesystem_class(scheme)
+    except ImportError as e:
+        missing = getattr(e.__cause__, "name", None) or known_implementations[scheme]["class"].split(".")[0]
+        raise SimganError(f"{uri}: {scheme}:// needs the Python package {missing}, which is not installed: "
+                          f"pip install {missing}") from None
 
 
 # Up to 63 letters, digits, '.', '-', '_' (S3's rules, loosened to what older buckets still have).
@@ -78,7 +111,10 @@ def check_uri(uri: str) -> str:
         raise SimganError(f"{uri!r}: holds a NUL character")
     scheme = _SCHEME.match(uri)
     if scheme and scheme.group(1) not in ("s3", "file"):
-        raise SimganError(f"{uri}: unsupported scheme {scheme.group(1)}:// (use a local path, file:// or s3://)")
+        _fsspec_class(scheme.group(1), uri)
+        _, _, key = uri[scheme.end():].partition("/")  # after the host, bucket or repository
+        if key.rstrip("/") and (why := bad_segment(key.rstrip("/"))):
+            raise SimganError(f"{uri}: the path {why}")
     if is_s3(uri):
         bucket, _, key = uri.removeprefix("s3://").partition("/")
         if not _BUCKET.fullmatch(bucket):
@@ -115,25 +151,51 @@ def _s3_filesystem(options: S3Options) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+@cache
+def _fsspec_filesystem(scheme: str, options: S3Options) -> pafs.PyFileSystem:
+    """fsspec's filesystem for `scheme` (s3: s3fs, configured as `options` say), wrapped for pyarrow."""
+    kwargs: dict = {}
+    if scheme == "s3":
+        kwargs = {"anon": options.anonymous, "config_kwargs": {"retries": {"max_attempts": options.retries}},
+                  "client_kwargs": {"region_name": options.region or "us-east-1"} if options.endpoint_url or
+                  options.region else {}}
+        if options.endpoint_url:
+            kwargs["endpoint_url"] = options.endpoint_url
+    return pafs.PyFileSystem(pafs.FSSpecHandler(_fsspec_class(scheme, scheme + "://")(**kwargs)))
+
+
 def resolve(uri: str, options: S3Options = S3Options()) -> tuple[pafs.FileSystem, str]:
     """URI -> (pyarrow filesystem, path inside it) as Ray Data and Ray Train expect them."""
     check_uri(uri)
-    if is_s3(uri):
+    if is_local(uri):
+        return pafs.LocalFileSystem(), _local_path(uri)
+    if is_s3(uri) and options.client == "pyarrow":
         return _s3_filesystem(options), uri.removeprefix("s3://").rstrip("/")
-    return pafs.LocalFileSystem(), _local_path(uri)
+    scheme = _SCHEME.match(uri).group(1)
+    fs = _fsspec_filesystem(scheme, options)
+    # fsspec's own spelling of the path: bucket/key for object stores, the whole URL for http(s).
+    return fs, fs.handler.fs._strip_protocol(uri).rstrip("/")
+
+
+def check_writable(uri: str) -> str:
+    """`uri`, or a SimganError when its scheme is read-only (http(s)://)."""
+    scheme = _SCHEME.match(uri)
+    if scheme and scheme.group(1) in _READ_ONLY:
+        raise SimganError(f"{uri}: {scheme.group(1)}:// is read-only here; write to a local path or object storage")
+    return uri
 
 
 def normalize(uri: str) -> str:
-    """Canonical spelling: absolute local path, or s3://bucket/key without trailing slash."""
+    """Canonical spelling: absolute local path, or a URI (s3://bucket/key, ...) without trailing slash."""
     check_uri(uri)
-    return uri.rstrip("/") if is_s3(uri) else _local_path(uri)
+    return _local_path(uri) if is_local(uri) else uri.rstrip("/")
 
 
 def is_within(uri: str, parent: str) -> bool:
     """True if `uri` is `parent` or lies under it. Local paths are compared after resolving
     symbolic links, so an alias of a folder is that folder."""
     a, b = normalize(uri), normalize(parent).rstrip("/")
-    if not is_s3(a):
+    if is_local(a) and is_local(b):
         a, b = os.path.realpath(a), os.path.realpath(b).rstrip("/")
     return a == b or a.startswith(b + "/")
 
@@ -174,7 +236,7 @@ def join(uri: str, *parts: str) -> str:
     for part in parts:
         if why := bad_segment(part):
             raise SimganError(f"{uri}: refusing to join {part!r}: it {why}")
-    return "/".join([uri.rstrip("/"), *parts]) if is_s3(uri) else os.path.join(uri, *parts)
+    return os.path.join(uri, *parts) if is_local(uri) else "/".join([uri.rstrip("/"), *parts])
 
 
 _REASONS = (
@@ -226,9 +288,9 @@ def read_bytes(uri: str, options: S3Options = S3Options()) -> bytes:
 
 def write_bytes(uri: str, data: bytes, options: S3Options = S3Options()) -> None:
     """Write a whole object; locally via a temp file + rename so readers never see half a file."""
-    fs, path = resolve(uri, options)
-    if is_s3(uri):
-        with _reporting(uri), fs.open_output_stream(path) as f:  # an S3 PUT is atomic by itself
+    fs, path = resolve(check_writable(uri), options)
+    if not is_local(uri):
+        with _reporting(uri), fs.open_output_stream(path) as f:  # an object PUT is atomic by itself
             f.write(data)
         return
     fs.create_dir(os.path.dirname(path), recursive=True)
@@ -254,7 +316,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), options: S3Options = S3
 
 def delete_tree(uri: str, options: S3Options = S3Options()) -> None:
     """Remove everything under `uri` (nothing if it does not exist)."""
-    fs, path = resolve(uri, options)
+    fs, path = resolve(check_writable(uri), options)
     with _reporting(uri):
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             return
@@ -262,13 +324,14 @@ def delete_tree(uri: str, options: S3Options = S3Options()) -> None:
 
 
 def make_dirs(uri: str, options: S3Options = S3Options()) -> None:
-    if not is_s3(uri):
+    """A local directory (object stores have none to make)."""
+    if is_local(check_writable(uri)):
         os.makedirs(_local_path(uri), exist_ok=True)
 
 
 def copy_dir_to(local_dir: str, uri: str, options: S3Options = S3Options()) -> None:
     """Upload/copy a local directory tree under `uri`."""
-    fs, path = resolve(uri, options)
+    fs, path = resolve(check_writable(uri), options)
     make_dirs(uri, options)
     with _reporting(uri):
         pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -40,7 +40,7 @@ class RunTracker:
         self.tensorboard = storage.join(self.uri, TENSORBOARD_DIR)
         # A local run directory takes the event file directly; for object storage it is written in a
         # temporary directory and uploaded (one file, growing) after each report.
-        self._local = storage.normalize(self.uri).startswith("/")
+        self._local = storage.is_local(self.uri)
         self._tmp = None if self._local else tempfile.TemporaryDirectory(prefix="simgan-tb-")
         logdir = self.tensorboard if self._local else self._tmp.name
         storage.make_dirs(logdir, self.s3)

@@ -163,11 +163,15 @@ def test_the_output_never_holds_the_model(model, digit_sets):
 def test_malformed_uris_are_refused(tmp_path):
     for uri, why in (("s3://", "'' is not an S3 bucket name"), ("s3:///x", "'' is not an S3 bucket name"),
                      ("s3://b/a/../x", "the key has an empty, '.' or '..' segment"),
-                     ("gs://b/x", "unsupported scheme gs://")):
+                     ("nosuch://b/x", "unsupported scheme nosuch://"),
+                     ("gs://b/x", r"gs:// needs the Python package gcsfs, which is not installed: pip install gcsfs$"),
+                     ("http://h/a/../b", "the path has an empty, '.' or '..' segment")):
         with pytest.raises(SimganError, match=why):
             storage.normalize(uri)
     with pytest.raises(SimganError, match="refusing to join '../x'"):
         storage.join(str(tmp_path), "../x")
+    with pytest.raises(SimganError, match=r"http://127.0.0.1:1/o: http:// is read-only here"):
+        storage.write_bytes("http://127.0.0.1:1/o", b"x")
 
 
 def test_gpus_the_cluster_lacks_fail_fast_naming_them(ray_session, model, digit_sets, tmp_path):
