@@ -151,6 +151,15 @@ class GuardConfig(Section):
     max_rollbacks: int = Field(3, ge=0)
 
 
+class TrackingConfig(Section):
+    """Where a run is logged besides its own directory (metrics.jsonl, tensorboard/, samples/ are
+    always written): an MLflow tracking server, by rank 0, as Ray's MLflow integration does. Needs
+    the mlflow (or mlflow-skinny) package on the workers."""
+
+    mlflow_uri: str | None = None  # e.g. http://mlflow.internal:5000, or file:///path (a local file store)
+    mlflow_experiment: str = "simgan-ray"
+
+
 class RunConfig(Section):
     storage: Location = "runs"  # local dir or s3:// prefix; the run lives in <storage>/<name>
     name: str = Field("simgan", pattern=r"^[A-Za-z0-9._-]+$")
@@ -180,6 +189,7 @@ class TrainConfig(Section):
     probe: ProbeConfig = ProbeConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
     guard: GuardConfig = GuardConfig()
+    tracking: TrackingConfig = TrackingConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")

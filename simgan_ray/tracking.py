@@ -8,13 +8,16 @@
                                     16 synthetic images throughout the run
 
 so a run can be watched, and compared mid-way, while it goes; the driver adds curves.png and the
-final samples.png at the end.
+final samples.png at the end. With `tracking.mlflow_uri` the same numbers, the resolved config and
+the grids also go to MLflow, into one MLflow run per simgan-ray run (a resume continues it: its id
+is kept in <run>/mlflow.json).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import tempfile
 import time
@@ -25,6 +28,7 @@ from PIL import Image
 
 from simgan_ray import checkpoints, data, storage, viz
 from simgan_ray.config import TrainConfig
+from simgan_ray.errors import SimganError
 from simgan_ray.storage import S3Options
 
 SAMPLES_DIR, TENSORBOARD_DIR = "samples", "tensorboard"
@@ -49,6 +53,7 @@ class RunTracker:
         self.events = EventsWriter(str(Path(logdir) / "events"), f".step{start_step:06d}")
         self._written = Path(logdir)
         storage.make_dirs(storage.join(self.uri, SAMPLES_DIR), self.s3)
+        self.mlflow = _start_mlflow(cfg) if cfg.tracking.mlflow_uri else None
 
     @classmethod
     def for_run(cls, cfg: TrainConfig, start_step: int, n: int = 16) -> RunTracker:
@@ -74,6 +79,9 @@ class RunTracker:
                                    if isinstance(value, (int, float)) and key != "step"])
         text = "".join(json.dumps(m) + "\n" for m in metrics_log)
         storage.write_bytes(storage.join(self.uri, "metrics.jsonl"), text.encode(), self.s3)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and
+                                     k != "step"}, step=last["step"])
 
     def checkpoint(self, step: int, refiner) -> None:
         """At a checkpoint: samples/step-NNNNNN.png and the same grid in TensorBoard."""
@@ -84,11 +92,53 @@ class RunTracker:
         width, height = Image.open(io.BytesIO(png)).size
         image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
         self._write(step, [Summary.Value(tag="samples", image=image)])
+        if self.mlflow is not None:
+            self.mlflow.log_image(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")),
+                                  f"samples/step-{step:06d}.png")
 
     def close(self) -> None:
+        if self.mlflow is not None:
+            self.mlflow.end_run()
         self.events.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _start_mlflow(cfg: TrainConfig):
+    """mlflow, with this run's MLflow run active: a new one named after run.name holding the resolved
+    config as parameters, or, when <run>/mlflow.json names one (a resume), that one again."""
+    try:
+        import mlflow
+    except ImportError:
+        raise SimganError("tracking.mlflow_uri needs the mlflow package on the workers: pip install mlflow-skinny "
+                          "(or mlflow)") from None
+    uri = cfg.tracking.mlflow_uri
+    if uri.startswith("file:"):  # a local file store, which MLflow 3 keeps only on request: this is one
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(uri)
+    record = storage.join(cfg.run_uri, "mlflow.json")
+    if storage.exists(record, cfg.data.s3):
+        mlflow.start_run(run_id=json.loads(storage.read_bytes(record, cfg.data.s3))["run_id"])
+        return mlflow
+    mlflow.set_experiment(cfg.tracking.mlflow_experiment)
+    run = mlflow.start_run(run_name=cfg.run.name)
+    flat = flatten(cfg.to_dict())
+    for start in range(0, len(flat), 100):  # MLflow takes at most 100 parameters per call
+        mlflow.log_params(dict(list(flat.items())[start : start + 100]))
+    doc = {"tracking_uri": uri, "experiment": cfg.tracking.mlflow_experiment, "run_id": run.info.run_id}
+    storage.write_bytes(record, json.dumps(doc, indent=1).encode(), cfg.data.s3)
+    return mlflow
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}: the config as MLflow parameters (dotted keys, as --set takes)."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return out
 
 
 def read_events(uri: str, s3: S3Options = S3Options()) -> dict[str, dict[int, float | bytes]]:

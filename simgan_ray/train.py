@@ -5,6 +5,7 @@ D's output on these images, the probe, the run directory), builds the TorchTrain
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -128,6 +129,8 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Prefl
         raise SimganError(str(e)) from None
     if cfg.probe.uri:
         load_probe(cfg.probe.uri, s3)  # refuses a missing or foreign probe
+    if cfg.tracking.mlflow_uri and importlib.util.find_spec("mlflow") is None:
+        raise SimganError("tracking.mlflow_uri needs the mlflow package: pip install mlflow-skinny (or mlflow)")
     if cfg.consistency.weight:  # the synthetic set's labels, which the consistency classifier learns
         data.load_set(cfg.data.synthetic, 1, s3, cfg.consistency.label_key)
     return Preflight(run_uri=uri, resumes=bool(resume and checkpointed), synthetic=syn, real=real)

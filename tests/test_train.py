@@ -308,10 +308,11 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
 
 
 def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_session, digit_sets,
-                                                                          labelled_real_sets, tmp_path):
+                                                                          labelled_real_sets, tmp_path, monkeypatch):
     """A 1-worker run with the label-consistency term (its classifier trained on synthetic labels and
-    kept in the run), a spectrally normalised D and `probe.export: best`: the export holds the
-    weights of the lowest-probe_fd report, recorded with its step, also after a resume."""
+    kept in the run), a spectrally normalised D, `probe.export: best` and MLflow tracking: the export
+    holds the weights of the lowest-probe_fd report, recorded with its step, also after a resume, and
+    MLflow one run over both attempts."""
     from simgan_ray.probe import ProbeSpec, build_probe
 
     probe = str(tmp_path / "probe")
@@ -325,7 +326,7 @@ def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_se
         "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
         "optimizer_r.lr": 0.01, "probe.uri": probe, "probe.images": 32, "probe.export": "best",
         "consistency.weight": 1.0, "consistency.images": 200, "consistency.epochs": 1,
-        "discriminator.spectral_norm": True,
+        "discriminator.spectral_norm": True, "tracking.mlflow_uri": f"file://{tmp_path}/mlruns",
     }
     first = fit(load_config(None, overrides))
     run = tmp_path / "c"
@@ -350,3 +351,15 @@ def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_se
     assert second.step == 16 and [m["step"] for m in second.metrics] == list(range(2, 17, 2))
     check_best(second)
     assert (run / "consistency" / "net.pt").stat().st_mtime_ns == modified  # the resume kept its classifier
+
+    # MLflow (a local file store): one run for both attempts, the config as parameters, every report's
+    # numbers, a grid per checkpoint.
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(f"file://{tmp_path}/mlruns")
+    (logged,) = client.search_runs([client.get_experiment_by_name("simgan-ray").experiment_id])
+    assert logged.info.run_name == "c" and logged.data.params["consistency.weight"] == "1.0"
+    history = client.get_metric_history(logged.info.run_id, "probe_fd")
+    assert sorted((m.step, m.value) for m in history) == [(m["step"], m["probe_fd"]) for m in second.metrics]
+    assert [a.path for a in client.list_artifacts(logged.info.run_id, "samples")][-1] == "samples/step-000016.png"
