@@ -153,16 +153,26 @@ def ingest(
     channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB)")] = 1,
     fit: Annotated[str, typer.Option(help="resize (stretch), crop (centre crop) or pad (letterbox)")] = "crop",
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
-    strict: Annotated[bool, typer.Option(help="fail on an unreadable file instead of skipping it")] = False,
+    strict: Annotated[bool, typer.Option(help="fail on an unreadable file or missing label instead of skipping it")]
+    = False,
+    labels: Annotated[str | None, typer.Option(help="sidecar (a .json beside each image) or a CSV with a 'file' "
+                                                    "column")] = None,
+    label_fields: Annotated[str | None, typer.Option(help="keep only these label fields, comma-separated, dotted "
+                                                          "paths: eye_details.look_vec")] = None,
+    kind: Annotated[str, typer.Option(help="the set's manifest kind: real, synthetic, dev, val or test")] = "real",
     s3_endpoint: S3Endpoint = None,
 ) -> None:
-    """Pack real image files into an image set (Parquet shards + manifest), in parallel on Ray."""
+    """Pack image files (and their labels) into an image set (Parquet shards + manifest), in parallel on Ray."""
     from simgan_ray.ingest import Target
     from simgan_ray.ingest import ingest as run_ingest
 
     if channels not in (1, 3) or fit not in ("resize", "crop", "pad"):
         raise SimganError(f"--channels must be 1 or 3 and --fit resize, crop or pad (got {channels}, {fit!r})")
-    manifest = run_ingest(src, out, Target(height, width, channels, fit), shard_size, strict, _s3(s3_endpoint))
+    if kind not in ("real", "synthetic", "dev", "val", "test"):
+        raise SimganError(f"--kind must be real, synthetic, dev, val or test (got {kind!r})")
+    fields = tuple(f.strip() for f in label_fields.split(",") if f.strip()) if label_fields else ()
+    manifest = run_ingest(src, out, Target(height, width, channels, fit), shard_size, strict, _s3(s3_endpoint),
+                          labels=labels, label_fields=fields, kind=kind)
     _echo(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards to {out}")
     if manifest.source["skipped"]:
         _echo(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
