@@ -49,15 +49,17 @@ class TaskNet(nn.Module):
 def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epochs: int, batch_size: int,
                      lr: float) -> TaskNet:
     """The fixed recipe: Adam, `epochs` passes, shuffled mini-batches, no augmentation.
-    x: uint8 (n, C, H, W); y: int64 (n,)."""
+    x: uint8 (n, C, H, W); y: int64 (n,) class indices, or float32 (n, d) regression targets, which
+    the same CNN with d outputs learns by mean squared error (`classes` is then d)."""
     torch.manual_seed(seed)
     net = TaskNet(x.shape[1], classes)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))  # writable copies of Ray's arrays
+    loss_fn = nn.functional.mse_loss if yt.is_floating_point() else nn.functional.cross_entropy
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(xt), generator=gen).split(batch_size):
-            loss = nn.functional.cross_entropy(net(data.unit_range(xt[idx])), yt[idx])
+            loss = loss_fn(net(data.unit_range(xt[idx])), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -73,6 +75,24 @@ def predict(net: TaskNet, x: np.ndarray, features: bool = False) -> np.ndarray:
 
 def accuracy(net: TaskNet, x: np.ndarray, y: np.ndarray) -> float:
     return float((predict(net, x).argmax(1) == y).mean())
+
+
+def regression_errors(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """pred, y: (n, d). Mean absolute error (over all components), mean L2 error, and for d >= 2 the
+    mean angle in degrees between the first min(d, 3) components of pred and y as directions (the
+    paper's gaze metric; UnityEyes' look vector is (x, y, z, 0))."""
+    diff = pred.astype(np.float64) - y
+    out = {"mae": float(np.abs(diff).mean()), "l2": float(np.linalg.norm(diff, axis=1).mean())}
+    if y.shape[1] >= 2:
+        p, t = pred[:, :3].astype(np.float64), y[:, :3].astype(np.float64)
+        cos = (p * t).sum(1) / np.maximum(np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1), 1e-12)
+        out["angle_deg"] = float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).mean())
+    return out
+
+
+def primary_error(errors: dict[str, float]) -> str:
+    """Which of `regression_errors` is the headline: the angle for directions, else the MAE."""
+    return "angle_deg" if "angle_deg" in errors else "mae"
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -246,8 +246,11 @@ def evaluate(
     out: Annotated[str, typer.Option(help="report directory: report.json, report.md, *.png")],
     refiner: Annotated[str | None, typer.Option(help="training run or refiner export")] = None,
     refined: Annotated[str | None, typer.Option(help="or: a set written by `simgan-ray refine`")] = None,
-    label_key: Annotated[str, typer.Option(help="class field of the JSON labels")] = "digit",
-    num_classes: Annotated[int, typer.Option(help="number of classes")] = 10,
+    label_key: Annotated[str, typer.Option(help="label field: the class, or with --task regression a number or a "
+                                                "list of numbers (a gaze vector)")] = "digit",
+    num_classes: Annotated[int, typer.Option(help="number of classes (classification)")] = 10,
+    task: Annotated[str, typer.Option(help="classification or regression (errors: MAE, L2, angle in degrees for "
+                                           "vectors)")] = "classification",
     seeds: Annotated[int, typer.Option(help="classifier seeds per training source")] = 3,
     train_images: Annotated[int, typer.Option(help="training images per classifier")] = 20000,
     test_images: Annotated[int, typer.Option(help="real test images")] = 10000,
@@ -264,7 +267,7 @@ def evaluate(
     cfg = from_options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
                    out=out, refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes,
                    seeds=seeds, train_images=train_images, test_images=test_images, epochs=epochs, final=final,
-                   s3=_s3(s3_endpoint))
+                   task=task, s3=_s3(s3_endpoint))
     typer.echo(markdown(run_evaluate(cfg)))
     _echo(f"report: {out}/report.json, {out}/report.md, {out}/samples.png, {out}/errors.png")
 

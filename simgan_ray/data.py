@@ -185,8 +185,25 @@ def _labels(raw: list, key: str, where: str) -> np.ndarray:
         raise SimganError(f"{where}: every image needs a JSON label with an integer {key!r}") from None
 
 
-def load_set(prefix: str, n: int, s3: S3Options, key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The first n images of a set as uint8 (n, C, H, W), with class labels when `key` is given."""
+def _targets(raw: list, key: str, where: str) -> np.ndarray:
+    """Regression targets: each label's `key`, a number or a list of d numbers -> float32 (n, d)."""
+    try:
+        values = [json.loads(s)[key] for s in raw]
+        out = np.array([v if isinstance(v, list) else [v] for v in values], np.float32)
+    except (TypeError, KeyError, ValueError, json.JSONDecodeError):
+        raise SimganError(f"{where}: every image needs a JSON label with a number or a list of numbers {key!r}, "
+                          "the same length for all") from None
+    if out.ndim != 2 or not np.isfinite(out).all():
+        raise SimganError(f"{where}: the {key!r} labels are not one finite number or list of numbers per image")
+    return out
+
+
+def load_set(prefix: str, n: int, s3: S3Options, key: str | None,
+             regression: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first n images of a set as uint8 (n, C, H, W), with labels when `key` is given: class
+    indices int64 (n,), or with `regression` targets float32 (n, d)."""
     manifest = shards.read_manifest(prefix, s3)
     _, images, labels = head_images(prefix, manifest, min(n, manifest.count), s3)
-    return images, _labels(labels, key, prefix) if key else None
+    if not key:
+        return images, None
+    return images, (_targets if regression else _labels)(labels, key, prefix)

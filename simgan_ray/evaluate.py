@@ -1,4 +1,5 @@
-"""Does refinement help on real data? The paper's Table 1 protocol, for image classification.
+"""Does refinement help on real data? The paper's Table 1 protocol, for image classification and
+regression (a number or a vector per image; for directions such as gaze, the mean angle error).
 
 Given a synthetic set, a refiner (or an already refined set) and labelled real sets:
 1. Downstream task: the same small CNN, trained by a fixed recipe with several seeds on
@@ -15,13 +16,23 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
 from simgan_ray import checkpoints, shards, storage, viz
-from simgan_ray.classifier import Recipe, TaskNet, accuracy, frechet_distance, predict, train_classifier
+from simgan_ray.classifier import (
+    Recipe,
+    TaskNet,
+    accuracy,
+    frechet_distance,
+    predict,
+    primary_error,
+    regression_errors,
+    train_classifier,
+)
 from simgan_ray.data import load_set
 from simgan_ray.errors import SimganError
 from simgan_ray.runtime import ensure_ray, gather
@@ -43,15 +54,31 @@ class EvalConfig(Recipe):
     # real_test of manifest kind "test" is read only with final: the one measurement of a
     # configuration chosen on val; recorded in the report.
     final: bool = False
+    # regression: label_key holds a number or a list of numbers per image; the models (the same CNN,
+    # one output per number, mean squared error) are scored by regression_errors.
+    task: Literal["classification", "regression"] = "classification"
+
+
+def _errors(net: TaskNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """The model's errors on (x, y): {"error": 1 - accuracy} for classes, regression_errors for targets."""
+    if y.dtype == np.int64:
+        return {"error": 1.0 - accuracy(net, x, y)}
+    return regression_errors(predict(net, x), y)
+
+
+def _headline(errors: dict[str, float]) -> float:
+    return errors["error"] if "error" in errors else errors[primary_error(errors)]
 
 
 def _task_run(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int,
               cfg: EvalConfig) -> dict:
-    """One downstream classifier (a Ray task): train, then test error on real data."""
+    """One downstream model (a Ray task): train, then its errors on the real test set."""
     torch.set_num_threads(1)  # one CPU per task; the tasks run side by side
     start = time.perf_counter()
-    net = train_classifier(x, y, cfg.num_classes, seed, cfg.epochs, cfg.batch_size, cfg.lr)
-    return {"source": name, "seed": seed, "test_error": 1.0 - accuracy(net, test_x, test_y),
+    outputs = cfg.num_classes if y.ndim == 1 else y.shape[1]
+    net = train_classifier(x, y, outputs, seed, cfg.epochs, cfg.batch_size, cfg.lr)
+    errors = _errors(net, test_x, test_y)
+    return {"source": name, "seed": seed, "test_error": _headline(errors), "errors": errors,
             "seconds": time.perf_counter() - start, "state": net.state_dict()}
 
 
@@ -89,21 +116,24 @@ def evaluate(cfg: EvalConfig) -> dict:
         shards.refuse_test_kind("--real-test", cfg.real_test, report_kind, "is read once per reported configuration: "
                                 "choose on val (its manifest kind 'val'), then report on test with --final, recorded "
                                 "in the report")
-    syn_x, syn_y = load_set(cfg.synthetic, cfg.train_images, s3, cfg.label_key)
+    regression = cfg.task == "regression"
+    syn_x, syn_y = load_set(cfg.synthetic, cfg.train_images, s3, cfg.label_key, regression)
     if cfg.refiner is not None:
         export = checkpoints.resolve_export(cfg.refiner, s3)
         refiner, _ = checkpoints.load_export(export, s3)
         ref_x, ref_y = checkpoints.refine_images(refiner, syn_x), syn_y
         refined_from = export
     else:
-        ref_x, ref_y = load_set(cfg.refined, cfg.train_images, s3, cfg.label_key)
+        ref_x, ref_y = load_set(cfg.refined, cfg.train_images, s3, cfg.label_key, regression)
         refined_from = cfg.refined
-    real_x, real_y = load_set(cfg.real_train, cfg.train_images, s3, cfg.label_key)
-    test_x, test_y = load_set(cfg.real_test, cfg.test_images, s3, cfg.label_key)
+    real_x, real_y = load_set(cfg.real_train, cfg.train_images, s3, cfg.label_key, regression)
+    test_x, test_y = load_set(cfg.real_test, cfg.test_images, s3, cfg.label_key, regression)
     pool_x, _ = load_set(cfg.real_pool, cfg.train_images, s3, None)
     shapes = {syn_x.shape[1:], ref_x.shape[1:], real_x.shape[1:], test_x.shape[1:], pool_x.shape[1:]}
     if len(shapes) != 1:
         raise SimganError(f"the sets have different image shapes: {sorted(shapes)}")
+    if regression and len({y.shape[1] for y in (syn_y, ref_y, real_y, test_y)}) != 1:
+        raise SimganError(f"the sets' {cfg.label_key!r} labels have different lengths")
 
     ensure_ray()
     task = ray.remote(num_cpus=1)(_task_run)
@@ -117,7 +147,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     realism = {r["source"]: r for r in done[len(refs):]}
 
     errors = {name: _mean_sd([r["test_error"] for r in runs if r["source"] == name]) for name in sources}
-    ceiling = TaskNet(real_x.shape[1], cfg.num_classes)
+    ceiling = TaskNet(real_x.shape[1], cfg.num_classes if not regression else real_y.shape[1])
     ceiling.load_state_dict(next(r["state"] for r in runs if r["source"] == "real" and r["seed"] == 0))
     ceiling.eval()
     test_features = predict(ceiling, test_x, features=True)
@@ -139,37 +169,59 @@ def evaluate(cfg: EvalConfig) -> dict:
             "refined": frechet_distance(predict(ceiling, ref_x, features=True), test_features),
         },
         "label_preservation": {"synthetic": accuracy(ceiling, syn_x, syn_y),
-                               "refined": accuracy(ceiling, ref_x, ref_y)},
+                               "refined": accuracy(ceiling, ref_x, ref_y)} if not regression else
+                              {"synthetic": _headline(_errors(ceiling, syn_x, syn_y)),
+                               "refined": _headline(_errors(ceiling, ref_x, ref_y))},
         "classifier_seconds": sum(r["seconds"] for r in runs),
+        "task": cfg.task,
     }
+    if regression:  # every error measure, and which one the headline and label preservation use
+        first = runs[0]["errors"]
+        report["error_measure"] = primary_error(first)
+        report["test_errors"] = {name: {k: _mean_sd([r["errors"][k] for r in runs if r["source"] == name])
+                                        for k in first} for name in sources}
     _write_report(cfg, report, syn_x, ref_x, test_x)
     return report
 
 
 def markdown(r: dict) -> str:
     e = r["test_error"]
+    regression = r.get("task") == "regression"
+    measure = r.get("error_measure", "error")
+    unit = " deg" if measure == "angle_deg" else ""
 
-    def pct(d: dict) -> str:
+    def err(d: dict) -> str:
+        if regression:
+            return f"{d['mean']:.3f}{unit} +- {d['sd']:.3f}"
         return f"{100 * d['mean']:.2f}% +- {100 * d['sd']:.2f}"
 
+    def kept(v: float) -> str:
+        return f"{v:.3f}{unit}" if regression else f"{100 * v:.1f}%"
+
+    kind = r["reported_on"]["kind"]
+    what = f"{kind} {measure} (mean +- sd)" if regression else f"{kind} error (mean +- sd)"
+    preserved = f"real-trained model's {measure} on it" if regression else "real-trained classifier accuracy on it"
+    paper = "paper, gaze: 11.2 -> 7.8 deg, 30.4%" if regression else "paper, gaze: 22.3%; target here: >= 30%"
+    task_note = f"; regression of {r['recipe']['label_key']!r}" if regression else ""
     return "\n".join([
         "# SimGAN evaluation",
         "",
-        f"Errors on `{r['inputs']['real_test']}` (kind {r['reported_on']['kind']!r}, {r['counts']['real_test']} "
+        f"Errors on `{r['inputs']['real_test']}` (kind {kind!r}, {r['counts']['real_test']} "
         f"images{'; the final, test-set measurement' if r['reported_on']['final'] else ''}); "
-        f"{r['recipe']['seeds']} seeds per row; {r['recipe']['epochs']} epochs on {r['counts']['synthetic']} images.",
+        f"{r['recipe']['seeds']} seeds per row; {r['recipe']['epochs']} epochs on {r['counts']['synthetic']} images"
+        f"{task_note}.",
         "",
-        f"| classifier trained on | {r['reported_on']['kind']} error (mean +- sd) | two-sample accuracy vs real | "
-        "Frechet distance to real | real-trained classifier accuracy on it |",
+        f"| {'model' if regression else 'classifier'} trained on | {what} | two-sample accuracy vs real | "
+        f"Frechet distance to real | {preserved} |",
         "| --- | --- | --- | --- | --- |",
-        f"| (a) raw synthetic | {pct(e['synthetic'])} | {100 * r['two_sample_accuracy']['synthetic']:.1f}% | "
-        f"{r['frechet_distance']['synthetic']:.2f} | {100 * r['label_preservation']['synthetic']:.1f}% |",
-        f"| (b) refined synthetic | {pct(e['refined'])} | {100 * r['two_sample_accuracy']['refined']:.1f}% | "
-        f"{r['frechet_distance']['refined']:.2f} | {100 * r['label_preservation']['refined']:.1f}% |",
-        f"| (c) real (ceiling) | {pct(e['real'])} | | | |",
+        f"| (a) raw synthetic | {err(e['synthetic'])} | {100 * r['two_sample_accuracy']['synthetic']:.1f}% | "
+        f"{r['frechet_distance']['synthetic']:.2f} | {kept(r['label_preservation']['synthetic'])} |",
+        f"| (b) refined synthetic | {err(e['refined'])} | {100 * r['two_sample_accuracy']['refined']:.1f}% | "
+        f"{r['frechet_distance']['refined']:.2f} | {kept(r['label_preservation']['refined'])} |",
+        f"| (c) real (ceiling) | {err(e['real'])} | | | |",
         "",
         f"**Relative error reduction, refined vs raw synthetic: {100 * r['relative_error_reduction']:.1f}%** "
-        "(paper, gaze: 22.3%; target here: >= 30%).",
+        f"({paper}).",
         "",
     ])
 
@@ -182,7 +234,9 @@ def _write_report(cfg: EvalConfig, report: dict, syn_x: np.ndarray, ref_x: np.nd
     n = min(16, len(syn_x))
     rows = [("synthetic", syn_x[:n]), ("refined", ref_x[:n]), ("real test", test_x[:n])]
     storage.write_bytes(storage.join(cfg.out, "samples.png"), viz.image_grid(rows), s3)
-    storage.write_bytes(storage.join(cfg.out, "errors.png"), viz.plot_errors(report["test_error"]), s3)
+    regression = cfg.task == "regression"
+    unit, scale = (report.get("error_measure", ""), 1.0) if regression else ("%", 100.0)
+    storage.write_bytes(storage.join(cfg.out, "errors.png"), viz.plot_errors(report["test_error"], unit, scale), s3)
     if cfg.refiner is not None:  # a training run's curves, when the refiner came from one
         metrics_uri = storage.join(cfg.refiner, "metrics.jsonl")
         if storage.exists(metrics_uri, s3):

@@ -83,8 +83,9 @@ def plot_curves(metrics: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def plot_errors(errors: dict[str, dict]) -> bytes:
-    """Bar chart of real-test error per training source: mean with sd bars, one dot per seed."""
+def plot_errors(errors: dict[str, dict], unit: str = "%", scale: float = 100.0) -> bytes:
+    """Bar chart of real-test error per training source: mean with sd bars, one dot per seed; each
+    value times `scale`, in `unit` (a fraction as %, or a regression error as it is)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,13 +93,14 @@ def plot_errors(errors: dict[str, dict]) -> bytes:
 
     names = list(errors)
     fig, ax = plt.subplots(figsize=(6, 4))
-    means = [100 * errors[n]["mean"] for n in names]
-    sds = [100 * errors[n]["sd"] for n in names]
+    means = [scale * errors[n]["mean"] for n in names]
+    sds = [scale * errors[n]["sd"] for n in names]
     ax.bar(names, means, yerr=sds, capsize=6, color=["#999999", "#4c72b0", "#55a868"][: len(names)])
     for i, n in enumerate(names):
-        ax.scatter([i] * len(errors[n]["runs"]), [100 * v for v in errors[n]["runs"]], color="black", s=12, zorder=3)
-    ax.set_ylabel("error on the real test set (%)")
-    ax.set_title("classifier trained on ...")
+        ax.scatter([i] * len(errors[n]["runs"]), [scale * v for v in errors[n]["runs"]], color="black", s=12,
+                   zorder=3)
+    ax.set_ylabel(f"error on the real test set ({unit})")
+    ax.set_title("model trained on ...")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
