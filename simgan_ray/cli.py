@@ -125,6 +125,8 @@ def simulate(
     count: Annotated[int, typer.Option(help="number of images")] = 10000,
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
     seed: Annotated[int, typer.Option(help="simulator seed; image i depends only on (seed, i)")] = 0,
+    style: Annotated[str, typer.Option(help="mnist (1x28x28 gray) or color (3x32x40, textured background)")]
+    = "mnist",
     font_dir: Annotated[
         list[Path] | None, typer.Option(help="font directories (default: matplotlib's bundled fonts)")
     ] = None,
@@ -133,13 +135,13 @@ def simulate(
     address: Address = None,
     wait: Wait = True,
 ) -> None:
-    """Render labelled synthetic digits (28x28, MNIST-style) as Parquet shards, in parallel on Ray."""
+    """Render labelled synthetic digits (28x28 MNIST-style, or 3x32x40 colour) as Parquet shards, in parallel on Ray."""
     from simgan_ray.cluster import JobSpec, command_argv
     from simgan_ray.simulate import simulate as run_simulation
 
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, _echo), {}))
     manifest = run_simulation(out, count, shard_size, seed, _s3(s3_endpoint),
-                              [str(d) for d in font_dir] if font_dir else None)
+                              [str(d) for d in font_dir] if font_dir else None, style)
     _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
           f"({len(manifest.source['fonts'])} fonts)")
 

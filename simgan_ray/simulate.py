@@ -1,8 +1,10 @@
-"""Digit simulator: labelled 28x28 grayscale digits rendered from fonts, MNIST-style.
+"""Digit simulator: labelled digits rendered from fonts, in two styles.
 
-Each image: a digit glyph from a random font at a random size and stroke width, rotated, sheared
-and blurred at 4x resolution, then (as MNIST was made) its bounding box is scaled to fit a 20x20
-box with anti-aliasing and placed in a 28x28 frame with its centre of mass at the centre.
+"mnist" (1 x 28 x 28): a digit glyph from a random font at a random size and stroke width, rotated,
+sheared and blurred at 4x resolution, then (as MNIST was made) its bounding box is scaled to fit a
+20x20 box with anti-aliasing and placed in a 28x28 frame with its centre of mass at the centre.
+"color" (3 x 32 x 40, colour and not square): that 28x28 digit, in a random colour, at a random
+offset over a random two-colour gradient with pixel noise (a texture).
 Image i of a run depends only on (seed, i), so any sharding or worker count gives the same set.
 """
 
@@ -26,6 +28,7 @@ from simgan_ray.storage import S3Options
 SIMULATOR_VERSION = "digits-1"
 SIZE, BOX = 28, 20  # MNIST frame and the box the digit is scaled into
 CANVAS = 128  # render resolution, px
+STYLES = {"mnist": (1, SIZE, SIZE), "color": (3, 32, 40)}  # style -> image shape (C, H, W)
 
 
 @dataclass(frozen=True)
@@ -127,11 +130,28 @@ def render_digit(index: int, seed: int, fonts: tuple[str, ...], params: DigitPar
     return image, annotation
 
 
-def render_range(start: int, count: int, seed: int, fonts: tuple[str, ...]):
-    """Images start..start+count-1 -> (ids, uint8 (count, 1, 28, 28), JSON label strings)."""
-    ids, images, labels = [], np.empty((count, 1, SIZE, SIZE), np.uint8), []
+def render_color(index: int, seed: int, fonts: tuple[str, ...]):
+    """-> ((3, 32, 40) uint8 image, annotation dict): the digit of `render_digit` in a random colour
+    at a random offset over a random gradient with noise. Deterministic in (seed, index)."""
+    glyph, annotation = render_digit(index, seed, fonts)
+    _, h, w = STYLES["color"]
+    rng = np.random.default_rng([seed, index, 1])
+    top, left = int(rng.integers(0, h - SIZE + 1)), int(rng.integers(0, w - SIZE + 1))
+    start, end, ink = rng.uniform(0, 255, (3, 3))
+    ramp = np.linspace(0.0, 1.0, w)[None, :, None]
+    image = start * (1 - ramp) + end * ramp + rng.normal(0, 12, (h, w, 3))  # (H, W, 3)
+    alpha = np.zeros((h, w, 1))
+    alpha[top : top + SIZE, left : left + SIZE, 0] = glyph / 255.0
+    image = image * (1 - alpha) + ink * alpha
+    annotation.update(ink=[round(float(c)) for c in ink], offset=[top, left])
+    return np.clip(image, 0, 255).round().astype(np.uint8).transpose(2, 0, 1), annotation
+
+
+def render_range(start: int, count: int, seed: int, fonts: tuple[str, ...], style: str = "mnist"):
+    """Images start..start+count-1 -> (ids, uint8 (count, C, H, W) of STYLES[style], JSON label strings)."""
+    ids, images, labels = [], np.empty((count, *STYLES[style]), np.uint8), []
     for j in range(count):
-        image, annotation = render_digit(start + j, seed, fonts)
+        image, annotation = (render_color if style == "color" else render_digit)(start + j, seed, fonts)
         ids.append(f"syn-{seed}-{start + j:09d}")
         images[j] = image
         labels.append(json.dumps(annotation))
@@ -151,29 +171,33 @@ def params_dict(params: DigitParams = DigitParams()) -> dict:
     return {k: list(v) for k, v in params.__dict__.items()}
 
 
-def _render_shard(out: str, index: int, start: int, count: int, seed: int, fonts, s3) -> dict:
-    ids, images, labels = render_range(start, count, seed, fonts)
+def _render_shard(out: str, index: int, start: int, count: int, seed: int, fonts, s3, style: str) -> dict:
+    ids, images, labels = render_range(start, count, seed, fonts, style)
     return shards.write_shard(out, index, shards.make_table(ids, images, labels), s3)
 
 
 def simulate(out: str, count: int, shard_size: int, seed: int, s3: S3Options = S3Options(),
-             font_dirs: list[str] | None = None) -> shards.Manifest:
-    """Render `count` digits into Parquet shards under `out`, one Ray task per shard, then write
-    the manifest (last, so a set without one is visibly incomplete)."""
+             font_dirs: list[str] | None = None, style: str = "mnist") -> shards.Manifest:
+    """Render `count` digits of `style` into Parquet shards under `out`, one Ray task per shard,
+    then write the manifest (last, so a set without one is visibly incomplete)."""
     if count < 1 or shard_size < 1:
         raise SimganError(f"count and shard size must be >= 1, got {count} and {shard_size}")
+    if style not in STYLES:
+        raise SimganError(f"style: {style!r} is not one of {', '.join(STYLES)}")
     fonts = discover_fonts(tuple(str(d) for d in (font_dirs or default_font_dirs())))
     storage.make_dirs(out, s3)
-    calls = [(out, i, start, n, seed, fonts, s3) for i, (start, n) in enumerate(shard_ranges(count, shard_size))]
+    calls = [(out, i, start, n, seed, fonts, s3, style)
+             for i, (start, n) in enumerate(shard_ranges(count, shard_size))]
     written = run_tasks(_render_shard, calls, "simulate shards")
     manifest = shards.Manifest(
         kind="synthetic",
         count=count,
-        shape=[1, SIZE, SIZE],
+        shape=list(STYLES[style]),
         shards=written,
         source={
             "simulator": SIMULATOR_VERSION,
             "seed": seed,
+            "style": style,
             "fonts": font_names(fonts),
             "params": params_dict(),
             "label": "JSON annotation; 'digit' is the class",
