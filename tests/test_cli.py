@@ -32,7 +32,7 @@ def test_help_lists_every_command():
     out = run("--help")
     assert out.returncode == 0
     assert listed_commands(out.stdout) == list(group.commands)  # all 8, in the app's order
-    assert list(group.commands) == ["train", "simulate", "ingest", "refine", "evaluate", "probe", "tune", "data"]
+    assert list(group.commands) == ["train", "refine", "evaluate", "probe", "tune", "simulate", "ingest", "data"]
     sub = run("data", "--help")
     assert listed_commands(sub.stdout) == ["fetch-mnist"]
     for command in group.commands:  # each command's own help works from the console script
