@@ -105,6 +105,11 @@ class DataConfig(Section):
     s3: S3Options = S3Options()
     shuffle_files: bool = True  # new shard order on every pass over a set
     local_shuffle_buffer: int = Field(0, ge=0)  # images mixed per worker before batching; 0 = off
+    # Ray Data hands blocks out in a fixed order (ExecutionOptions.preserve_order): the streaming
+    # split then deals them to the workers by count, not to whichever asks first, so a rerun on the
+    # same machine with the same worker count sees the same images in the same order (tested).
+    # Off: a block may wait for an earlier, slower one.
+    preserve_order: bool = False
     strict: bool = False  # a corrupt image fails the run instead of being skipped and counted
 
 

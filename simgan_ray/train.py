@@ -136,6 +136,15 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Prefl
     return Preflight(run_uri=uri, resumes=bool(resume and checkpointed), synthetic=syn, real=real)
 
 
+def ingest_options(cfg: TrainConfig):
+    """Ray Train's default ingest options (carried over from the DataContext), with data.preserve_order."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = cfg.data.preserve_order
+    return options
+
+
 def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: list | None = None,
         resume_from=None) -> FitResult:
     """Driver: `preflight`, run the TorchTrainer, then write export, curves and samples beside the
@@ -179,6 +188,7 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
             callbacks=callbacks,
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
+        dataset_config=ray.train.DataConfig(execution_options=ingest_options(cfg)),
         datasets={
             name: data.image_dataset(prefix, manifest, s3, shuffle_files=cfg.data.shuffle_files,
                                      seed=cfg.seed, strict=cfg.data.strict, ledger=ledger)

@@ -9,6 +9,7 @@ R, D, both optimizers and R's average from rank 0, its own history shard from ev
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -41,17 +42,18 @@ from simgan_ray.rayinternals import quiet_train_reports
 from simgan_ray.tracking import RunTracker
 
 
-def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device, fetch: int = 16):
-    """Endless (b, C, H, W) float batches from this rank's shard; a new epoch when exhausted.
+def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device, seed: int, fetch: int = 16):
+    """Endless (b, C, H, W) float batches from this rank's shard; a new epoch when exhausted; the
+    local shuffle of pass p seeded by seed + p.
 
     Ray Data hands over `fetch` batches at a time and they are sliced here: its cost per handed
     batch is fixed (tens of ms through the streaming split on a loaded machine), which a small
     batch of small images would pay at every update. A pass's remainder carries over to the next."""
     carry = None
-    while True:
+    for p in itertools.count():
         for batch in shard.iter_torch_batches(
             batch_size=batch_size * fetch, drop_last=False, device=device,
-            local_shuffle_buffer_size=shuffle_buffer or None,
+            local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=(seed + p) % 2**32,
         ):
             images = batch["image"] if carry is None else torch.cat([carry, batch["image"]])
             full = len(images) // batch_size * batch_size
@@ -105,8 +107,9 @@ def train_func(loop_config: dict) -> None:
     buffer = cfg.data.local_shuffle_buffer
     probe = _load_probe(cfg) if rank == 0 and cfg.probe.uri else None
     waiting = Stopwatch()
-    synthetic = waiting.wrap(_cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device))
-    real = waiting.wrap(_cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device))
+    seed = cfg.seed * 100_003 + rank * 1009
+    synthetic = waiting.wrap(_cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device, seed))
+    real = waiting.wrap(_cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device, seed + 1))
     # Rank 0's live record (metrics.jsonl, TensorBoard, sample grids); flushed at every report, so
     # a run that fails leaves it as of its last report.
     tracker = RunTracker.for_run(cfg, step) if rank == 0 else None
