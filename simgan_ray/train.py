@@ -137,7 +137,7 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Prefl
 
 
 def ingest_options(cfg: TrainConfig):
-    """Ray Train's default ingest options (carried over from the DataContext), with data.preserve_order."""
+    """Ray Train's default ingest options (those of the current Ray Data context), with data.preserve_order."""
     import ray.train
 
     options = ray.train.DataConfig.default_ingest_options()
