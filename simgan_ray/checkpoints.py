@@ -12,8 +12,9 @@ Export directory:
     refiner.pt               the exported refiner's state_dict only (R's weight average when the run
                              keeps one, else R; at the last step, or at the lowest-probe_fd report)
     refiner.json             {"format", "refiner": RefinerConfig, "image": {...}, "step", "weights_step", ...}
-    refiner.torchscript.pt   at the end of a run: the refiner as TorchScript and as a torch.export
-    refiner.pt2              program, loadable with torch alone (write_portable)
+    refiner.torchscript.pt   at the end of a run: the refiner as TorchScript, as a torch.export
+    refiner.pt2              program and as ONNX, loadable without simgan_ray (write_portable)
+    refiner.onnx
 Everything is loaded with torch.load(weights_only=True): no pickle from a file is ever executed.
 """
 
@@ -122,19 +123,23 @@ def write_export(directory: Path, refiner: Refiner, meta: dict, weights: dict | 
     (directory / "refiner.json").write_text(json.dumps(doc, indent=2))
 
 
-# The refiner in torch's own formats, loadable with torch alone (no simgan_ray): TorchScript (libtorch,
-# C++; torch.jit is deprecated in favour of torch.export but still loads everywhere) and a
-# torch.export program with dynamic batch, height and width. Each carries PORTABLE_META.
-TORCHSCRIPT, TORCH_EXPORT, PORTABLE_META = "refiner.torchscript.pt", "refiner.pt2", "simgan_ray.json"
+# The refiner in portable formats, loadable without simgan_ray: TorchScript (libtorch, C++; torch.jit
+# is deprecated in favour of torch.export but still loads everywhere), a torch.export program and an
+# ONNX model (onnxruntime, TensorRT, ...), each with dynamic batch, height and width and carrying
+# PORTABLE_META (ONNX: as a metadata property).
+TORCHSCRIPT, TORCH_EXPORT, ONNX = "refiner.torchscript.pt", "refiner.pt2", "refiner.onnx"
+PORTABLE_META = "simgan_ray.json"
 PIXELS = {"input": "float32 (N, C, H, W) in [-1, 1]: uint8 / 127.5 - 1",
           "output": "float32 (N, C, H, W) in [-1, 1]: uint8 = round((y + 1) * 127.5), clipped to [0, 255]"}
 
 
 def write_portable(directory: Path, refiner: Refiner, meta: dict) -> None:
-    """refiner.torchscript.pt and refiner.pt2 in `directory` (an export), with the pixel convention
-    and refiner.json's fields in their extra file simgan_ray.json."""
+    """refiner.torchscript.pt, refiner.pt2 and refiner.onnx in `directory` (an export), with the pixel
+    convention and refiner.json's fields in their extra file (ONNX: metadata property) simgan_ray.json."""
+    import contextlib
     import warnings
 
+    import onnx
     from torch.export import Dim
 
     c, h, w = meta.get("image_shape") or [refiner.cfg.channels, 32, 32]
@@ -149,6 +154,12 @@ def write_portable(directory: Path, refiner: Refiner, meta: dict) -> None:
     dims = {0: Dim("batch", min=1), 2: Dim("height", min=1), 3: Dim("width", min=1)}
     program = torch.export.export(refiner, (example,), dynamic_shapes=(dims,))
     torch.export.save(program, directory / TORCH_EXPORT, extra_files={PORTABLE_META: extra})
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+        warnings.simplefilter("ignore")
+        model = torch.onnx.export(refiner, (example,), dynamo=True, dynamic_shapes=(dims,),
+                                  input_names=["image"], output_names=["refined"]).model_proto
+    onnx.helper.set_model_props(model, {PORTABLE_META: extra})
+    onnx.save(model, directory / ONNX)
 
 
 def load_export(uri: str | os.PathLike, s3: S3Options = S3Options()) -> tuple[Refiner, dict]:

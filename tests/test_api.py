@@ -42,6 +42,12 @@ with torch.no_grad():
     torch.save(scripted(x), out + "/y-torchscript.pt")
     torch.save(program(x), out + "/y-pt2.pt")
 open(out + "/meta.json", "w").write(extra["simgan_ray.json"].decode())
+import onnx
+from onnx.reference import ReferenceEvaluator
+model = onnx.load(export + "/refiner.onnx")
+(y,) = ReferenceEvaluator(model).run(None, {"image": x.numpy()})
+torch.save(torch.from_numpy(y), out + "/y-onnx.pt")
+assert {p.key for p in model.metadata_props} == {"simgan_ray.json"}
 assert not any(m.startswith("simgan_ray") for m in sys.modules), "imported simgan_ray"
 """
 
@@ -61,13 +67,13 @@ def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_rea
     refined = sg.refine_images(refiner, images)
     assert refined.shape == images.shape and refined.dtype == np.uint8 and meta["step"] == 8
 
-    # The same refiner in torch's own formats, in a process that never imports simgan_ray.
+    # The same refiner as TorchScript, torch.export and ONNX, in a process that never imports simgan_ray.
     x = torch.rand(5, 1, 28, 28) * 2 - 1
     torch.save(x, tmp_path / "x.pt")
     subprocess.run([sys.executable, "-c", PORTABLE, run.export_uri, str(tmp_path)], check=True, cwd=tmp_path)
     with torch.no_grad():
         want = refiner(x)
-    for name in ("torchscript", "pt2"):
+    for name in ("torchscript", "pt2", "onnx"):
         out = torch.load(tmp_path / f"y-{name}.pt", weights_only=True)
         assert (out - want).abs().max().item() <= 1e-5, name
     assert json.loads((tmp_path / "meta.json").read_text())["pixels"]["input"].startswith("float32 (N, C, H, W) in [-1")
