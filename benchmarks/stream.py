@@ -181,7 +181,8 @@ def main() -> None:
         print(f"peak memory: driver RSS {driver_mb:,.0f} MiB; largest Ray worker private RSS "
               f"{sampler.peak:,.0f} MiB, sampled every 0.5 s (for {args.count:,} images of {manifest.shape})")
         print(f"ratio (b)/(a) = {b / a:.2f}  (goal >= 0.80)")
-        print(f"ratio (b2)/(b) = {b2 / ((b + b_again) / 2):.2f}  (s3fs against the native client, (b) the mean of its two runs)")
+        print(f"ratio (b2)/(b) = {b2 / ((b + b_again) / 2):.2f}  (s3fs against the native client, (b) the mean of "
+              "its two runs)")
         print(f"ratio (c)/(d) = {c / d:.2f}  (goal >= 0.95)")
     finally:
         ray.shutdown()
