@@ -213,11 +213,22 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
         # (`d` may be the checkpoint itself).
         shutil.copytree(d / checkpoints.EXPORT_DIR, tmp, dirs_exist_ok=True)
         refiner, export_meta = checkpoints.load_export(tmp)
+        _leave_a_vanished_cwd(tmp)
         checkpoints.write_portable(Path(tmp), refiner, export_meta)
         storage.copy_dir_to(tmp, export_uri, s3)
     _write_pictures(uri, cfg, syn, real, refiner, metrics)
     return FitResult(run_uri=uri, step=export_meta["step"], metrics=metrics, export_uri=export_uri,
                      export_step=export_meta["weights_step"], skipped=skipped)
+
+
+def _leave_a_vanished_cwd(fallback: str) -> None:
+    """chdir to `fallback` when the working directory no longer exists. Seen as a Ray Job's driver
+    (tests/test_cluster.py): its working directory, the job's unpacked working_dir, was gone by the
+    end of training, and importing torch.export calls os.getcwd(). Nothing relative can be meant then."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(fallback)
 
 
 def _write_pictures(uri: str, cfg: TrainConfig, syn, real, refiner: Refiner, metrics: list[dict]) -> None:
