@@ -384,7 +384,9 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
     assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1] == ("interrupted (SIGINT): run the same command with --resume (or "
                                              "--auto-resume) to continue from the last checkpoint")
-    assert not (tmp_path / "runs" / "r" / "metrics.jsonl").exists()  # stopped before its end
+    # Stopped before its end: nothing the driver writes after training (the live metrics.jsonl is there).
+    assert not (tmp_path / "runs" / "r" / "curves.png").exists()
+    assert (tmp_path / "runs" / "r" / "metrics.jsonl").exists()
     again = subprocess.run(train_args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "resumed at step" in again.stdout + again.stderr, again.stderr[-2000:]
     assert "done: step 200" in again.stderr
