@@ -5,13 +5,17 @@ feature sets."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import torch
 from pydantic import Field, PositiveFloat
 from torch import nn
 
-from simgan_ray import data
+from simgan_ray import checkpoints, data, storage
 from simgan_ray.config import Section
+from simgan_ray.errors import SimganError
 from simgan_ray.storage import S3Options
 
 
@@ -64,6 +68,47 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epoc
             loss.backward()
             opt.step()
     return net.eval()
+
+
+def train_held_out(x: np.ndarray, y: np.ndarray, classes: int, seed: int, recipe: Recipe | None,
+                   where: str, epochs: int | None = None) -> tuple[TaskNet, dict]:
+    """The recipe on all but the last tenth of (x, y), scored on that tenth (`where` names the set
+    in errors) -> (net, {"train_images", "heldout_images", "heldout_error"}). `epochs` overrides
+    the recipe's; recipe None: the default recipe."""
+    recipe = recipe or Recipe()
+    held = len(x) // 10
+    if held < 10:
+        raise SimganError(f"{where}: {len(x)} labelled images; >= 100 needed (a tenth is held out)")
+    if int(y.max()) >= classes or int(y.min()) < 0:
+        raise SimganError(f"{where}: labels {recipe.label_key!r} span {int(y.min())}..{int(y.max())}, "
+                          f"outside 0..{classes - 1} ({classes} classes)")
+    net = train_classifier(x[:-held], y[:-held], classes, seed, epochs or recipe.epochs, recipe.batch_size, recipe.lr)
+    return net, {"train_images": len(x) - held, "heldout_images": held,
+                 "heldout_error": 1.0 - accuracy(net, x[-held:], y[-held:])}
+
+
+def write_net(out: str, name: str, net: TaskNet, meta: dict, s3: S3Options, **tensors: torch.Tensor) -> None:
+    """<out>/<name>.pt ({"net": weights, **tensors}) and <out>/<name>.json (`meta`, which holds the
+    format, "channels" and "classes")."""
+    buf = io.BytesIO()
+    torch.save({"net": net.state_dict(), **tensors}, buf)
+    storage.make_dirs(out, s3)
+    storage.write_bytes(storage.join(out, f"{name}.pt"), buf.getvalue(), s3)
+    storage.write_bytes(storage.join(out, f"{name}.json"), json.dumps(meta, indent=2).encode(), s3)
+
+
+def read_net(out: str, name: str, what: str, fmt: str, s3: S3Options, hint: str = "") -> tuple[TaskNet, dict, dict]:
+    """What write_net wrote -> (the net, frozen, on the CPU; its other tensors; its meta). A missing
+    or foreign one is a SimganError naming the file (`what`: "a probe"; `hint` follows)."""
+    meta_uri = storage.join(out, f"{name}.json")
+    if not storage.exists(meta_uri, s3):
+        raise SimganError(f"{meta_uri}: missing; {out} is not {what}{hint}")
+    meta = storage.read_json(meta_uri, s3, what, fmt, hint)
+    weights = storage.join(out, f"{name}.pt")
+    state = checkpoints.load_tensors(storage.read_bytes(weights, s3), weights)
+    net = TaskNet(meta["channels"], meta["classes"])
+    net.load_state_dict(state.pop("net"))
+    return net.eval().requires_grad_(False), state, meta
 
 
 @torch.no_grad()

@@ -84,6 +84,11 @@ class ScheduleConfig(Section):
     # gradients alone, far smaller than the adversarial gradients that start with this phase, so
     # R's first full-lr adversarial updates are many times lr in size and can kill the refiner.
     warmup_steps: int = Field(0, ge=0)
+    # After the warm-up, both learning rates fall from their set values to `lr_final` times them at
+    # the last adversarial step ("none": they stay). Why: late in a run R and D chase each other
+    # around an equilibrium at full step size; smaller steps let both settle nearer it.
+    lr_decay: Literal["none", "linear", "cosine"] = "none"
+    lr_final: float = Field(0.1, ge=0, le=1)
     # Half-life, in adversarial steps, of an exponential moving average of R's weights; the average
     # (not the last R) is what is exported, probed and sampled. 0: no average. Why: a GAN's refiner
     # oscillates around its equilibrium from report to report (the digits probe's Frechet distance
@@ -143,6 +148,13 @@ class ConsistencyConfig(Section):
     epochs: int = Field(2, ge=1)
 
 
+class AugmentConfig(Section):
+    """DiffAugment of everything D judges (augment.py); fractions of the image side, 0 = off."""
+
+    translation: float = Field(0.0, ge=0, le=0.5)  # largest shift either way
+    cutout: float = Field(0.0, ge=0, le=1)  # side of the blanked square
+
+
 class GuardConfig(Section):
     """Collapse guard (needs probe.uri). A GAN can collapse in a few updates: D wins outright and the
     refiner's output saturates into blobs that carry no label. At a report where the probe's label
@@ -193,6 +205,7 @@ class TrainConfig(Section):
     data: DataConfig = DataConfig()
     probe: ProbeConfig = ProbeConfig()
     consistency: ConsistencyConfig = ConsistencyConfig()
+    augment: AugmentConfig = AugmentConfig()
     guard: GuardConfig = GuardConfig()
     tracking: TrackingConfig = TrackingConfig()
     run: RunConfig = RunConfig()

@@ -59,9 +59,9 @@ class EvalConfig(Recipe):
     task: Literal["classification", "regression"] = "classification"
 
 
-def _errors(net: TaskNet, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _errors(net: TaskNet, x: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
     """The model's errors on (x, y): {"error": 1 - accuracy} for classes, regression_errors for targets."""
-    if y.dtype == np.int64:
+    if task == "classification":
         return {"error": 1.0 - accuracy(net, x, y)}
     return regression_errors(predict(net, x), y)
 
@@ -77,7 +77,7 @@ def _task_run(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_
     start = time.perf_counter()
     outputs = cfg.num_classes if y.ndim == 1 else y.shape[1]
     net = train_classifier(x, y, outputs, seed, cfg.epochs, cfg.batch_size, cfg.lr)
-    errors = _errors(net, test_x, test_y)
+    errors = _errors(net, test_x, test_y, cfg.task)
     return {"source": name, "seed": seed, "test_error": _headline(errors), "errors": errors,
             "seconds": time.perf_counter() - start, "state": net.state_dict()}
 
@@ -170,8 +170,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         },
         "label_preservation": {"synthetic": accuracy(ceiling, syn_x, syn_y),
                                "refined": accuracy(ceiling, ref_x, ref_y)} if not regression else
-                              {"synthetic": _headline(_errors(ceiling, syn_x, syn_y)),
-                               "refined": _headline(_errors(ceiling, ref_x, ref_y))},
+                              {"synthetic": _headline(_errors(ceiling, syn_x, syn_y, cfg.task)),
+                               "refined": _headline(_errors(ceiling, ref_x, ref_y, cfg.task))},
         "classifier_seconds": sum(r["seconds"] for r in runs),
         "task": cfg.task,
     }

@@ -14,6 +14,7 @@ Every update draws fresh mini-batches of `batch_size` per worker.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from simgan_ray.augment import DiffAugment
 from simgan_ray.history import ImageHistory
 from simgan_ray.losses import REAL, REFINED, LabelConsistency, LocalAdversarialLoss, SelfRegularization, patch_accuracy
 from simgan_ray.networks import LocalDiscriminator, Refiner
@@ -77,6 +79,8 @@ class Gan:
     ema: nn.Module | None = None
     # The label-consistency term of R's adversarial updates (config.ConsistencyConfig), or None.
     consistency: LabelConsistency | None = None
+    # DiffAugment of every input of D (config.AugmentConfig), or None.
+    augment: DiffAugment | None = None
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, self.amp or torch.bfloat16, enabled=self.amp is not None)
@@ -85,6 +89,10 @@ class Gan:
     def exported(self) -> nn.Module:
         """The refiner that is exported, probed and sampled: R's weight average if kept, else R."""
         return self.ema if self.ema is not None else unwrap(self.refiner)
+
+    def judged(self, images: torch.Tensor) -> torch.Tensor:
+        """What D sees of `images`: them, or their augmentation."""
+        return images if self.augment is None else self.augment(images)
 
 
 def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: model,
@@ -111,16 +119,25 @@ def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: mode
         amp=torch.bfloat16 if bf16 else None,
         ema=ema,
         consistency=LabelConsistency(label_net, cfg.consistency.weight) if cfg.consistency.weight else None,
+        augment=DiffAugment(cfg.augment.translation, cfg.augment.cutout)
+        if cfg.augment.translation or cfg.augment.cutout else None,
     )
 
 
 def lr_scale(step: int, s: ScheduleConfig) -> float:
-    """Factor on both learning rates at 0-based global `step`: 1, except over the first
-    `s.warmup_steps` adversarial steps, where it ramps 1/n, 2/n, ..., 1."""
+    """Factor on both learning rates at 0-based global `step`: 1 while pretraining; over the first
+    `s.warmup_steps` adversarial steps it ramps 1/n, 2/n, ..., 1; then 1, or with `s.lr_decay` a
+    linear or cosine fall from 1 to `s.lr_final` at the last adversarial step."""
     adversarial = step - s.pretrain_refiner_steps - s.pretrain_discriminator_steps
-    if 0 <= adversarial < s.warmup_steps:
+    if adversarial < 0:
+        return 1.0
+    if adversarial < s.warmup_steps:
         return (adversarial + 1) / s.warmup_steps
-    return 1.0
+    if s.lr_decay == "none":
+        return 1.0
+    progress = (adversarial - s.warmup_steps) / max(1, s.steps - 1 - s.warmup_steps)  # 0 .. 1
+    fall = progress if s.lr_decay == "linear" else 0.5 * (1 - math.cos(math.pi * progress))
+    return 1.0 - (1.0 - s.lr_final) * min(fall, 1.0)
 
 
 def ema_beta(step: int, s: ScheduleConfig) -> float:
@@ -162,7 +179,7 @@ def refiner_update(gan: Gan, synthetic: torch.Tensor, with_adversary: bool) -> d
         if with_adversary:
             # Through the bare D: its weights are not trained here, so no DDP gradient sync for it.
             with frozen(unwrap(gan.discriminator)) as disc:
-                adv = gan.adversarial(disc(refined), REAL)
+                adv = gan.adversarial(disc(gan.judged(refined)), REAL)
             loss = loss + adv
             out["loss_r_adv"] = adv.detach()
             if gan.consistency is not None:
@@ -187,7 +204,7 @@ def discriminator_update(gan: Gan, synthetic: torch.Tensor, real: torch.Tensor) 
     gan.history.push(refined[:half])
     with gan.autocast(synthetic.device):
         # One forward over [real; fake] so DDP sees a single forward per backward.
-        logits = gan.discriminator(torch.cat([real, fake])).float()
+        logits = gan.discriminator(gan.judged(torch.cat([real, fake]))).float()
         logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
         loss = gan.adversarial(logits_real, REAL) + gan.adversarial(logits_fake, REFINED)
     gan.opt_d.zero_grad(set_to_none=True)

@@ -4,16 +4,14 @@ its features on reference real images kept apart from the test set."""
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from simgan_ray import checkpoints, shards, storage
-from simgan_ray.classifier import Recipe, TaskNet, accuracy, frechet_from_stats, predict, train_classifier
+from simgan_ray import shards
+from simgan_ray.classifier import Recipe, TaskNet, frechet_from_stats, predict, read_net, train_held_out, write_net
 from simgan_ray.data import load_set
 from simgan_ray.errors import SimganError
 from simgan_ray.storage import S3Options
@@ -66,34 +64,19 @@ def build_probe(cfg: ProbeSpec) -> dict:
         shards.refuse_test_set(option, prefix, cfg.s3, "never serves the probe: runs and sweeps are chosen by "
                                "it (use dev and the real pool)")
     x, y = load_set(real_train, cfg.train_images, cfg.s3, cfg.label_key)
-    held = len(x) // 10
-    if held < 10:
-        raise SimganError(f"{real_train}: {len(x)} labelled images; the probe needs >= 100 (a tenth is held out)")
     ref, _ = load_set(reference, reference_images, cfg.s3, None)
     if ref.shape[1:] != x.shape[1:]:
         raise SimganError(f"{reference}: images of shape {list(ref.shape[1:])}, {real_train} has {list(x.shape[1:])}")
-    net = train_classifier(x[:-held], y[:-held], cfg.num_classes, 0, cfg.epochs, cfg.batch_size, cfg.lr)
+    net, fit = train_held_out(x, y, cfg.num_classes, 0, cfg, real_train)
     feats = torch.from_numpy(predict(net, ref, features=True)).double()
     meta = {"format": PROBE_FORMAT, "channels": int(x.shape[1]), "classes": cfg.num_classes,
             "label_key": cfg.label_key, "real_train": real_train, "reference": reference,
-            "train_images": len(x) - held, "heldout_images": held, "reference_images": len(ref),
-            "heldout_error": 1.0 - accuracy(net, x[-held:], y[-held:])}
-    buf = io.BytesIO()
-    torch.save({"net": net.state_dict(), "mu": feats.mean(0), "sigma": torch.cov(feats.T)}, buf)
-    storage.make_dirs(out, cfg.s3)
-    storage.write_bytes(storage.join(out, "probe.pt"), buf.getvalue(), cfg.s3)
-    storage.write_bytes(storage.join(out, "probe.json"), json.dumps(meta, indent=2).encode(), cfg.s3)
+            **fit, "reference_images": len(ref)}
+    write_net(out, "probe", net, meta, cfg.s3, mu=feats.mean(0), sigma=torch.cov(feats.T))
     return meta
 
 
 def load_probe(uri: str, s3: S3Options) -> Probe:
-    meta_uri = storage.join(uri, "probe.json")
-    if not storage.exists(meta_uri, s3):
-        raise SimganError(f"{meta_uri}: missing; {uri} is not a probe (make one with `simgan-ray probe`)")
-    meta = storage.read_json(meta_uri, s3, "a probe", PROBE_FORMAT, "; rebuild it with `simgan-ray probe` (format 1 "
-                             "took its reference statistics from the test set)")
-    weights_uri = storage.join(uri, "probe.pt")
-    state = checkpoints.load_tensors(storage.read_bytes(weights_uri, s3), weights_uri)
-    net = TaskNet(meta["channels"], meta["classes"])
-    net.load_state_dict(state["net"])
-    return Probe(net.eval(), state["mu"].double(), state["sigma"].double(), meta)
+    net, stats, meta = read_net(uri, "probe", "a probe", PROBE_FORMAT, s3, " (rebuild it with `simgan-ray probe`; "
+                                "format 1 took its reference statistics from the test set)")
+    return Probe(net, stats["mu"].double(), stats["sigma"].double(), meta)

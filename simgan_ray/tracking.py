@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from simgan_ray import checkpoints, data, storage, viz
+from simgan_ray import checkpoints, storage, viz
 from simgan_ray.config import TrainConfig
 from simgan_ray.errors import SimganError
 from simgan_ray.storage import S3Options
@@ -35,6 +35,8 @@ SAMPLES_DIR, TENSORBOARD_DIR = "samples", "tensorboard"
 
 
 class RunTracker:
+    GRID = 16  # synthetic images in each sample grid
+
     def __init__(self, cfg: TrainConfig, images: np.ndarray, start_step: int) -> None:
         """images: uint8 (n, C, H, W), the synthetic images the sample grids show; start_step: 0, or
         the step a resumed run continues from (its event file is a new one beside the earlier ones)."""
@@ -54,11 +56,6 @@ class RunTracker:
         self._written = Path(logdir)
         storage.make_dirs(storage.join(self.uri, SAMPLES_DIR), self.s3)
         self.mlflow = _start_mlflow(cfg) if cfg.tracking.mlflow_uri else None
-
-    @classmethod
-    def for_run(cls, cfg: TrainConfig, start_step: int, n: int = 16) -> RunTracker:
-        images, _ = data.load_set(cfg.data.synthetic, n, cfg.data.s3, None)
-        return cls(cfg, images, start_step)
 
     def _write(self, step: int, values: list) -> None:
         from tensorboardX.proto import event_pb2, summary_pb2

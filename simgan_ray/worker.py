@@ -105,14 +105,11 @@ def train_func(loop_config: dict) -> None:
 
     _record_placement(cfg, rank, device)
     buffer = cfg.data.local_shuffle_buffer
-    probe = _load_probe(cfg) if rank == 0 and cfg.probe.uri else None
+    probe, tracker = _rank0_views(cfg, step) if rank == 0 else (None, None)
     waiting = Stopwatch()
     seed = cfg.seed * 100_003 + rank * 1009
     synthetic = waiting.wrap(_cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device, seed))
     real = waiting.wrap(_cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device, seed + 1))
-    # Rank 0's live record (metrics.jsonl, TensorBoard, sample grids); flushed at every report, so
-    # a run that fails leaves it as of its last report.
-    tracker = RunTracker.for_run(cfg, step) if rank == 0 else None
     table = phase_table(cfg.schedule)
     total = cfg.schedule.total_steps
     b = cfg.batch_size
@@ -123,6 +120,8 @@ def train_func(loop_config: dict) -> None:
         # From the config at every step, never from a checkpoint: a resumed run may change them
         # (`--resume --set optimizer_r.lr=...`, or PBT restarting a trial with mutated values).
         set_lrs(gan, cfg, lr_scale(step, cfg.schedule) * guard.lr_factor)
+        if gan.augment is not None:  # from the step, never a carried state: exact on resume
+            gan.augment.reseed(seed * 1_000_003 + step)
         for update in phase.updates:
             for _ in range(update.repeats):
                 window.add(update.run(gan, synthetic, real), update.draws * b)
@@ -187,11 +186,16 @@ def _record_placement(cfg: TrainConfig, rank: int, device: torch.device) -> None
                             cfg.data.s3)
 
 
-def _load_probe(cfg: TrainConfig):
-    """(probe, uint8 synthetic images (n, C, H, W), their class labels) for the real-data score."""
-    probe = load_probe(cfg.probe.uri, cfg.data.s3)
-    images, labels = load_set(cfg.data.synthetic, cfg.probe.images, cfg.data.s3, probe.meta["label_key"])
-    return probe, images, labels
+def _rank0_views(cfg: TrainConfig, step: int) -> tuple[tuple | None, RunTracker]:
+    """Rank 0's two views of the run, from one read of the synthetic set's head: the probe's score
+    ((probe, uint8 synthetic images (n, C, H, W), their class labels), or None without a probe) and
+    the live record (metrics.jsonl, TensorBoard, sample grids), flushed at every report, so a run
+    that fails leaves it as of its last report."""
+    probe = load_probe(cfg.probe.uri, cfg.data.s3) if cfg.probe.uri else None
+    n = max(RunTracker.GRID, cfg.probe.images if probe else 0)
+    images, labels = load_set(cfg.data.synthetic, n, cfg.data.s3, probe.meta["label_key"] if probe else None)
+    scored = (probe, images[: cfg.probe.images], labels[: cfg.probe.images]) if probe else None
+    return scored, RunTracker(cfg, images[: RunTracker.GRID], step)
 
 
 def _save(directory: Path, gan: Gan, cfg: TrainConfig, *, rank: int, step: int, metrics_log: list,

@@ -135,7 +135,7 @@ def test_probe_never_reads_the_test_set_and_scores(labelled_real_sets, digit_set
     old.write_text(json.dumps({**json.loads(old.read_text()), "format": "simgan-ray-probe/1"}))
     with pytest.raises(SimganError, match="rebuild it with `simgan-ray probe`"):
         load_probe(str(tmp_path / "probe"), cfg.s3)
-    with pytest.raises(SimganError, match="50 labelled images; the probe needs >= 100"):
+    with pytest.raises(SimganError, match="50 labelled images; >= 100 needed"):
         build_probe(cfg.model_copy(update={"out": str(tmp_path / "p2"), "train_images": 50}))
 
 

@@ -47,10 +47,16 @@ def test_phase_table_order_and_alternation():
         phase_at(6, table)
 
 
-def test_warmup_ramps_both_learning_rates_over_the_first_adversarial_steps():
+def test_warmup_then_decay_scale_both_learning_rates():
     s = ScheduleConfig(pretrain_refiner_steps=2, pretrain_discriminator_steps=1, steps=6, warmup_steps=4)
     assert [lr_scale(step, s) for step in range(9)] == [1, 1, 1, 0.25, 0.5, 0.75, 1, 1, 1]
     assert lr_scale(5, ScheduleConfig(pretrain_refiner_steps=2, pretrain_discriminator_steps=1, steps=6)) == 1
+    # Then a fall from 1 to lr_final over the rest (global steps 5-9), linear or cosine.
+    linear = ScheduleConfig(pretrain_refiner_steps=2, pretrain_discriminator_steps=1, steps=7, warmup_steps=2,
+                            lr_decay="linear", lr_final=0.2)
+    assert [lr_scale(step, linear) for step in range(10)] == pytest.approx([1, 1, 1, 0.5, 1, 1, 0.8, 0.6, 0.4, 0.2])
+    cosine = linear.model_copy(update={"lr_decay": "cosine"})
+    assert [lr_scale(step, cosine) for step in range(5, 10)] == pytest.approx([1, 0.8828, 0.6, 0.3172, 0.2], abs=1e-4)
     gan = tiny_gan()
     cfg = load_config(None, {"optimizer_r.lr": 4e-4, "optimizer_d.lr": 2e-4})
     set_lrs(gan, cfg, 0.25)
@@ -374,7 +380,8 @@ def test_reruns_with_preserve_order_match_at_every_report(ray_session, digit_set
         "data.preserve_order": True, "data.local_shuffle_buffer": 16, "run.storage": str(tmp_path),
         "run.num_workers": 2, "run.report_every": 3, "run.checkpoint_every": 9, "batch_size": 8, "history_size": 32,
         "schedule.pretrain_refiner_steps": 3, "schedule.pretrain_discriminator_steps": 3, "schedule.steps": 12,
-        "schedule.ema_half_life": 4,
+        "schedule.ema_half_life": 4, "schedule.lr_decay": "cosine",
+        "augment.translation": 0.125, "augment.cutout": 0.25,  # its draws too are the same in a rerun
     }
     timing = {"images_per_s", "input_wait_frac", "worker_peak_rss_mb"}
     runs = [fit(load_config(None, {**overrides, "run.name": name})) for name in ("a", "b")]
