@@ -25,20 +25,21 @@ def test_refiner_paper_defaults_and_no_striding_or_pooling():
     assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in r.modules())
 
 
-def test_refiner_receptive_field_is_local():
-    """Changing one input pixel changes exactly the outputs within the receptive field."""
+@pytest.mark.parametrize(("dilation", "expected"), [(1, 1 + 2 * 5), (2, 1 + 2 + 2 * 2 * 4)])
+def test_refiner_receptive_field_is_local(dilation, expected):
+    """Changing one input pixel changes exactly the outputs within the receptive field: five 3x3
+    convs (the stem's and four in two blocks), the blocks' taps `dilation` pixels apart."""
     torch.manual_seed(0)
-    r = Refiner(RefinerConfig(features=8, blocks=2)).double()
+    r = Refiner(RefinerConfig(features=8, blocks=2, dilation=dilation)).double()
     rf = r.receptive_field
-    assert rf == 1 + 2 * 5  # five 3x3 convs
+    assert rf == expected
     x = torch.rand(1, 1, 40, 40, dtype=torch.float64) * 2 - 1
     x2 = x.clone()
     x2[0, 0, 20, 20] += 0.5
     changed = (r(x2) - r(x)).abs()[0, 0] > 0
     rows, cols = changed.nonzero(as_tuple=True)
     half = rf // 2
-    assert rows.min() >= 20 - half and rows.max() <= 20 + half
-    assert cols.min() >= 20 - half and cols.max() <= 20 + half
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (20 - half, 20 + half, 20 - half, 20 + half)
     assert changed[20, 20]
 
 
