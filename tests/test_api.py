@@ -57,6 +57,7 @@ def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_rea
         **TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
         "run.storage": str(tmp_path), "run.name": "nb", "run.num_workers": 1, "batch_size": 8, "history_size": 16,
         "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 4,
+        "refiner.dilation": 2,  # dilated convs in every portable format too
     })
     assert isinstance(cfg, sg.TrainConfig)
     run = sg.fit(cfg)
@@ -66,6 +67,7 @@ def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_rea
     images, _ = data.load_set(digit_sets["synthetic"], 16, cfg.data.s3, None)
     refined = sg.refine_images(refiner, images)
     assert refined.shape == images.shape and refined.dtype == np.uint8 and meta["step"] == 8
+    assert meta["refiner"]["dilation"] == 2 and refiner.blocks[0].body[0].dilation == (2, 2)
 
     # The same refiner as TorchScript, torch.export and ONNX, in a process that never imports simgan_ray.
     x = torch.rand(5, 1, 28, 28) * 2 - 1
