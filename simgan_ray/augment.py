@@ -29,7 +29,9 @@ class DiffAugment:
         self.generator = torch.Generator()
 
     def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
+        """Any integer: the worker derives it from the run's seed (< 2**32), the rank and the step,
+        past the 64 bits a torch generator takes."""
+        self.generator.manual_seed(seed % 2**63)
 
     def _draw(self, low: int, high: int, n: int, device: torch.device) -> torch.Tensor:
         """n integers in [low, high], (n, 1, 1), on `device`."""
