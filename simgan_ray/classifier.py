@@ -70,19 +70,17 @@ def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epoc
     return net.eval()
 
 
-def train_held_out(x: np.ndarray, y: np.ndarray, classes: int, seed: int, recipe: Recipe | None,
-                   where: str, epochs: int | None = None) -> tuple[TaskNet, dict]:
+def train_held_out(x: np.ndarray, y: np.ndarray, classes: int, seed: int, recipe: Recipe,
+                   where: str) -> tuple[TaskNet, dict]:
     """The recipe on all but the last tenth of (x, y), scored on that tenth (`where` names the set
-    in errors) -> (net, {"train_images", "heldout_images", "heldout_error"}). `epochs` overrides
-    the recipe's; recipe None: the default recipe."""
-    recipe = recipe or Recipe()
+    in errors) -> (net, {"train_images", "heldout_images", "heldout_error"})."""
     held = len(x) // 10
     if held < 10:
         raise SimganError(f"{where}: {len(x)} labelled images; >= 100 needed (a tenth is held out)")
     if int(y.max()) >= classes or int(y.min()) < 0:
         raise SimganError(f"{where}: labels {recipe.label_key!r} span {int(y.min())}..{int(y.max())}, "
                           f"outside 0..{classes - 1} ({classes} classes)")
-    net = train_classifier(x[:-held], y[:-held], classes, seed, epochs or recipe.epochs, recipe.batch_size, recipe.lr)
+    net = train_classifier(x[:-held], y[:-held], classes, seed, recipe.epochs, recipe.batch_size, recipe.lr)
     return net, {"train_images": len(x) - held, "heldout_images": held,
                  "heldout_error": 1.0 - accuracy(net, x[-held:], y[-held:])}
 

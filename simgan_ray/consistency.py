@@ -25,8 +25,8 @@ def ensure_label_net(cfg: TrainConfig) -> dict | None:
     if storage.exists(meta_uri, s3):
         return storage.read_json(meta_uri, s3, "a label-consistency classifier", FORMAT)
     x, y = load_set(cfg.data.synthetic, c.images, s3, c.label_key)
-    net, fit = train_held_out(x, y, c.num_classes, cfg.seed, Recipe(label_key=c.label_key), cfg.data.synthetic,
-                              epochs=c.epochs)
+    net, fit = train_held_out(x, y, c.num_classes, cfg.seed, Recipe(label_key=c.label_key, epochs=c.epochs),
+                              cfg.data.synthetic)
     meta = {"format": FORMAT, "channels": int(x.shape[1]), "classes": c.num_classes, "label_key": c.label_key,
             "synthetic": cfg.data.synthetic, **fit, "seed": cfg.seed}
     write_net(out, "net", net, meta, s3)

@@ -137,7 +137,7 @@ def lr_scale(step: int, s: ScheduleConfig) -> float:
         return 1.0
     progress = (adversarial - s.warmup_steps) / max(1, s.steps - 1 - s.warmup_steps)  # 0 .. 1
     fall = progress if s.lr_decay == "linear" else 0.5 * (1 - math.cos(math.pi * progress))
-    return 1.0 - (1.0 - s.lr_final) * min(fall, 1.0)
+    return 1.0 - (1.0 - s.lr_final) * fall
 
 
 def ema_beta(step: int, s: ScheduleConfig) -> float:

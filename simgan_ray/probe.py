@@ -77,6 +77,7 @@ def build_probe(cfg: ProbeSpec) -> dict:
 
 
 def load_probe(uri: str, s3: S3Options) -> Probe:
-    net, stats, meta = read_net(uri, "probe", "a probe", PROBE_FORMAT, s3, " (rebuild it with `simgan-ray probe`; "
-                                "format 1 took its reference statistics from the test set)")
+    net, stats, meta = read_net(uri, "probe", "a probe", PROBE_FORMAT, s3,
+                                " (make or rebuild it with `simgan-ray probe`; format 1 took its reference "
+                                "statistics from the test set)")
     return Probe(net, stats["mu"].double(), stats["sigma"].double(), meta)
