@@ -66,6 +66,9 @@ class DiscriminatorConfig:
     With `logits=1` each patch has one real-vs-refined logit (BCE); with 2, a softmax.
     `spectral_norm` divides every conv's weight by its largest singular value (Miyato et al., 2018),
     bounding D's Lipschitz constant so its gradients to R stay informative when D gets ahead.
+    `scales` > 1 adds that many - 1 more such nets (own weights), each judging the image 2x, 4x, ...
+    average-pooled: the same patch grid over ever larger windows (pix2pixHD's multi-scale D), so
+    R is also judged on the shapes a 23-px patch cannot see whole. 1: the paper's single local D.
     """
 
     channels: int = 1
@@ -74,6 +77,7 @@ class DiscriminatorConfig:
     logits: Literal[1, 2] = 1
     norm: Norm = "none"
     spectral_norm: bool = False
+    scales: int = 1
 
     __pydantic_config__ = {"extra": "forbid"}
 
@@ -84,6 +88,8 @@ class DiscriminatorConfig:
             raise ValueError(f"widths: must all be >= 1, got {list(self.widths)}")
         if self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(f"kernel: must be odd and >= 1, got {self.kernel}")
+        if not 1 <= self.scales <= 6:
+            raise ValueError(f"scales: must be in [1, 6], got {self.scales}")
         object.__setattr__(self, "widths", tuple(self.widths))
 
     def to_dict(self) -> dict:
@@ -140,45 +146,68 @@ class Refiner(nn.Module):
         return torch.tanh(self.head(self.blocks(self.stem(x))))
 
 
+def _patch_net(cfg: DiscriminatorConfig) -> nn.Sequential:
+    """The paper's local D at one scale: (N, C, H, W) -> (N, logits, h, w)."""
+    w1, w2, w3, w4 = cfg.widths
+    k, pad = cfg.kernel, cfg.kernel // 2
+
+    def conv(*args, **kwargs) -> nn.Module:
+        layer = nn.Conv2d(*args, **kwargs)
+        return nn.utils.parametrizations.spectral_norm(layer) if cfg.spectral_norm else layer
+
+    return nn.Sequential(
+        conv(cfg.channels, w1, k, stride=2, padding=pad),
+        _norm(cfg.norm, w1),
+        nn.ReLU(inplace=True),
+        conv(w1, w2, k, stride=2, padding=pad),
+        _norm(cfg.norm, w2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=1),
+        conv(w2, w3, k, padding=pad),
+        _norm(cfg.norm, w3),
+        nn.ReLU(inplace=True),
+        conv(w3, w4, 1),
+        _norm(cfg.norm, w4),
+        nn.ReLU(inplace=True),
+        conv(w4, cfg.logits, 1),
+    )
+
+
 class LocalDiscriminator(nn.Module):
-    """(N, C, H, W) -> (N, logits, h, w): one real-vs-refined prediction per local patch."""
+    """(N, C, H, W) -> (N, logits, h, w): one real-vs-refined prediction per local patch.
+
+    With `scales` > 1 the patch maps of every scale are laid side by side as one row,
+    (N, logits, 1, sum of h * w over scales), so every loss and accuracy counts each patch of
+    each scale once, as it counts each patch of the single map."""
 
     def __init__(self, cfg: DiscriminatorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        w1, w2, w3, w4 = cfg.widths
-        k, pad = cfg.kernel, cfg.kernel // 2
+        self.net = _patch_net(cfg)  # full resolution; the name keeps single-scale checkpoints loadable
+        self.coarser = nn.ModuleList(_patch_net(cfg) for _ in range(cfg.scales - 1))
 
-        def conv(*args, **kwargs) -> nn.Module:
-            layer = nn.Conv2d(*args, **kwargs)
-            return nn.utils.parametrizations.spectral_norm(layer) if cfg.spectral_norm else layer
-
-        self.net = nn.Sequential(
-            conv(cfg.channels, w1, k, stride=2, padding=pad),
-            _norm(cfg.norm, w1),
-            nn.ReLU(inplace=True),
-            conv(w1, w2, k, stride=2, padding=pad),
-            _norm(cfg.norm, w2),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=1),
-            conv(w2, w3, k, padding=pad),
-            _norm(cfg.norm, w3),
-            nn.ReLU(inplace=True),
-            conv(w3, w4, 1),
-            _norm(cfg.norm, w4),
-            nn.ReLU(inplace=True),
-            conv(w4, cfg.logits, 1),
-        )
-
-    def output_shape(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) of the patch map for an H x W input; raises if the input is too small."""
+    def _scale_shape(self, height: int, width: int) -> tuple[int, int]:
         def conv_s2(n: int) -> int:
             return (n + 2 * (self.cfg.kernel // 2) - self.cfg.kernel) // 2 + 1
 
-        h, w = conv_s2(conv_s2(height)) - 2, conv_s2(conv_s2(width)) - 2
-        if h < 1 or w < 1:
-            raise ValueError(f"images of {height}x{width} are too small for the local discriminator")
-        return h, w
+        return conv_s2(conv_s2(height)) - 2, conv_s2(conv_s2(width)) - 2
+
+    def output_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the patch map for an H x W input; raises if the input is too small."""
+        shapes = []
+        for scale in range(self.cfg.scales):
+            side = 2**scale
+            h, w = self._scale_shape(-(-height // side), -(-width // side))  # ceil: pooling keeps the edges
+            if h < 1 or w < 1:
+                which = f" at scale {scale + 1} ({side}x pooled; discriminator.scales)" if scale else ""
+                raise ValueError(f"images of {height}x{width} are too small for the local discriminator{which}")
+            shapes.append((h, w))
+        return shapes[0] if len(shapes) == 1 else (1, sum(h * w for h, w in shapes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if not self.coarser:
+            return self.net(x)
+        maps = [self.net(x)] + [
+            net(nn.functional.avg_pool2d(x, 2**scale, ceil_mode=True)) for scale, net in enumerate(self.coarser, 1)
+        ]
+        return torch.cat([m.flatten(2) for m in maps], 2).unsqueeze(2)

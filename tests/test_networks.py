@@ -81,6 +81,33 @@ def test_discriminator_patches_are_local():
     assert rows.min() >= 64 - 23 and cols.min() >= 64 - 23
 
 
+def test_multi_scale_discriminator_judges_wider_windows_with_its_own_weights():
+    """scales=2: the full-resolution map (5x5 on 28x28) and a map of the 2x-pooled image (2x2),
+    side by side as one row; a coarse patch sees a window twice as wide (pooling halves the image,
+    so the 23-px receptive field covers ~46 px) and both nets learn from one loss."""
+    torch.manual_seed(0)
+    single = LocalDiscriminator(DiscriminatorConfig(widths=(8, 8, 8, 8)))
+    d = LocalDiscriminator(DiscriminatorConfig(widths=(8, 8, 8, 8), scales=2)).double()
+    assert d.output_shape(28, 28) == (1, 25 + 4) and d.output_shape(35, 55) == (1, 7 * 12 + 3 * 5)
+    x = (torch.rand(2, 1, 64, 64, dtype=torch.float64) * 2 - 1).requires_grad_(True)
+    out = d(x)
+    assert out.shape == (2, 1, *d.output_shape(64, 64))
+    fine = single.output_shape(64, 64)[0] ** 2
+    out[0, 0, 0, fine].backward()  # the first coarse patch (top left)
+    rows, cols = (x.grad[0, 0] != 0).nonzero(as_tuple=True)
+    assert rows.max() >= 23 and cols.max() >= 23 and rows.min() == 0  # wider than any fine patch, top left
+    assert x.grad[1].abs().sum() == 0  # still one image's patch
+    # The coarse patch's logit is the coarse net's alone.
+    assert all(p.grad.abs().sum() == 0 for p in d.net.parameters())
+    assert all(p.grad.abs().sum() > 0 for p in d.coarser.parameters() if p.dim() > 1)
+    # One scale keeps the single net's parameter names: runs and checkpoints from before the option load.
+    assert set(single.state_dict()) == {k for k in d.state_dict() if k.startswith("net.")}
+    with pytest.raises(ValueError, match=r"at scale 3 \(4x pooled; discriminator.scales\)"):
+        LocalDiscriminator(DiscriminatorConfig(scales=3)).output_shape(28, 28)
+    with pytest.raises(ValueError, match="scales"):
+        DiscriminatorConfig(scales=0)
+
+
 def test_discriminator_rejects_tiny_images():
     with pytest.raises(ValueError, match="too small"):
         LocalDiscriminator(DiscriminatorConfig()).output_shape(4, 4)

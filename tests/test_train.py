@@ -316,7 +316,7 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
 def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_session, digit_sets,
                                                                           labelled_real_sets, tmp_path, monkeypatch):
     """A 1-worker run with the label-consistency term (its classifier trained on synthetic labels and
-    kept in the run), a spectrally normalised D, `probe.export: best` and MLflow tracking: the export
+    kept in the run), a spectrally normalised two-scale D, `probe.export: best` and MLflow tracking: the export
     holds the weights of the lowest-probe_fd report, recorded with its step, also after a resume, and
     MLflow one run over both attempts."""
     from simgan_ray.probe import ProbeSpec, build_probe
@@ -332,7 +332,7 @@ def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_se
         "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
         "optimizer_r.lr": 0.01, "probe.uri": probe, "probe.images": 32, "probe.export": "best",
         "consistency.weight": 1.0, "consistency.images": 200, "consistency.epochs": 1,
-        "discriminator.spectral_norm": True, "tracking.mlflow_uri": f"file://{tmp_path}/mlruns",
+        "discriminator.spectral_norm": True, "discriminator.scales": 2, "tracking.mlflow_uri": f"file://{tmp_path}/mlruns",
     }
     first = fit(load_config(None, overrides))
     run = tmp_path / "c"
