@@ -6,11 +6,14 @@ One run, one machine, one moto S3 server on loopback holding N synthetic images:
                reading through pyarrow's native S3 client (the default)
   (b2) s3fs:   the same pipeline reading through s3fs (fsspec, `s3.client: s3fs`), side by side
                (native is measured before and after it)
+  (e) split:   the same pipeline through the streaming split the training workers read (2 no-op
+               consumers), by default and with `data.preserve_order: true` (what the exact reruns
+               cost), alternated twice
   (c) train:   the same pipeline feeding the real SimGAN update step (2 R + 1 D updates per step)
   (d) memory:  the same update step on in-memory tensors
 Prints images/s of each, peak RSS of the driver and of Ray's worker processes, and last the
-ratios (b)/(a) (goal >= 0.8), (b2)/(b) (what s3fs costs against the native client) and (c)/(d)
-(goal >= 0.95).
+ratios (b)/(a) (goal >= 0.8), (b2)/(b) (what s3fs costs against the native client), ordered/default
+of (e) and (c)/(d) (goal >= 0.95).
 
     .venv/bin/python benchmarks/stream.py --count 100000
 """
@@ -67,6 +70,26 @@ def through_ray(ds, batch_size: int) -> float:
     for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
         n += len(batch["image"])
     return n / (time.perf_counter() - start)
+
+
+def through_split(ds, workers: int, batch_size: int, preserve_order: bool) -> float:
+    """(e) images/s through `streaming_split(workers, equal=True)` with the execution options Ray
+    Train gives the training workers' shards (train.ingest_options), one no-op consumer thread per split."""
+    ds.context.execution_options.preserve_order = preserve_order
+    splits = ds.streaming_split(workers, equal=True)
+    counts = [0] * workers
+
+    def consume(rank: int) -> None:
+        for batch in splits[rank].iter_batches(batch_size=batch_size, batch_format="numpy"):
+            counts[rank] += len(batch["image"])
+
+    threads = [threading.Thread(target=consume, args=(rank,)) for rank in range(workers)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def fresh_gan(cfg) -> Gan:
@@ -156,6 +179,15 @@ def main() -> None:
         b_again = through_ray(data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=0), 256)
         print(f"(b) again, after (b2): {b_again:,.0f} images/s")
 
+        split = {False: [], True: []}
+        for ordered in (False, True, False, True):  # alternated: neither profits from running later
+            ds_e = data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=0)
+            split[ordered].append(through_split(ds_e, 2, args.batch_size, ordered))
+        for ordered, rates in split.items():
+            print(f"(e) streaming split to 2 no-op consumers, preserve_order={ordered}: "
+                  + ", ".join(f"{r:,.0f}" for r in rates) + " images/s")
+        e_ratio = sum(split[True]) / sum(split[False])
+
         cfg = load_config(ROOT / "jobs" / "digits.yaml")
         torch.set_num_threads(os.cpu_count())  # both (c) and (d) compute on every core
         # As in `simgan-ray train`, the training step owns the cores it computes on (there: the
@@ -183,6 +215,7 @@ def main() -> None:
         print(f"ratio (b)/(a) = {b / a:.2f}  (goal >= 0.80)")
         print(f"ratio (b2)/(b) = {b2 / ((b + b_again) / 2):.2f}  (s3fs against the native client, (b) the mean of "
               "its two runs)")
+        print(f"ratio (e) ordered/default = {e_ratio:.2f}  (what data.preserve_order costs the split)")
         print(f"ratio (c)/(d) = {c / d:.2f}  (goal >= 0.95)")
     finally:
         ray.shutdown()
