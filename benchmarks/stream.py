@@ -73,8 +73,9 @@ def through_ray(ds, batch_size: int) -> float:
 
 
 def through_split(ds, workers: int, batch_size: int, preserve_order: bool) -> float:
-    """(e) images/s through `streaming_split(workers, equal=True)` with the execution options Ray
-    Train gives the training workers' shards (train.ingest_options), one no-op consumer thread per split."""
+    """(e) images/s through `streaming_split(workers, equal=True)`, one no-op consumer thread per
+    split. The options are those Ray Train gives the training workers' shards (train.ingest_options:
+    the Ray Data context's, `preserve_order` set)."""
     ds.context.execution_options.preserve_order = preserve_order
     splits = ds.streaming_split(workers, equal=True)
     counts = [0] * workers
