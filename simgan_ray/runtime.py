@@ -188,9 +188,15 @@ def exit_interrupted(signum: int, command: str) -> NoReturn:
     """Shut down this process's Ray (left to interpreter exit, its threads abort the process), say
     in one line what happened and how to go on with `command`, and exit with 128 + the signal's number."""
     import ray
+    from ray.experimental import tqdm_ray
 
     hint = _CONTINUE.get(command, "what was written so far is kept")
     if ray.is_initialized():
         ray.shutdown()  # first, so that no log line of its workers comes after ours
-    print(f"interrupted ({signal.Signals(signum).name}): {hint}", file=sys.stderr, flush=True)
+    # Workers' progress bars still open (a Ray Data split stopped part-way) are drawn by this process,
+    # and Ray's replacement for print() redraws them after whatever it prints: clear them, then
+    # write past it, so that our line is the last.
+    tqdm_ray.instance().hide_bars()
+    sys.stderr.write(f"interrupted ({signal.Signals(signum).name}): {hint}\n")
+    sys.stderr.flush()
     os._exit(128 + signum)

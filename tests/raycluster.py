@@ -66,7 +66,9 @@ class LocalCluster:
             args = ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]
         else:
-            args = [f"--address={self.address}"]
+            # Its own temp dir, as on its own machine: a worker node takes the head's unless told, and
+            # on one filesystem its runtime-env agent would delete job files the head's workers use.
+            args = [f"--address={self.address}", f"--temp-dir={Path(self.env['RAY_TMPDIR']) / name}"]
         log = open(self.log_dir / f"ray-{name}.log", "ab")
         self.procs.append(subprocess.Popen([self.ray, "start", *args, *common], env=self.env, stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True))

@@ -33,12 +33,14 @@ WHY_NOT = machines.missing()
 
 def onprem_on_loopback(m: machines.Machines, name: str) -> dict:
     """cluster/onprem.yaml with what differs on one machine: addresses, the SSH user and key, ports
-    (two Ray nodes share the machine), 3 CPUs per node, and this test's venv in place of
-    scripts/setup.sh (which would build one from PyPI on each node)."""
+    (two Ray nodes share the machine), 3 CPUs per node, each node's temp dir (a worker node takes
+    the head's unless told: on one filesystem, the worker's runtime-env agent would delete the
+    head's job files it no longer uses), and this test's venv in place of scripts/setup.sh (which
+    would build one from PyPI on each node)."""
     cfg = yaml.safe_load((ROOT / "cluster" / "onprem.yaml").read_text())
     gcs, dashboard = free_port(), free_port()
 
-    def node(command: str, address: str, first_worker_port: int, extra: list[str]) -> str:
+    def node(command: str, name: str, address: str, first_worker_port: int, extra: list[str]) -> str:
         if "ray start" not in command:
             return command
         shipped_values = {"6379": str(gcs)}  # the GCS port; the head's also: dashboard port and host
@@ -49,7 +51,8 @@ def onprem_on_loopback(m: machines.Machines, name: str) -> dict:
             command = command.replace(shipped, here)
         return " ".join([command, f"--node-ip-address={address}", "--num-cpus=3", "--num-gpus=0",
                          "--disable-usage-stats", *_node_ports(), f"--min-worker-port={first_worker_port}",
-                         f"--max-worker-port={first_worker_port + 499}", *extra])
+                         f"--max-worker-port={first_worker_port + 499}", f"--temp-dir={m.homes[name] / 'tmp' / 'ray'}",
+                         *extra])
 
     setup = cfg["setup_commands"]
     assert "scripts/setup.sh" in setup[0]
@@ -61,9 +64,9 @@ def onprem_on_loopback(m: machines.Machines, name: str) -> dict:
         "provider": {**cfg["provider"], "head_ip": HEAD, "worker_ips": [WORKER]},
         "auth": {"ssh_user": getpass.getuser(), "ssh_private_key": str(m.key)},
         "setup_commands": [f"ln -sfn {sys.prefix} ~/simgan-ray/.venv", *setup[1:]],
-        "head_start_ray_commands": [node(c, HEAD, 21000, [f"--ray-client-server-port={free_port()}"])
+        "head_start_ray_commands": [node(c, "head", HEAD, 21000, [f"--ray-client-server-port={free_port()}"])
                                     for c in cfg["head_start_ray_commands"]],
-        "worker_start_ray_commands": [node(c, WORKER, 21500, []) for c in cfg["worker_start_ray_commands"]],
+        "worker_start_ray_commands": [node(c, "worker", WORKER, 21500, []) for c in cfg["worker_start_ray_commands"]],
     }
 
 
@@ -139,9 +142,10 @@ def test_ray_up_onprem_then_train_on_both_nodes_then_ray_down(tmp_path, s3_serve
             time.sleep(0.5)
         print(f"ray up {up - t0:.0f} s, worker up and train {trained - up:.0f} s, ray down {down - trained:.0f} s, "
               f"stop {time.monotonic() - down:.0f} s")
-    except BaseException:  # the cluster's logs (the worker node's too: they go to the head's session) for the cause
-        for logs in (root / "head" / "tmp" / "ray").glob("session_2*/logs"):
-            shutil.copytree(logs, tmp_path / "ray-logs", dirs_exist_ok=True)
+    except BaseException:  # each node's logs, for the cause
+        for name in ("head", "worker"):
+            for logs in (root / name / "tmp" / "ray").glob("session_2*/logs"):
+                shutil.copytree(logs, tmp_path / "ray-logs" / name, dirs_exist_ok=True)
         raise
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -349,6 +349,28 @@ def test_the_console_script_refuses_an_output_without_a_bucket(tmp_path):
 
 # --- interrupts ----------------------------------------------------------------------------------
 
+def test_the_interrupt_line_comes_after_the_workers_open_progress_bars(monkeypatch, capsys):
+    """A split stopped part-way leaves its bar open in the driver, where Ray's print() redraws the
+    open bars after each line it prints: seen once on CI as a bar below the interrupt line."""
+    from ray.experimental import tqdm_ray
+
+    from simgan_ray.runtime import exit_interrupted
+
+    monkeypatch.setattr(tqdm_ray, "_manager", tqdm_ray._BarManager())  # this test's own bars
+    monkeypatch.setattr("builtins.print", tqdm_ray.safe_print)  # as Ray patches it in a driver with bars
+    bar = {"desc": "- split(1, equal=True)", "total": 2000, "unit": "row", "pos": 0, "x": 925, "uuid": "u",
+           "closed": False, "ip": "10.0.0.9", "pid": 31044}  # a worker's bar, as its update arrives
+    tqdm_ray.instance().process_state_update(bar)
+    monkeypatch.setattr("os._exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    with pytest.raises(SystemExit) as stopped:
+        exit_interrupted(signal.SIGINT, "train")
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "split(1, equal=True)" in err  # the bar was drawn, then cleared before the line
+    assert err.strip().splitlines()[-1] == ("interrupted (SIGINT): run the same command with --resume (or "
+                                            "--auto-resume) to continue from the last checkpoint")
+
+
 @pytest.mark.slow
 def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit_sets, model, tmp_path):
     """The real console script, stopped part-way: one last line, exit 143 / 130; then the rerun
