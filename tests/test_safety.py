@@ -362,6 +362,7 @@ def test_the_interrupt_line_comes_after_the_workers_open_progress_bars(monkeypat
            "closed": False, "ip": "10.0.0.9", "pid": 31044}  # a worker's bar, as its update arrives
     tqdm_ray.instance().process_state_update(bar)
     monkeypatch.setattr("os._exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    monkeypatch.setattr("ray.shutdown", lambda: None)  # not the test session's shared Ray
     with pytest.raises(SystemExit) as stopped:
         exit_interrupted(signal.SIGINT, "train")
     assert stopped.value.code == 130
