@@ -127,26 +127,34 @@ def _addable(per_worker: dict[str, float], alive: int) -> bool | None:
     return None if rayinternals.autoscaler_running() else False
 
 
-def check_resources(per_worker: dict[str, float], workers: int, what: str) -> None:
+def check_resources(per_worker: dict[str, float], workers: int, what: str, spare_cpus: float = 0) -> None:
     """Fail at once, naming the resource, where the Ray this process uses can place fewer than
-    `workers` workers of `per_worker` resources ({"CPU": 1, "GPU": 1}) and no autoscaler could add
-    nodes for them: Ray would wait for them forever. `what`: the options that asked for them."""
+    `workers` workers of `per_worker` resources ({"CPU": 1, "GPU": 1}), or has fewer than
+    `spare_cpus` CPUs beside them (a training run's Ray Data read and decode tasks), and no
+    autoscaler could add nodes for them: Ray would wait for them forever. `what`: the options that
+    asked for them."""
     import ray
 
     per_worker = {k: v for k, v in per_worker.items() if v > 0}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if not per_worker or _bundles(nodes, per_worker) >= workers:
+    cpus = sum(n.get("CPU", 0) for n in nodes)
+    fits = not per_worker or _bundles(nodes, per_worker) >= workers
+    spare = cpus - workers * per_worker.get("CPU", 0) >= spare_cpus
+    if fits and spare:
         return
     wanted = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
     have = {k: sum(n.get(k, 0) for n in nodes) for k in per_worker}
     has = ", ".join(f"{v:g} {k}" for k, v in have.items())
-    addable = _addable(per_worker, len(nodes))
+    problem = (f"{workers} worker(s) of {wanted} each do not fit" if not fits else
+               f"{workers} worker(s) of {wanted} each leave less than {spare_cpus:g} CPU for reading data (Ray "
+               "Data's tasks) in")
+    addable = _addable(per_worker if not fits else {"CPU": spare_cpus}, len(nodes))
     if addable is False:
         where = "the local Ray" if _started_here else "the cluster"
-        raise SimganError(f"{what}: {workers} worker(s) of {wanted} each do not fit {where} ({has} in all, on "
-                          f"{len(nodes)} node(s)) and no autoscaler can add nodes for them")
-    print(f"note: {workers} worker(s) of {wanted} each do not fit the cluster now ({has}); waiting for its "
-          "autoscaler to add nodes", file=sys.stderr, flush=True)
+        raise SimganError(f"{what}: {problem} {where} ({has} in all, on {len(nodes)} node(s)) and no autoscaler "
+                          "can add nodes for them")
+    print(f"note: {problem} the cluster now ({has}); waiting for its autoscaler to add nodes", file=sys.stderr,
+          flush=True)
 
 
 def run_tasks(fn, calls: list[tuple], what: str) -> list:

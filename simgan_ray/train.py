@@ -60,6 +60,11 @@ def _check_history_memory(cfg: TrainConfig, shape: list[int]) -> None:
                           f"{memory / 2**30:.0f} GiB: lower history_size")
 
 
+# CPUs a run needs beside its workers: Ray Data's read and decode tasks take 1 CPU each (its default),
+# and with every CPU held by a worker none runs and the run waits forever.
+DATA_CPUS = 1.0
+
+
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     """What one Ray Train worker of this run holds."""
     return {"CPU": cfg.run.cpus_per_worker, "GPU": 1.0 if cfg.run.use_gpu else 0.0}
@@ -163,7 +168,8 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
     # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     ensure_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)
-    check_resources(worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu")
+    check_resources(worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
+                    spare_cpus=DATA_CPUS)
     storage.make_dirs(uri, s3)
     storage.write_bytes(storage.join(uri, "config.yaml"), dump_config(cfg).encode(), s3)
     if label_net := ensure_label_net(cfg):

@@ -41,7 +41,7 @@ from simgan_ray.config import (
 from simgan_ray.errors import SimganError, format_errors
 from simgan_ray.probe import ProbeSpec, build_probe, load_probe
 from simgan_ray.runtime import check_resources, ensure_ray
-from simgan_ray.train import fit, worker_resources
+from simgan_ray.train import DATA_CPUS, fit, worker_resources
 
 TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
 # Fields PBT may change when it restarts a trial from another's checkpoint: nothing that changes a
@@ -232,7 +232,8 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     out = preflight(spec, base)
     # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
     ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
-    check_resources(worker_resources(base), base.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu")
+    check_resources(worker_resources(base), base.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
+                    spare_cpus=DATA_CPUS)
     probe_meta = ensure_probe(spec, base)
     fs, path = storage.resolve(storage.normalize(spec.storage), s3)
     trials_storage = storage.join(out, "trials")

@@ -174,13 +174,19 @@ def test_malformed_uris_are_refused(tmp_path):
         storage.write_bytes("http://127.0.0.1:1/o", b"x")
 
 
-def test_gpus_the_cluster_lacks_fail_fast_naming_them(ray_session, model, digit_sets, tmp_path):
+def test_resources_the_cluster_lacks_fail_fast_naming_them(ray_session, model, digit_sets, tmp_path):
     start = time.monotonic()
     with pytest.raises(SimganError, match=r"1 GPU each do not fit the local Ray .* no autoscaler"):
         refine(RefineJob(model=model, input=digit_sets["synthetic"], output=str(tmp_path / "o"), gpus_per_worker=1))
     cfg = load_config(None, {**TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
                              "run.storage": str(tmp_path / "runs"), "run.use_gpu": True, "batch_size": 8})
     with pytest.raises(SimganError, match=r"run.use_gpu: 2 worker\(s\) of 1 CPU, 1 GPU each do not fit"):
+        fit(cfg)
+    # Workers holding every CPU of the session's Ray (4) would leave Ray Data's read tasks none: a
+    # run that waits forever, were it not refused.
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"use_gpu": False, "num_workers": 4})})
+    with pytest.raises(SimganError, match=r"4 worker\(s\) of 1 CPU each leave less than 1 CPU for reading data "
+                                          r"\(Ray Data's tasks\) in the local Ray \(4 CPU in all"):
         fit(cfg)
     assert time.monotonic() - start < 30
 
