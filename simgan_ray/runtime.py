@@ -139,8 +139,8 @@ def check_resources(per_worker: dict[str, float], workers: int, what: str, spare
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     cpus = sum(n.get("CPU", 0) for n in nodes)
     fits = not per_worker or _bundles(nodes, per_worker) >= workers
-    spare = cpus - workers * per_worker.get("CPU", 0) >= spare_cpus
-    if fits and spare:
+    has_spare = cpus - workers * per_worker.get("CPU", 0) >= spare_cpus
+    if fits and has_spare:
         return
     wanted = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
     have = {k: sum(n.get(k, 0) for n in nodes) for k in per_worker}
