@@ -51,23 +51,41 @@ class TaskNet(nn.Module):
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, classes: int, seed: int, epochs: int, batch_size: int,
-                     lr: float) -> TaskNet:
+                     lr: float, device: str | torch.device = "cpu") -> TaskNet:
     """The fixed recipe: Adam, `epochs` passes, shuffled mini-batches, no augmentation.
     x: uint8 (n, C, H, W); y: int64 (n,) class indices, or float32 (n, d) regression targets, which
-    the same CNN with d outputs learns by mean squared error (`classes` is then d)."""
+    the same CNN with d outputs learns by mean squared error (`classes` is then d). The net is left
+    on `device`; the shuffle is drawn on the CPU, so it is the same on any device."""
     torch.manual_seed(seed)
-    net = TaskNet(x.shape[1], classes)
+    net = TaskNet(x.shape[1], classes).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    xt, yt = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y))  # writable copies of Ray's arrays
+    # writable copies of Ray's arrays
+    xt, yt = torch.from_numpy(np.array(x)).to(device), torch.from_numpy(np.array(y)).to(device)
     loss_fn = nn.functional.mse_loss if yt.is_floating_point() else nn.functional.cross_entropy
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(xt), generator=gen).split(batch_size):
+            idx = idx.to(device)
             loss = loss_fn(net(data.unit_range(xt[idx])), yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     return net.eval()
+
+
+def two_sample_accuracy(fake: np.ndarray, real: np.ndarray, seed: int, recipe: Recipe,
+                        device: str | torch.device = "cpu") -> tuple[float, int]:
+    """A classifier two-sample test: a fresh net (the recipe) learns to tell `fake` (label 0) from
+    `real` (label 1), n = min(len) of each, on a random half of the 2n; -> (its accuracy on the
+    other half: 0.5 = indistinguishable, n)."""
+    n = min(len(fake), len(real))
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([fake[:n], real[:n]])
+    y = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
+    order = rng.permutation(len(x))
+    train, held = order[: len(x) // 2], order[len(x) // 2 :]
+    net = train_classifier(x[train], y[train], 2, seed, recipe.epochs, recipe.batch_size, recipe.lr, device)
+    return accuracy(net, x[held], y[held]), n
 
 
 def train_held_out(x: np.ndarray, y: np.ndarray, classes: int, seed: int, recipe: Recipe,
@@ -111,9 +129,11 @@ def read_net(out: str, name: str, what: str, fmt: str, s3: S3Options, hint: str 
 
 @torch.no_grad()
 def predict(net: TaskNet, x: np.ndarray, features: bool = False) -> np.ndarray:
-    out = [(net.features if features else net)(data.unit_range(torch.tensor(x[i : i + 1024])))
+    """The net's logits (or 128-d features) for uint8 (n, C, H, W) images, computed on its device."""
+    device = next(net.parameters()).device
+    out = [(net.features if features else net)(data.unit_range(torch.tensor(x[i : i + 1024], device=device)))
            for i in range(0, len(x), 1024)]
-    return torch.cat(out).numpy()
+    return torch.cat(out).cpu().numpy()
 
 
 def accuracy(net: TaskNet, x: np.ndarray, y: np.ndarray) -> float:

@@ -32,6 +32,7 @@ from simgan_ray.classifier import (
     primary_error,
     regression_errors,
     train_classifier,
+    two_sample_accuracy,
 )
 from simgan_ray.data import load_set
 from simgan_ray.errors import SimganError
@@ -85,15 +86,8 @@ def _task_run(name: str, x: np.ndarray, y: np.ndarray, test_x: np.ndarray, test_
 def _two_sample(name: str, fake: np.ndarray, real: np.ndarray, seed: int, cfg: EvalConfig) -> dict:
     """Held-out accuracy of a fresh CNN telling `fake` (label 0) from `real` (label 1); a Ray task."""
     torch.set_num_threads(1)
-    n = min(len(fake), len(real))
-    rng = np.random.default_rng(seed)
-    x = np.concatenate([fake[:n], real[:n]])
-    y = np.concatenate([np.zeros(n, np.int64), np.ones(n, np.int64)])
-    order = rng.permutation(len(x))
-    half = len(x) // 2
-    train, held = order[:half], order[half:]
-    net = train_classifier(x[train], y[train], 2, seed, cfg.epochs, cfg.batch_size, cfg.lr)
-    return {"source": name, "heldout_accuracy": accuracy(net, x[held], y[held]), "pairs": n}
+    held_out, n = two_sample_accuracy(fake, real, seed, cfg)
+    return {"source": name, "heldout_accuracy": held_out, "pairs": n}
 
 
 def _mean_sd(values: list[float]) -> dict:

@@ -271,3 +271,21 @@ def phase_at(step: int, table: list[Phase]) -> Phase:
             return phase
         step -= phase.steps
     raise IndexError("step past the end of the schedule")
+
+
+def run_step(gan: Gan, cfg: TrainConfig, table: list[Phase], step: int, synthetic: Batches, real: Batches,
+             lr_factor: float, seed: int, record: Callable[[dict[str, torch.Tensor], int], None]) -> Phase:
+    """0-based global `step` of the schedule: every update of its phase, then R's average; -> the
+    phase. `record(metrics, images)` gets each update's metrics and the images it drew; `seed`:
+    this rank's stream, which DiffAugment's draws derive from with the step."""
+    phase = phase_at(step, table)
+    # From the config at every step, never from a checkpoint: a resumed run may change them
+    # (`--resume --set optimizer_r.lr=...`, or PBT restarting a trial with mutated values).
+    set_lrs(gan, cfg, lr_scale(step, cfg.schedule) * lr_factor)
+    if gan.augment is not None:  # from the step, never a carried state: exact on resume
+        gan.augment.reseed(seed * 1_000_003 + step)
+    for update in phase.updates:
+        for _ in range(update.repeats):
+            record(update.run(gan, synthetic, real), update.draws * cfg.batch_size)
+    ema_update(gan, ema_beta(step, cfg.schedule))
+    return phase

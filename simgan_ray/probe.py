@@ -11,9 +11,11 @@ import torch
 from pydantic import Field
 
 from simgan_ray import shards
+from simgan_ray.checkpoints import refine_images
 from simgan_ray.classifier import Recipe, TaskNet, frechet_from_stats, predict, read_net, train_held_out, write_net
 from simgan_ray.data import load_set
 from simgan_ray.errors import SimganError
+from simgan_ray.gan import Gan, unwrap
 from simgan_ray.storage import S3Options
 
 # 2: reference statistics from real images apart from the test set (1 took them from the test set).
@@ -46,11 +48,21 @@ class Probe:
         """Frechet distance of `images`' features to the reference real features, and the classifier's
         accuracy on them against `labels` (do refined images still show their labels?)."""
         feats = torch.from_numpy(predict(self.net, images, features=True)).double()
-        logits = self.net.head(feats.float()).detach().numpy()
+        head = self.net.head
+        logits = head(feats.float().to(head.weight.device)).detach().cpu().numpy()
         return {
             "probe_fd": frechet_from_stats(feats.mean(0), torch.cov(feats.T), self.mu, self.sigma),
             "probe_label_acc": float((logits.argmax(1) == labels).mean()),
         }
+
+    def score_gan(self, gan: Gan, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """`score` of the exported refiner on uint8 synthetic `images`, and with a weight average R's
+        own beside it as probe_r_* (R's last iterate: the collapse guard watches its labels)."""
+        out = self.score(refine_images(gan.exported, images), labels)
+        if gan.ema is not None:
+            scores = self.score(refine_images(unwrap(gan.refiner), images), labels)
+            out.update({f"probe_r_{k.removeprefix('probe_')}": v for k, v in scores.items()})
+        return out
 
 
 def build_probe(cfg: ProbeSpec) -> dict:

@@ -22,18 +22,7 @@ from simgan_ray import checkpoints, data, storage
 from simgan_ray.config import TrainConfig
 from simgan_ray.consistency import load_label_net
 from simgan_ray.data import load_set
-from simgan_ray.gan import (
-    Gan,
-    distributed,
-    ema_beta,
-    ema_update,
-    lr_scale,
-    make_gan,
-    phase_at,
-    phase_table,
-    set_lrs,
-    unwrap,
-)
+from simgan_ray.gan import Gan, distributed, make_gan, phase_table, run_step, unwrap
 from simgan_ray.guard import CollapseGuard
 from simgan_ray.history import ImageHistory
 from simgan_ray.metrics import MetricWindow, Stopwatch, check_finite, format_metrics
@@ -112,20 +101,10 @@ def train_func(loop_config: dict) -> None:
     real = waiting.wrap(_cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device, seed + 1))
     table = phase_table(cfg.schedule)
     total = cfg.schedule.total_steps
-    b = cfg.batch_size
     window = MetricWindow()
     guard.snapshot(gan, step, len(metrics_log))
     while step < total:
-        phase = phase_at(step, table)
-        # From the config at every step, never from a checkpoint: a resumed run may change them
-        # (`--resume --set optimizer_r.lr=...`, or PBT restarting a trial with mutated values).
-        set_lrs(gan, cfg, lr_scale(step, cfg.schedule) * guard.lr_factor)
-        if gan.augment is not None:  # from the step, never a carried state: exact on resume
-            gan.augment.reseed(seed * 1_000_003 + step)
-        for update in phase.updates:
-            for _ in range(update.repeats):
-                window.add(update.run(gan, synthetic, real), update.draws * b)
-        ema_update(gan, ema_beta(step, cfg.schedule))
+        phase = run_step(gan, cfg, table, step, synthetic, real, guard.lr_factor, seed, window.add)
         step += 1
         save = step % cfg.run.checkpoint_every == 0 or step == total
         if not (save or step % cfg.run.report_every == 0):
@@ -135,10 +114,7 @@ def train_func(loop_config: dict) -> None:
         metrics = {"step": step, "phase": phase.name, **window.reduce(device)}
         if probe is not None:
             net, images, labels = probe
-            metrics.update(net.score(checkpoints.refine_images(gan.exported, images), labels))
-            if gan.ema is not None:  # R's last iterate too: side by side with its average
-                scores = net.score(checkpoints.refine_images(unwrap(refiner), images), labels)
-                metrics.update({f"probe_r_{k.removeprefix('probe_')}": v for k, v in scores.items()})
+            metrics.update(net.score_gan(gan, images, labels))
         check_finite(metrics)
         window = MetricWindow()
         if guard.collapsed(metrics, phase, device):
