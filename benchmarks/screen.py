@@ -47,6 +47,7 @@ from simgan_ray.classifier import Recipe, accuracy, train_classifier, two_sample
 from simgan_ray.config import load_config, parse_override, with_overrides  # noqa: E402
 from simgan_ray.consistency import load_label_net  # noqa: E402
 from simgan_ray.data import load_set, unit_range  # noqa: E402
+from simgan_ray.errors import SimganError  # noqa: E402
 from simgan_ray.gan import make_gan, phase_table, run_step  # noqa: E402
 from simgan_ray.guard import CollapseGuard  # noqa: E402
 from simgan_ray.history import ImageHistory  # noqa: E402
@@ -262,4 +263,7 @@ def raw_scores(args) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SimganError as e:
+        sys.exit(f"screen: {e}")
