@@ -4,7 +4,8 @@ records name the update they run, R's weight average and the learning-rate arith
 no config parsing: Ray Train's workers (`worker.train_func`) and the benchmarks both run these, the
 latter on machines with torch alone.
 
-The schedule; one *step* runs every update of its phase, each `repeats` times:
+The schedule; one *step* (`run_step`) runs every update of its phase, each `repeats` times, then
+updates R's average:
     pretrain_refiner        R on self-regularization only       x pretrain_refiner_steps
     pretrain_discriminator  D                                   x pretrain_discriminator_steps
     adversarial             K_g R updates, then K_d D updates   x steps
