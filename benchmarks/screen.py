@@ -19,6 +19,14 @@ of the sets held on the device, not Ray Data's order; the GPU's numerics; no che
         --seeds 0 1 2 3 --procs 12 --budget-s 480 --json rows.jsonl
     .venv/bin/python benchmarks/screen.py --device cpu --quick --idea base --json /tmp/rows.jsonl  # checks the script
 
+On a lent GPU machine (torch, no Ray, no pydantic, no package registry), as run on 2026-11-27: copy
+data/digits/{synthetic,mnist/real,mnist/dev,mnist/val} and runs/digits-probe into an ignored folder
+of the checkout (.screen/; the test split stays behind), download pydantic, pydantic_core,
+annotated_types, typing_inspection and typing_extensions as cp312 wheels into .whl/, carry both, and
+run `pip install --no-index --no-deps --target /tmp/site .whl/*.whl`, PYTHONPATH=/tmp/site, then this
+from .screen/. Give --budget-s at least one wave's length (14 runs side by side took ~7 min on an
+H200): it only stops new runs from starting.
+
 An idea is `NAME` or `NAME: KEY=VALUE; KEY=VALUE` (`train --set` overrides). Runs go seed-major (every
 idea's seed 0 first), so a budget that runs out leaves the ideas with equal seeds; a run not started
 by --budget-s is skipped. Rows (one JSON line per run, as they finish): the idea, seed, overrides,
