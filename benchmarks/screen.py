@@ -85,7 +85,7 @@ class Sets:
     """The arrays every run of a process reads, loaded once: the synthetic set with labels, the real
     pool, the ceiling's labelled real set and val; on `device` for training where noted."""
 
-    def __init__(self, cfg, args, probe) -> None:
+    def __init__(self, cfg, args, probe, device: torch.device) -> None:
         s3 = cfg.data.s3
         key = probe.meta["label_key"]
         n = args.train_images
@@ -93,7 +93,6 @@ class Sets:
         self.pool_x, _ = load_set(cfg.data.real, max(n, args.real_images), s3, None)
         self.dev_x, self.dev_y = load_set(args.real_train, n, s3, key)
         self.val_x, self.val_y = load_set(args.val, args.val_images, s3, key)
-        device = torch.device(args.device)
         self.syn_gpu = torch.from_numpy(self.syn_x).to(device)
         self.pool_gpu = torch.from_numpy(self.pool_x).to(device)
 
@@ -105,8 +104,8 @@ def train_run(cfg, probe, sets: Sets, device: torch.device) -> tuple[torch.nn.Mo
     cfg = with_overrides(cfg, {"batch_size": cfg.batch_size * workers, "run.num_workers": 1})
     torch.manual_seed(cfg.seed)
     label_net = load_label_net(cfg).to(device) if cfg.consistency.weight else None
-    gan = make_gan(cfg, ImageHistory(cfg.history_size, seed=cfg.seed * 100_003), lambda m: m.to(device), label_net)
     stream = cfg.seed * 100_003
+    gan = make_gan(cfg, ImageHistory(cfg.history_size, seed=stream), lambda m: m.to(device), label_net)
     synthetic = _batches(sets.syn_gpu, cfg.batch_size, stream)
     real = _batches(sets.pool_gpu, cfg.batch_size, stream + 1)
     images, labels = sets.syn_x[: cfg.probe.images], sets.syn_y[: cfg.probe.images]
@@ -125,14 +124,14 @@ def train_run(cfg, probe, sets: Sets, device: torch.device) -> tuple[torch.nn.Mo
             del reports[kept:]
             continue
         reports.append(metrics)
-        if cfg.probe.export == "best" and (best is None or metrics["probe_fd"] < best["probe_fd"]):
-            best = {"step": step, "probe_fd": metrics["probe_fd"], "state": copy.deepcopy(gan.exported.state_dict())}
+        if cfg.probe.export == "best":
+            best = checkpoints.keep_best(best, step, metrics["probe_fd"], gan.exported)
         guard.snapshot(gan, step, len(reports))
     export = copy.deepcopy(gan.exported)
     if best is None:
         best = {"step": step, "probe_fd": reports[-1]["probe_fd"]}
     else:
-        export.load_state_dict(best["state"])
+        export.load_state_dict(best["refiner"])
     return export.eval(), {"weights_step": best["step"], "weights_probe_fd": best["probe_fd"],
                            "rollbacks": guard.rollbacks, "final_probe_fd": reports[-1]["probe_fd"]}
 
@@ -158,7 +157,7 @@ def _setup(args) -> dict:
         cfg = load_config(args.config, dict(args.set))
         probe = load_probe(args.probe, cfg.data.s3)
         probe.net.to(device)
-        sets = Sets(cfg, args, probe)
+        sets = Sets(cfg, args, probe, device)
         recipe = Recipe()
         ceiling = train_classifier(sets.dev_x, sets.dev_y, recipe.num_classes, 0, recipe.epochs, recipe.batch_size,
                                    recipe.lr, device)

@@ -115,6 +115,15 @@ def load_history(directory: Path, rank: int, world_size: int, history: ImageHist
     history.push(ImageHistory.reshard(states, rank, world_size))
 
 
+def keep_best(best: dict | None, step: int, probe_fd: float, refiner: torch.nn.Module) -> dict:
+    """probe.export "best": the record of the lowest-probe_fd report so far, `best` or this one,
+    {"step", "probe_fd", "refiner": a CPU copy of its weights} (what write_export takes)."""
+    if best is not None and probe_fd >= best["probe_fd"]:
+        return best
+    return {"step": step, "probe_fd": probe_fd,
+            "refiner": {k: v.detach().cpu().clone() for k, v in refiner.state_dict().items()}}
+
+
 def write_export(directory: Path, refiner: Refiner, meta: dict, weights: dict | None = None) -> None:
     """`refiner`'s config and its weights, or `weights` (a state_dict of the same refiner) instead."""
     directory.mkdir(parents=True, exist_ok=True)

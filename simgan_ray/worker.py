@@ -127,9 +127,8 @@ def train_func(loop_config: dict) -> None:
             metrics_log.append(metrics)
             print(format_metrics(metrics, total))
             tracker.report(metrics_log)
-            if cfg.probe.export == "best" and (best is None or metrics["probe_fd"] < best["probe_fd"]):
-                best = {"step": step, "probe_fd": metrics["probe_fd"],
-                        "refiner": {k: v.detach().cpu().clone() for k, v in gan.exported.state_dict().items()}}
+            if cfg.probe.export == "best":
+                best = checkpoints.keep_best(best, step, metrics["probe_fd"], gan.exported)
         guard.snapshot(gan, step, len(metrics_log))
         if save:
             if tracker is not None:
