@@ -68,6 +68,10 @@ class LossConfig(Section):
     # How the adversarial loss reduces over the w x h patch map and the self-regularization over
     # pixels: "sum" per image then mean over the batch (paper), or "mean" over everything.
     reduction: Reduction = "sum"
+    # R1 gradient penalty on D's real inputs, gamma/2 * E||d D(y)/d y||^2 (losses.R1Penalty); 0: off.
+    # Why: a D that cannot grow steep around the real images gives R gradients that point towards
+    # them rather than along D's latest edge.
+    r1_gamma: NonNegativeFloat = 0.0
 
 
 class ScheduleConfig(Section):

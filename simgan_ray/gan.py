@@ -26,7 +26,15 @@ from torch import nn
 
 from simgan_ray.augment import DiffAugment
 from simgan_ray.history import ImageHistory
-from simgan_ray.losses import REAL, REFINED, LabelConsistency, LocalAdversarialLoss, SelfRegularization, patch_accuracy
+from simgan_ray.losses import (
+    REAL,
+    REFINED,
+    LabelConsistency,
+    LocalAdversarialLoss,
+    R1Penalty,
+    SelfRegularization,
+    patch_accuracy,
+)
 from simgan_ray.networks import LocalDiscriminator, Refiner
 
 if TYPE_CHECKING:  # config needs pydantic, which nothing here does
@@ -82,6 +90,8 @@ class Gan:
     consistency: LabelConsistency | None = None
     # DiffAugment of every input of D (config.AugmentConfig), or None.
     augment: DiffAugment | None = None
+    # The R1 penalty of D's updates (config.LossConfig.r1_gamma), or None.
+    r1: R1Penalty | None = None
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, self.amp or torch.bfloat16, enabled=self.amp is not None)
@@ -122,6 +132,7 @@ def make_gan(cfg: TrainConfig, history: ImageHistory, prepare=lambda model: mode
         consistency=LabelConsistency(label_net, cfg.consistency.weight) if cfg.consistency.weight else None,
         augment=DiffAugment(cfg.augment.translation, cfg.augment.cutout)
         if cfg.augment.translation or cfg.augment.cutout else None,
+        r1=R1Penalty(cfg.loss.r1_gamma, cfg.loss.reduction) if cfg.loss.r1_gamma else None,
     )
 
 
@@ -203,18 +214,28 @@ def discriminator_update(gan: Gan, synthetic: torch.Tensor, real: torch.Tensor) 
     past = gan.history.sample(len(refined) - half).to(refined.device)
     fake = torch.cat([refined[: len(refined) - len(past)], past])
     gan.history.push(refined[:half])
+    if gan.r1 is not None:
+        real = real.detach().requires_grad_(True)  # the penalty's gradient is taken w.r.t. it
     with gan.autocast(synthetic.device):
         # One forward over [real; fake] so DDP sees a single forward per backward.
         logits = gan.discriminator(gan.judged(torch.cat([real, fake]))).float()
         logits_real, logits_fake = logits[: len(real)], logits[len(real) :]
         loss = gan.adversarial(logits_real, REAL) + gan.adversarial(logits_fake, REFINED)
+    out, total = {}, loss
+    if gan.r1 is not None:
+        # Only the input's gradient here (no parameter's .grad, so no DDP hook fires); the penalty's
+        # own parameter gradients come with total.backward() through the graph it keeps.
+        penalty = gan.r1(logits_real, real)
+        total = loss + penalty
+        out["loss_d_r1"] = penalty.detach()
     gan.opt_d.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     gan.opt_d.step()
     return {
-        "loss_d": loss.detach(),
+        "loss_d": loss.detach(),  # the adversarial loss alone, comparable with and without R1
         "d_acc_real": patch_accuracy(logits_real.detach(), REAL),
         "d_acc_refined": patch_accuracy(logits_fake.detach(), REFINED),
+        **out,
     }
 
 

@@ -73,6 +73,25 @@ def psi(x: torch.Tensor, kind: Psi) -> torch.Tensor:
     return F.avg_pool2d(x, 2, ceil_mode=True)
 
 
+class R1Penalty:
+    """gamma/2 * E_batch || d score(y) / d y ||^2 on real images y (Mescheder et al. 2018, "R1"):
+    D pays for a slope at the real data, so it cannot sharpen without bound around it. score is D's
+    log-odds of "real" reduced over the patch map as the adversarial loss reduces it (summed per image,
+    or averaged), so gamma means the same for either reduction relative to that loss."""
+
+    def __init__(self, gamma: float, reduction: Reduction = "sum") -> None:
+        self.gamma = gamma
+        self.reduction = reduction
+
+    def __call__(self, logits_real: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """logits_real: (N, L, h, w) of D on `real` (N, C, H, W), which must require grad."""
+        log_odds = logits_real[:, 0] if logits_real.shape[1] == 1 else logits_real[:, REAL] - logits_real[:, REFINED]
+        per_image = log_odds.flatten(1)
+        score = per_image.sum(1) if self.reduction == "sum" else per_image.mean(1)
+        (grad,) = torch.autograd.grad(score.sum(), real, create_graph=True)
+        return 0.5 * self.gamma * grad.square().flatten(1).sum(1).mean()
+
+
 class SelfRegularization:
     """lambda * || psi(R(x)) - psi(x) ||_1."""
 

@@ -9,6 +9,7 @@ from simgan_ray.losses import (
     REFINED,
     LabelConsistency,
     LocalAdversarialLoss,
+    R1Penalty,
     SelfRegularization,
     patch_accuracy,
     psi,
@@ -85,3 +86,22 @@ def test_label_consistency_pays_for_a_changed_prediction_and_trains_only_the_ref
     other = torch.rand(16, 1, 28, 28) * 8 - 4
     _, kept = term(other, x)
     assert kept.item() == (net(other).argmax(1) == target).float().mean().item()
+
+
+def test_r1_penalty_by_hand_for_a_linear_discriminator():
+    """D's log-odds linear in the image, w . y per patch: the gradient of the per-image score is the
+    sum of w over patches ("sum") or their mean ("mean"); the two-logit form uses real - refined."""
+    y = torch.randn(3, 1, 4, 4, requires_grad=True)
+    w = torch.randn(2, 1, 4, 4)  # two patches, each weighting the whole image
+    logits = torch.einsum("pchw,nchw->np", w, y).reshape(3, 1, 1, 2)
+    gamma = 0.3
+    for reduction, slope in (("sum", w.sum(0)), ("mean", w.mean(0))):
+        expected = 0.5 * gamma * slope.square().sum().item()
+        assert R1Penalty(gamma, reduction)(logits, y).item() == pytest.approx(expected, rel=1e-5)
+    two = torch.cat([torch.zeros_like(logits), logits], dim=1)  # [refined, real]
+    assert R1Penalty(gamma, "sum")(two, y).item() == pytest.approx(R1Penalty(gamma, "sum")(logits, y).item(), rel=1e-6)
+    # Differentiable w.r.t. D's parameters (create_graph): here through w.
+    w.requires_grad_(True)
+    logits = torch.einsum("pchw,nchw->np", w, y).reshape(3, 1, 1, 2)
+    R1Penalty(gamma, "sum")(logits, y).backward()
+    assert w.grad is not None and torch.allclose(w.grad, gamma * w.sum(0, keepdim=True).expand_as(w).detach())

@@ -25,7 +25,7 @@ from simgan_ray.gan import (
 )
 from simgan_ray.guard import CollapseGuard
 from simgan_ray.history import ImageHistory
-from simgan_ray.losses import LabelConsistency, LocalAdversarialLoss, SelfRegularization
+from simgan_ray.losses import LabelConsistency, LocalAdversarialLoss, R1Penalty, SelfRegularization
 from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
 from simgan_ray.tracking import read_events
 from simgan_ray.train import fit
@@ -184,6 +184,23 @@ def test_discriminator_update_uses_history_half():
     assert all(torch.equal(a, b) for a, b in zip(r_before, gan.refiner.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_r1_penalty_joins_the_discriminator_update_only(amp):
+    """With R1 the same D step reports the same adversarial loss plus a positive penalty, and moves D
+    otherwise than without it; R's updates are untouched (in bf16 too: the double backward)."""
+    x, y = torch.rand(8, 1, 28, 28) * 2 - 1, torch.rand(8, 1, 28, 28) * 2 - 1
+    plain, penalised = tiny_gan(), tiny_gan()
+    penalised.r1 = R1Penalty(10.0)
+    for gan in (plain, penalised):
+        gan.amp = amp
+    a, b = discriminator_update(plain, x, y), discriminator_update(penalised, x, y)
+    assert "loss_d_r1" not in a and torch.isfinite(b["loss_d_r1"]) and b["loss_d_r1"] > 0
+    assert a["loss_d"].item() == pytest.approx(b["loss_d"].item(), rel=1e-6)
+    assert not all(torch.equal(p, q) for p, q in zip(plain.discriminator.parameters(),
+                                                     penalised.discriminator.parameters(), strict=True))
+    assert "loss_d_r1" not in refiner_update(penalised, x, with_adversary=True)
+
+
 def _latest_checkpoint(run: Path) -> Path:
     """Ray Train names checkpoint dirs by timestamp: the last in name order is the newest."""
     return max(p for p in run.glob("checkpoint_*") if p.is_dir())
@@ -298,7 +315,7 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
         "run.checkpoint_every": 2, "batch_size": 8, "history_size": 16,
         "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 6,
         "probe.uri": probe, "probe.images": 32, "guard.min_label_acc": 1.0, "guard.max_rollbacks": 1,
-        "run.precision": "bf16",  # the bf16 path under DDP, at no extra cost
+        "run.precision": "bf16", "loss.r1_gamma": 1.0,  # the bf16 and R1 paths under DDP, at no extra cost
     })
     with pytest.raises(Exception, match=r"step 6: the refiner collapsed .* after 1 rollback"):
         fit(cfg)
