@@ -323,7 +323,9 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
     assert state["step"] == 4 and state["rollbacks"] == 0  # the last healthy report: end of pretraining
     # The run failed, so nothing at its end wrote these: the live record, as of its last healthy report.
     run = tmp_path / "g"
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert records[1]["loss_d_r1"] > 0  # D's pretraining ran the R1 penalty on both ranks
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-000002.png", "step-000004.png"]
     events = read_events(str(run))
     assert sorted(events["probe_fd"]) == [2, 4] and sorted(events["samples"]) == [2, 4]
