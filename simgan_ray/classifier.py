@@ -16,6 +16,7 @@ from torch import nn
 from simgan_ray import checkpoints, data, storage
 from simgan_ray.config import Section
 from simgan_ray.errors import SimganError
+from simgan_ray.ownership import Output
 from simgan_ray.storage import S3Options
 
 
@@ -103,14 +104,12 @@ def train_held_out(x: np.ndarray, y: np.ndarray, classes: int, seed: int, recipe
                  "heldout_error": 1.0 - accuracy(net, x[-held:], y[-held:])}
 
 
-def write_net(out: str, name: str, net: TaskNet, meta: dict, s3: S3Options, **tensors: torch.Tensor) -> None:
+def write_net(out: Output, name: str, net: TaskNet, meta: dict, **tensors: torch.Tensor) -> None:
     """<out>/<name>.pt ({"net": weights, **tensors}) and <out>/<name>.json (`meta`, which holds the
-    format, "channels" and "classes")."""
+    format, "channels" and "classes"), the record last (it says the net is complete)."""
     buf = io.BytesIO()
     torch.save({"net": net.state_dict(), **tensors}, buf)
-    storage.make_dirs(out, s3)
-    storage.write_bytes(storage.join(out, f"{name}.pt"), buf.getvalue(), s3)
-    storage.write_bytes(storage.join(out, f"{name}.json"), json.dumps(meta, indent=2).encode(), s3)
+    out.write({f"{name}.pt": buf.getvalue(), f"{name}.json": json.dumps(meta, indent=2).encode()})
 
 
 def read_net(out: str, name: str, what: str, fmt: str, s3: S3Options, hint: str = "") -> tuple[TaskNet, dict, dict]:

@@ -35,6 +35,8 @@ Address = Annotated[
 Wait = Annotated[bool, typer.Option("--wait/--no-wait", help="on a cluster: follow the job's logs to its end")]
 DryRun = Annotated[bool, typer.Option(help="check the config, data, storage and --cluster file, print what would "
                                            "run, and exit: nothing is started or written")]
+Overwrite = Annotated[bool, typer.Option(help="replace this command's earlier output there: deletes only the files "
+                                              "its record lists, and refuses if anything else is there")]
 
 
 def _echo(msg: str) -> None:
@@ -78,6 +80,9 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue the run <storage>/<name> from its latest checkpoint")] = False,
     auto_resume: Annotated[bool, typer.Option(help="resume the run if it has a checkpoint, else start it: one "
                                                    "command line for a first attempt and every retry")] = False,
+    allow_changes: Annotated[bool, typer.Option(help="resume with settings changed beyond steps, report and "
+                                                     "checkpoint intervals and tracking (the refusal lists them)")]
+    = False,
     cluster: Cluster = None,
     address: Address = None,
     wait: Wait = True,
@@ -96,15 +101,16 @@ def train(
     cfg = load_config(config, overrides)
     _echo(f"# resolved config -> {cfg.run_uri}/config.yaml\n{dump_config(cfg)}")
     if dry_run:
-        checked = preflight(cfg, resume="auto" if auto_resume else resume)
+        checked = preflight(cfg, resume="auto" if auto_resume else resume, allow_changes=allow_changes)
         shape = "x".join(map(str, checked.synthetic.shape))
         return _dry_run(cluster, f"{'resume' if checked.resumes else 'start'} run {checked.run_uri} on "
                         f"{cfg.run.num_workers} worker(s): {checked.synthetic.count} synthetic and {checked.real.count}"
                         f" real {shape} images, {cfg.schedule.total_steps} steps")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
-        ["train", "--config", "config.yaml", *(["--auto-resume"] if auto_resume else ["--resume"] if resume else [])],
+        ["train", "--config", "config.yaml", *(["--auto-resume"] if auto_resume else ["--resume"] if resume else []),
+         *(["--allow-changes"] if allow_changes else [])],
         {"config.yaml": dump_config(cfg)}))
-    result = fit(cfg, resume="auto" if auto_resume else resume)
+    result = fit(cfg, resume="auto" if auto_resume else resume, allow_changes=allow_changes)
     last = result.metrics[-1] if result.metrics else {}
     if result.skipped:
         _echo(f"skipped {len(result.skipped)} corrupt image(s), listed in {result.run_uri}/skipped.txt; "
@@ -196,7 +202,9 @@ def evaluate(
     epochs: Annotated[int, typer.Option(help="classifier epochs")] = 3,
     final: Annotated[bool, typer.Option(help="report on a test set (manifest kind 'test'): once per configuration "
                                              "chosen on val; recorded in the report")] = False,
+    overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Table 1 on real data: classifiers trained on raw vs refined synthetic vs real, realism, labels."""
     from simgan_ray.config import from_options
@@ -206,7 +214,9 @@ def evaluate(
     cfg = from_options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
                    out=out, refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes,
                    seeds=seeds, train_images=train_images, test_images=test_images, epochs=epochs, final=final,
-                   task=task, s3=_s3(s3_endpoint))
+                   task=task, overwrite=overwrite, s3=_s3(s3_endpoint))
+    if dry_run:
+        return _dry_run(None, f"evaluate into {run_evaluate(cfg, dry_run=True).describe()}")
     typer.echo(markdown(run_evaluate(cfg)))
     _echo(f"report: {out}/report.json, {out}/report.md, {out}/samples.png, {out}/errors.png")
 
@@ -222,15 +232,20 @@ def probe(
     train_images: Annotated[int, typer.Option(help="labelled images read; a tenth is held out for the error")] = 10000,
     reference_images: Annotated[int, typer.Option(help="reference images")] = 10000,
     epochs: Annotated[int, typer.Option(help="epochs")] = 3,
+    overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
     from simgan_ray.config import from_options
     from simgan_ray.probe import ProbeSpec, build_probe
 
-    meta = build_probe(from_options(ProbeSpec, real_train=real_train, reference=reference, out=out, label_key=label_key,
-                                num_classes=num_classes, train_images=train_images,
-                                reference_images=reference_images, epochs=epochs, s3=_s3(s3_endpoint)))
+    spec = from_options(ProbeSpec, real_train=real_train, reference=reference, out=out, label_key=label_key,
+                        num_classes=num_classes, train_images=train_images, reference_images=reference_images,
+                        epochs=epochs, overwrite=overwrite, s3=_s3(s3_endpoint))
+    if dry_run:
+        return _dry_run(None, f"probe into {build_probe(spec, dry_run=True).describe()}")
+    meta = build_probe(spec)
     _echo(f"probe written to {out}: its classifier's error on {meta['heldout_images']} held-out images of "
           f"{real_train} is {100 * meta['heldout_error']:.2f}%; reference: {meta['reference_images']} images "
           f"of {reference}")

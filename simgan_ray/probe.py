@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from simgan_ray import shards
+from simgan_ray import ownership, shards
 from simgan_ray.checkpoints import refine_images
 from simgan_ray.classifier import Recipe, TaskNet, frechet_from_stats, predict, read_net, train_held_out, write_net
 from simgan_ray.data import load_set
@@ -31,6 +31,7 @@ class ProbeSpec(Recipe):
     out: str
     train_images: int = Field(10_000, ge=1)  # labelled images read; a tenth is held out
     reference_images: int = Field(10_000, ge=1)
+    overwrite: bool = False  # replace an earlier probe at `out` (only what its record lists: `ownership`)
 
 
 @dataclass
@@ -65,16 +66,21 @@ class Probe:
         return out
 
 
-def build_probe(cfg: ProbeSpec) -> dict:
+def build_probe(cfg: ProbeSpec, dry_run: bool = False) -> dict | ownership.Plan:
     """Train the probe classifier on the first `cfg.train_images` of `cfg.real_train` less their
     last tenth (seed 0, the evaluation recipe), report its error on that tenth, take the reference
     feature statistics from the first `cfg.reference_images` of `cfg.reference`, and write probe.pt
     / probe.json to `cfg.out`. The reference must not be the test set: runs and sweeps are selected
-    by the probe (digits: the unlabelled real pool the GAN learns from, mnist/real)."""
+    by the probe (digits: the unlabelled real pool the GAN learns from, mnist/real). `dry_run`: the
+    checks only -> what the claim of `cfg.out` would do."""
     real_train, reference, out, reference_images = cfg.real_train, cfg.reference, cfg.out, cfg.reference_images
     for option, prefix in (("--real-train", real_train), ("--reference", reference)):
         shards.refuse_test_set(option, prefix, cfg.s3, "never serves the probe: runs and sweeps are chosen by "
                                "it (use dev and the real pool)")
+    inputs = {"--real-train": real_train, "--reference": reference}
+    output = ownership.plan(out, "probe", cfg.s3, overwrite=cfg.overwrite, inputs=inputs)  # before the training
+    if dry_run:
+        return output
     x, y = load_set(real_train, cfg.train_images, cfg.s3, cfg.label_key)
     ref, _ = load_set(reference, reference_images, cfg.s3, None)
     if ref.shape[1:] != x.shape[1:]:
@@ -84,7 +90,8 @@ def build_probe(cfg: ProbeSpec) -> dict:
     meta = {"format": PROBE_FORMAT, "channels": int(x.shape[1]), "classes": cfg.num_classes,
             "label_key": cfg.label_key, "real_train": real_train, "reference": reference,
             **fit, "reference_images": len(ref)}
-    write_net(out, "probe", net, meta, cfg.s3, mu=feats.mean(0), sigma=torch.cov(feats.T))
+    with ownership.claimed(out, "probe", cfg.s3, overwrite=cfg.overwrite, inputs=inputs) as claim:
+        write_net(claim, "probe", net, meta, mu=feats.mean(0), sigma=torch.cov(feats.T))
     return meta
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from simgan_ray import storage
 from simgan_ray.errors import SimganError, first_line, format_errors
+from simgan_ray.ownership import Output
 from simgan_ray.storage import S3Options
 
 FORMAT = "simgan-ray-shards/1"
@@ -157,21 +158,25 @@ def make_table(ids: list[str], images: np.ndarray | list[np.ndarray], labels: li
     )
 
 
-def write_shard(prefix: str, index: int, table: pa.Table, s3: S3Options = S3Options()) -> dict:
-    return write_table(prefix, shard_name(index), table, s3)
+def write_shard(out: Output, index: int, table: pa.Table) -> dict:
+    return write_table(out, shard_name(index), table)
 
 
-def write_table(prefix: str, name: str, table: pa.Table, s3: S3Options = S3Options()) -> dict:
-    """Write `table` as the shard `name` of the set at `prefix` -> its manifest entry."""
+def encode_table(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="none")  # PNG bytes do not compress further
-    storage.write_bytes(storage.join(prefix, name), buf.getvalue(), s3)
+    return buf.getvalue()
+
+
+def write_table(out: Output, name: str, table: pa.Table) -> dict:
+    """Write `table` as the shard `name` of the set `out` -> its manifest entry."""
+    out.write({name: encode_table(table)})
     return {"name": name, "rows": table.num_rows}
 
 
-def write_manifest(prefix: str, manifest: Manifest, s3: S3Options = S3Options()) -> None:
+def write_manifest(out: Output, manifest: Manifest) -> None:
     """Written last: a set without a manifest is incomplete."""
-    storage.write_bytes(storage.join(prefix, MANIFEST), manifest.to_json().encode(), s3)
+    out.write({MANIFEST: manifest.to_json().encode()})
 
 
 def read_manifest(prefix: str, s3: S3Options = S3Options()) -> Manifest:

@@ -20,8 +20,9 @@ import numpy as np
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from simgan_ray import shards, storage
+from simgan_ray import ownership, shards
 from simgan_ray.errors import SimganError
+from simgan_ray.ownership import Output
 from simgan_ray.runtime import run_tasks
 from simgan_ray.storage import S3Options
 
@@ -171,37 +172,46 @@ def params_dict(params: DigitParams = DigitParams()) -> dict:
     return {k: list(v) for k, v in params.__dict__.items()}
 
 
-def _render_shard(out: str, index: int, start: int, count: int, seed: int, fonts, s3, style: str) -> dict:
+def _render_shard(out: Output, index: int, start: int, count: int, seed: int, fonts, style: str) -> dict:
     ids, images, labels = render_range(start, count, seed, fonts, style)
-    return shards.write_shard(out, index, shards.make_table(ids, images, labels), s3)
+    return shards.write_shard(out, index, shards.make_table(ids, images, labels))
 
 
-def simulate(out: str, count: int, shard_size: int, seed: int, s3: S3Options = S3Options(),
-             font_dirs: list[str] | None = None, style: str = "mnist") -> shards.Manifest:
-    """Render `count` digits of `style` into Parquet shards under `out`, one Ray task per shard,
-    then write the manifest (last, so a set without one is visibly incomplete)."""
+def check(count: int, shard_size: int, style: str) -> None:
     if count < 1 or shard_size < 1:
         raise SimganError(f"count and shard size must be >= 1, got {count} and {shard_size}")
     if style not in STYLES:
         raise SimganError(f"style: {style!r} is not one of {', '.join(STYLES)}")
+
+
+def simulate(out: str, count: int, shard_size: int, seed: int, s3: S3Options = S3Options(),
+             font_dirs: list[str] | None = None, style: str = "mnist", overwrite: bool = False,
+             dry_run: bool = False) -> shards.Manifest | ownership.Plan:
+    """Render `count` digits of `style` into Parquet shards under `out` (claimed: `ownership`), one
+    Ray task per shard, then write the manifest (last, so a set without one is visibly incomplete).
+    `dry_run`: the checks only, writing nothing -> what the claim would do."""
+    check(count, shard_size, style)
     fonts = discover_fonts(tuple(str(d) for d in (font_dirs or default_font_dirs())))
-    storage.make_dirs(out, s3)
-    calls = [(out, i, start, n, seed, fonts, s3, style)
-             for i, (start, n) in enumerate(shard_ranges(count, shard_size))]
-    written = run_tasks(_render_shard, calls, "simulate shards")
-    manifest = shards.Manifest(
-        kind="synthetic",
-        count=count,
-        shape=list(STYLES[style]),
-        shards=written,
-        source={
-            "simulator": SIMULATOR_VERSION,
-            "seed": seed,
-            "style": style,
-            "fonts": font_names(fonts),
-            "params": params_dict(),
-            "label": "JSON annotation; 'digit' is the class",
-        },
-    )
-    shards.write_manifest(out, manifest, s3)
+    inputs = {f"--font-dir {d}": d for d in font_dirs or []}
+    if dry_run:
+        return ownership.plan(out, "simulate", s3, overwrite=overwrite, inputs=inputs)
+    with ownership.claimed(out, "simulate", s3, overwrite=overwrite, inputs=inputs) as claim:
+        calls = [(claim, i, start, n, seed, fonts, style)
+                 for i, (start, n) in enumerate(shard_ranges(count, shard_size))]
+        written = run_tasks(_render_shard, calls, "simulate shards")
+        manifest = shards.Manifest(
+            kind="synthetic",
+            count=count,
+            shape=list(STYLES[style]),
+            shards=written,
+            source={
+                "simulator": SIMULATOR_VERSION,
+                "seed": seed,
+                "style": style,
+                "fonts": font_names(fonts),
+                "params": params_dict(),
+                "label": "JSON annotation; 'digit' is the class",
+            },
+        )
+        shards.write_manifest(claim, manifest)
     return manifest

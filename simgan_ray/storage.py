@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from contextlib import contextmanager
+import stat
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
@@ -293,11 +294,124 @@ def write_bytes(uri: str, data: bytes, options: S3Options = S3Options()) -> None
         with _reporting(uri), fs.open_output_stream(path) as f:  # an object PUT is atomic by itself
             f.write(data)
         return
-    fs.create_dir(os.path.dirname(path), recursive=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, permission denied, a file where a folder should be: no temp file left
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise SimganError(f"{uri}: cannot write: {e.strerror or first_line(e)}") from None
+
+
+def create_exclusive(uri: str, data: bytes, options: S3Options = S3Options()) -> bool:
+    """Write `uri` only if nothing is there, atomically -> whether this call created it. Local:
+    O_CREAT|O_EXCL; s3://: a conditional PUT (If-None-Match: *), which S3 and its compatible servers
+    honour; other schemes: check, then write (not atomic: say so where it matters)."""
+    fs, path = resolve(check_writable(uri), options)
+    if is_local(uri):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise SimganError(f"{uri}: cannot write: {e.strerror or first_line(e)}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    if is_s3(uri):
+        return _s3_put_if_absent(uri, data, options)
+    if exists(uri, options):
+        return False
+    write_bytes(uri, data, options)
+    return True
+
+
+def _s3_put_if_absent(uri: str, data: bytes, options: S3Options) -> bool:
+    import botocore.session  # s3fs's dependency: pyarrow's S3 client has no conditional PUT
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    config = Config(retries={"max_attempts": options.retries}, **({"signature_version": UNSIGNED}
+                                                                   if options.anonymous else {}))
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=options.endpoint_url, config=config,
+        region_name=options.region or ("us-east-1" if options.endpoint_url else None))
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            return False
+        raise SimganError(f"{uri}: {_reason(e)}") from None
+    except BotoCoreError as e:
+        raise SimganError(f"{uri}: {_reason(e)}") from None
+    return True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry under a folder or prefix: its path relative to it, what it is, and its size."""
+
+    rel: str
+    kind: Literal["file", "dir", "other"]  # other: a symbolic link, FIFO, socket or device
+    size: int
+
+
+def entries(uri: str, options: S3Options = S3Options()) -> list[Entry]:
+    """Everything under `uri`, sorted, symbolic links not followed (each one an "other" entry)."""
+    if is_local(uri):
+        root, found = _local_path(uri), []
+        for folder, dirs, files in os.walk(root, onerror=_raise):
+            for name in sorted(dirs) + sorted(files):
+                full = os.path.join(folder, name)
+                st = os.lstat(full)
+                kind = "dir" if stat.S_ISDIR(st.st_mode) else "file" if stat.S_ISREG(st.st_mode) else "other"
+                found.append(Entry(os.path.relpath(full, root), kind, st.st_size if kind == "file" else 0))
+            dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
+        return sorted(found, key=lambda e: e.rel)
+    fs, path = resolve(uri, options)
+    with _reporting(uri):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    n = len(path.rstrip("/")) + 1
+    return sorted((Entry(i.path[n:], "file" if i.type == pafs.FileType.File else "dir", i.size or 0)
+                   for i in infos if i.path[n:]), key=lambda e: e.rel)
+
+
+def _raise(error: OSError) -> None:
+    raise SimganError(f"{error.filename}: cannot list: {error.strerror}")
+
+
+def delete_file(uri: str, options: S3Options = S3Options()) -> None:
+    fs, path = resolve(check_writable(uri), options)
+    with _reporting(uri):
+        fs.delete_file(path)
+
+
+def remove_empty_dir(uri: str) -> None:
+    """Remove a local folder if it is empty (object stores have no folders)."""
+    if is_local(uri):
+        with suppress(OSError):
+            os.rmdir(_local_path(uri))
+
+
+def local_obstacle(uri: str) -> str | None:
+    """Why a local `uri` cannot be written, or None: a regular file at it or above it, or no write
+    permission on the nearest folder that exists. Remote locations: None (their servers say)."""
+    if not is_local(uri):
+        return None
+    path = _local_path(uri)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        return f"{path} is a file, not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"no permission to write in {path}"
+    return None
 
 
 def list_files(uri: str, suffixes: tuple[str, ...] = (), options: S3Options = S3Options()) -> list[str]:
@@ -312,15 +426,6 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), options: S3Options = S3
         i.path[prefix_len:] for i in infos
         if i.type == pafs.FileType.File and i.path.lower().endswith(tuple(x.lower() for x in suffixes) or "")
     )
-
-
-def delete_tree(uri: str, options: S3Options = S3Options()) -> None:
-    """Remove everything under `uri` (nothing if it does not exist)."""
-    fs, path = resolve(check_writable(uri), options)
-    with _reporting(uri):
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return
-        fs.delete_dir_contents(path, missing_dir_ok=True)
 
 
 def make_dirs(uri: str, options: S3Options = S3Options()) -> None:

@@ -18,11 +18,12 @@ from typing import Literal
 
 import yaml
 
-from simgan_ray import checkpoints, data, shards, storage, viz
+from simgan_ray import checkpoints, data, ownership, shards, storage, viz
 from simgan_ray.config import TrainConfig, dump_config
 from simgan_ray.consistency import ensure_label_net
 from simgan_ray.errors import SimganError
 from simgan_ray.networks import LocalDiscriminator, Refiner
+from simgan_ray.ownership import Output
 from simgan_ray.probe import load_probe
 from simgan_ray.rayinternals import TRAIN_SNAPSHOT
 from simgan_ray.runtime import check_resources, ensure_ray
@@ -79,15 +80,17 @@ class Preflight:
     resumes: bool
     synthetic: shards.Manifest
     real: shards.Manifest
+    claim: dict  # how `fit` claims the run directory (ownership.claim's options)
 
 
 # The fields a checkpoint's weights are shaped by: a resumed run must keep them.
 ARCHITECTURE = ("refiner", "discriminator")
 
 
-def _check_architecture(uri: str, cfg: TrainConfig) -> None:
+def _check_resumed(uri: str, cfg: TrainConfig, allow_changes: bool) -> None:
     """Refuse to resume `uri` with other architecture fields than the run's config.yaml (its
-    checkpoints' shapes), naming them, before any worker would fail loading the weights."""
+    checkpoints' shapes), naming them, before any worker would fail loading the weights; and, unless
+    `allow_changes`, with any other field changed but those in SAFE_TO_CHANGE."""
     saved = yaml.safe_load(storage.read_bytes(storage.join(uri, "config.yaml"), cfg.data.s3)) or {}
     now, defaults = cfg.to_dict(), TrainConfig().to_dict()
     # A field the run's config.yaml lacks (written before the field existed) had its default.
@@ -98,27 +101,53 @@ def _check_architecture(uri: str, cfg: TrainConfig) -> None:
     if changed:
         raise SimganError(f"{uri}: cannot resume with another architecture ({'; '.join(changed)}): its checkpoints "
                           "hold the run's; leave those fields as they were, or start a new run.name")
+    changed = [f"{key}: {was!r} in the run, {now!r} now" for key, (was, now) in _changes(saved, cfg).items()
+               if not key.startswith(SAFE_TO_CHANGE)]
+    if changed and not allow_changes:
+        raise SimganError(f"{uri}: resuming with other settings than the run's ({'; '.join(changed)}): pass "
+                          "--allow-changes to resume with them anyway, or leave them as they were")
 
 
-def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Preflight:
-    """Every check of `fit` that needs no Ray: the run directory (new, or one to resume with the same
-    architecture), the data sets (manifests and shard footers, shapes, a batch per worker), the
-    history's memory, D's output on these images, the probe. Writes nothing; `train --dry-run`."""
+# Fields a resumed run may change freely: how long it runs, how often it reports and checkpoints,
+# the learning rates (a hand-made decay), where its tracking goes (prefixes of dotted field names).
+# Anything else (data, losses, history, workers, the seed, ...) changes what the checkpoint's state
+# means: --allow-changes.
+SAFE_TO_CHANGE = ("schedule.steps", "run.report_every", "run.checkpoint_every", "run.keep_checkpoints",
+                  "run.max_failures", "run.storage", "run.name", "optimizer_r.lr", "optimizer_d.lr", "tracking.")
+
+
+def _changes(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
+    """Dotted field -> (the run's value, today's) for each field that differs (a field missing from
+    the run's config.yaml had its default)."""
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    was = {**flat(TrainConfig().to_dict()), **flat(saved)}
+    return {k: (was.get(k), v) for k, v in flat(cfg.to_dict()).items() if was.get(k) != v}
+
+
+def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False, allow_changes: bool = False) -> Preflight:
+    """Every check of `fit` that needs no Ray: the run directory (new, or a simgan-ray run to resume
+    with the same architecture: `ownership`), the data sets (manifests and shard footers, shapes, a
+    batch per worker), the history's memory, D's output on these images, the probe. Writes nothing;
+    `train --dry-run`."""
     s3 = cfg.data.s3
     uri = cfg.run_uri
-    storage.refuse_overlap(("run", uri), {"data.synthetic": cfg.data.synthetic, "data.real": cfg.data.real},
-                           "a run never writes into its input")
-    started = storage.exists(storage.join(uri, "config.yaml"), s3)
+    owner = ownership.read_owner(uri, s3)
+    ours = owner is not None and owner["command"] == "train"
+    if resume is True and owner is None:
+        raise SimganError(f"{uri}: no simgan-ray run to resume there")
+    claim = {"inputs": {"data.synthetic": cfg.data.synthetic, "data.real": cfg.data.real, "probe.uri": cfg.probe.uri},
+             "resume": bool(resume) and ours, "refusal": "continue it with --resume, or pick another run.name"}
+    ownership.plan(uri, "train", s3, **claim)
+    started = claim["resume"] and storage.exists(storage.join(uri, "config.yaml"), s3)
     checkpointed = started and storage.exists(storage.join(uri, TRAIN_SNAPSHOT), s3)
-    if started and not resume:
-        raise SimganError(f"{uri} already holds a run: continue it with --resume, or pick another run.name" if
-                          checkpointed else f"{uri} holds a run that stopped before its first checkpoint: --resume "
-                          "starts it over from step 0 with the config given now, or pick another run.name")
-    if resume is True and not started:
-        raise SimganError(f"{uri}: no run to resume (config.yaml missing)")
-    if resume and checkpointed:
-        _check_architecture(uri, cfg)
-    if resume and started and not checkpointed:
+    if checkpointed:
+        _check_resumed(uri, cfg, allow_changes)
+    if started and not checkpointed:
         print(f"note: {uri} has no checkpoint (the run stopped before its first one): starting it over from step 0 "
               "with the config given now", file=sys.stderr, flush=True)
     syn, real = data.check_training_sets(
@@ -138,7 +167,7 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False) -> Prefl
         raise SimganError("tracking.mlflow_uri needs the mlflow package: pip install mlflow-skinny (or mlflow)")
     if cfg.consistency.weight:  # the synthetic set's labels, which the consistency classifier learns
         data.load_set(cfg.data.synthetic, 1, s3, cfg.consistency.label_key)
-    return Preflight(run_uri=uri, resumes=bool(resume and checkpointed), synthetic=syn, real=real)
+    return Preflight(run_uri=uri, resumes=checkpointed, synthetic=syn, real=real, claim=claim)
 
 
 def ingest_options(cfg: TrainConfig):
@@ -151,18 +180,24 @@ def ingest_options(cfg: TrainConfig):
 
 
 def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: list | None = None,
-        resume_from=None) -> FitResult:
+        resume_from=None, allow_changes: bool = False) -> FitResult:
     """Driver: `preflight`, run the TorchTrainer, then write export, curves and samples beside the
     run. Needs a running Ray (local or a cluster's). `resume` continues this run from its own
     latest checkpoint (True: the run must exist; "auto": resume it when it has a checkpoint, else
     start it, so that one command line serves a first attempt and every retry); `resume_from` (a
-    ray.train.Checkpoint of another run, e.g. the one PBT clones) starts this new run from that state."""
+    ray.train.Checkpoint of another run, e.g. the one PBT clones) starts this new run from that state.
+    `allow_changes`: resume with fields changed beyond SAFE_TO_CHANGE."""
+    checked = preflight(cfg, resume, allow_changes)
+    with ownership.claimed(checked.run_uri, "train", cfg.data.s3, **checked.claim) as out:
+        return _fit(cfg, checked, out, callbacks, resume_from)
+
+
+def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | None, resume_from) -> FitResult:
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     s3 = cfg.data.s3
-    checked = preflight(cfg, resume)
     uri, syn, real = checked.run_uri, checked.synthetic, checked.real
 
     # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
@@ -170,9 +205,8 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
     ensure_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)
     check_resources(worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
                     spare_cpus=DATA_CPUS)
-    storage.make_dirs(uri, s3)
-    storage.write_bytes(storage.join(uri, "config.yaml"), dump_config(cfg).encode(), s3)
-    if label_net := ensure_label_net(cfg):
+    out.write({"config.yaml": dump_config(cfg).encode()})
+    if label_net := ensure_label_net(cfg, out):
         print(f"label-consistency classifier: {label_net['heldout_error']:.2%} error on {label_net['heldout_images']} "
               f"held-out synthetic images ({uri}/consistency)", flush=True)
     fs, path = storage.resolve(storage.normalize(cfg.run.storage), s3)
@@ -208,7 +242,7 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
         raise KeyboardInterrupt from None
     skipped = ray.get(ledger.report.remote())
     if skipped:
-        storage.write_bytes(storage.join(uri, "skipped.txt"), "".join(f"{x}\n" for x in skipped).encode(), s3)
+        out.write({"skipped.txt": "".join(f"{x}\n" for x in skipped).encode()})
     if result.checkpoint is None:
         raise SimganError(f"{uri}: training produced no checkpoint")
     export_uri = storage.join(uri, checkpoints.EXPORT_DIR)
@@ -221,8 +255,9 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
         refiner, export_meta = checkpoints.load_export(tmp)
         _leave_a_vanished_cwd(tmp)
         checkpoints.write_portable(Path(tmp), refiner, export_meta)
-        storage.copy_dir_to(tmp, export_uri, s3)
-    _write_pictures(uri, cfg, syn, real, refiner, metrics)
+        out.write({f"{checkpoints.EXPORT_DIR}/{p.relative_to(tmp)}": p.read_bytes()
+                   for p in sorted(Path(tmp).rglob("*")) if p.is_file()})
+    _write_pictures(out, cfg, syn, real, refiner, metrics)
     return FitResult(run_uri=uri, step=export_meta["step"], metrics=metrics, export_uri=export_uri,
                      export_step=export_meta["weights_step"], skipped=skipped)
 
@@ -237,11 +272,11 @@ def _leave_a_vanished_cwd(fallback: str) -> None:
         os.chdir(fallback)
 
 
-def _write_pictures(uri: str, cfg: TrainConfig, syn, real, refiner: Refiner, metrics: list[dict]) -> None:
+def _write_pictures(out: Output, cfg: TrainConfig, syn, real, refiner: Refiner, metrics: list[dict]) -> None:
     s3, n = cfg.data.s3, 16
     _, synthetic, _ = data.head_images(cfg.data.synthetic, syn, n, s3)
     _, real_images, _ = data.head_images(cfg.data.real, real, n, s3)
     refined = checkpoints.refine_images(refiner, synthetic)
-    storage.write_bytes(storage.join(uri, "samples.png"), viz.refinement_rows(synthetic, refined, real_images), s3)
+    out.write({"samples.png": viz.refinement_rows(synthetic, refined, real_images)})
     if metrics:
-        storage.write_bytes(storage.join(uri, "curves.png"), viz.plot_curves(metrics), s3)
+        out.write({"curves.png": viz.plot_curves(metrics)})

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from ray.train import UserCallback
 
-from simgan_ray import data, shards, storage
+from simgan_ray import data, ownership, shards, storage
 from simgan_ray.config import (
     Location,
     Section,
@@ -39,6 +39,7 @@ from simgan_ray.config import (
     with_overrides,
 )
 from simgan_ray.errors import SimganError, format_errors
+from simgan_ray.ownership import Output
 from simgan_ray.probe import ProbeSpec, build_probe, load_probe
 from simgan_ray.runtime import check_resources, ensure_ray
 from simgan_ray.train import DATA_CPUS, fit, worker_resources
@@ -210,8 +211,7 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
     loads or the sets it would be built from are image sets. -> the sweep's folder."""
     s3 = base.data.s3
     out = storage.join(storage.normalize(spec.storage), spec.name)
-    if storage.exists(storage.join(out, "results.csv"), s3):
-        raise SimganError(f"{out} already holds a finished sweep; pick another name")
+    ownership.plan(out, "tune", s3, **_claim_options(spec, base))
     data.check_training_sets(base.data.synthetic, base.data.real, base.refiner.channels,
                              base.batch_size * base.run.num_workers, s3)
     built = storage.exists(storage.join(spec.probe.uri, "probe.json"), s3)
@@ -224,12 +224,22 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
     return out
 
 
+def _claim_options(spec: TuneSpec, base: TrainConfig) -> dict:
+    return {"inputs": {"data.synthetic": base.data.synthetic, "data.real": base.data.real, "probe.uri": spec.probe.uri},
+            "refusal": "pick another name"}
+
+
 def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
-    """Run the sweep; write results.csv/.md, best.yaml and best/export. -> summary dict."""
+    """Run the sweep in its claimed folder; write results.csv/.md, best.yaml and best/export. -> summary dict."""
+    out = preflight(spec, base)
+    with ownership.claimed(out, "tune", base.data.s3, **_claim_options(spec, base)) as claim:
+        return _sweep(spec, base, claim)
+
+
+def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output) -> dict:
     from ray import tune
 
-    s3 = base.data.s3
-    out = preflight(spec, base)
+    s3, out = base.data.s3, claim.uri
     # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
     ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
     check_resources(worker_resources(base), base.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
@@ -277,14 +287,13 @@ def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     if rows[0]["status"] != "ok" or rows[0].get(spec.metric) is None:
         raise SimganError(f"{out}: no trial finished with {spec.metric}; see the trial logs under {out}")
     best = rows[0]  # among trials that ran to the end (they have an export)
-    _write_results(out, rows, spec, s3)
+    _write_results(claim, rows, spec)
     best_cfg = with_overrides(base, {**{k: best[k] for k in spec.search},
                                      "run.storage": trials_storage, "run.name": best["run"]})
-    storage.write_bytes(storage.join(out, "best.yaml"), dump_config(best_cfg).encode(), s3)
     best_export = storage.join(trials_storage, best["run"], "export")
-    for name in ("refiner.pt", "refiner.json"):
-        storage.write_bytes(storage.join(out, "best", "export", name),
-                            storage.read_bytes(storage.join(best_export, name), s3), s3)
+    claim.write({"best.yaml": dump_config(best_cfg).encode(),
+                 **{f"best/export/{name}": storage.read_bytes(storage.join(best_export, name), s3)
+                    for name in ("refiner.pt", "refiner.json")}})
     return {"out": out, "best": best, "trials": len(rows), "probe_heldout_error": probe_meta["heldout_error"]}
 
 
@@ -301,18 +310,17 @@ def rank(rows: list[dict], spec: TuneSpec, total: int) -> list[dict]:
     return done + [r for r in rows if r not in done]
 
 
-def _write_results(out: str, rows: list[dict], spec: TuneSpec, s3) -> None:
+def _write_results(out: Output, rows: list[dict], spec: TuneSpec) -> None:
     columns = ["trial", "run", "status", "step", spec.metric, "probe_label_acc", *spec.search]
     columns = list(dict.fromkeys(columns))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    storage.write_bytes(storage.join(out, "results.csv"), buf.getvalue().encode(), s3)
 
     def cell(v) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    storage.write_bytes(storage.join(out, "results.md"), ("\n".join(lines) + "\n").encode(), s3)
+    out.write({"results.csv": buf.getvalue().encode(), "results.md": ("\n".join(lines) + "\n").encode()})

@@ -38,7 +38,7 @@ os.environ.pop("RAY_AUTH_TOKEN", None)
 import numpy as np  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
 
-from simgan_ray import shards, simulate  # noqa: E402
+from simgan_ray import shards, simulate, storage  # noqa: E402
 
 from .s3server import MotoServer, use_fake_credentials  # noqa: E402
 
@@ -47,16 +47,30 @@ use_fake_credentials()  # before the session's Ray starts, so its workers inheri
 TINY = {"refiner.features": 8, "refiner.blocks": 1, "discriminator.widths": [8, 8, 8, 8]}
 
 
+class UserFiles:
+    """Writes files under `prefix` as a user's own: no claim, no record (what shards.write_* write
+    through, in place of a claimed ownership.Output)."""
+
+    def __init__(self, prefix, s3: storage.S3Options = storage.S3Options()) -> None:
+        self.prefix, self.s3 = str(prefix), s3
+
+    def write(self, files: dict[str, bytes]) -> int:
+        for rel, data in files.items():
+            storage.write_bytes(storage.join(self.prefix, rel), data, self.s3)
+        return sum(map(len, files.values()))
+
+
 def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int) -> shards.Manifest:
-    """images: uint8 (n, C, H, W) -> a complete shard set (shards + manifest) at prefix."""
+    """images: uint8 (n, C, H, W) -> a complete shard set (shards + manifest) at prefix, a user's."""
     ids = [f"{kind}-{i:06d}" for i in range(len(images))]
+    out = UserFiles(prefix)
     written = [
-        shards.write_shard(str(prefix), i, shards.make_table(ids[s : s + shard_size], images[s : s + shard_size],
-                                                             labels[s : s + shard_size]))
+        shards.write_shard(out, i, shards.make_table(ids[s : s + shard_size], images[s : s + shard_size],
+                                                     labels[s : s + shard_size]))
         for i, s in enumerate(range(0, len(images), shard_size))
     ]
     manifest = shards.Manifest(kind=kind, count=len(images), shape=list(images.shape[1:]), shards=written)
-    shards.write_manifest(str(prefix), manifest)
+    shards.write_manifest(out, manifest)
     return manifest
 
 

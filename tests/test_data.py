@@ -4,7 +4,7 @@ import pytest
 from simgan_ray import data, shards
 from simgan_ray.errors import SimganError
 
-from .conftest import write_set
+from .conftest import UserFiles, write_set
 
 
 def test_unit_range_round_trip():
@@ -63,7 +63,7 @@ def test_corrupt_image_in_a_shard_is_skipped_and_counted_or_fatal_when_strict(ra
     import pyarrow as pa
 
     table = table.set_column(1, "image", pa.array(blobs, pa.binary()))
-    shards.write_shard(str(tmp_path / "set"), 1, table)
+    shards.write_shard(UserFiles(tmp_path / "set"), 1, table)
 
     ledger = data.new_skip_ledger()
     ds = data.image_dataset(str(tmp_path / "set"), manifest, strict=False, ledger=ledger)

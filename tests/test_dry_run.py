@@ -7,7 +7,7 @@ import ray
 import yaml
 from typer.testing import CliRunner
 
-from simgan_ray import checkpoints
+from simgan_ray import checkpoints, ownership
 from simgan_ray.cli import app
 from simgan_ray.config import dump_config, load_config
 from simgan_ray.errors import SimganError
@@ -82,13 +82,18 @@ def test_tune_dry_run_checks_everything_and_starts_nothing(digit_sets, tmp_path,
 def test_resume_with_another_architecture_is_refused_before_ray(digit_sets, tmp_path, no_ray):
     given = {**TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
              "run.storage": str(tmp_path), "run.name": "r"}
-    run = tmp_path / "r"
-    run.mkdir()
-    (run / "config.yaml").write_text(dump_config(load_config(None, given)))
-    (run / TRAIN_SNAPSHOT).write_text("{}")  # as after a committed checkpoint
+    with ownership.claimed(str(tmp_path / "r"), "train") as run:  # as after a committed checkpoint
+        run.write({"config.yaml": dump_config(load_config(None, given)).encode(), TRAIN_SNAPSHOT: b"{}"})
     changed = load_config(None, {**given, "refiner.features": 16, "discriminator.widths": [8, 8, 8, 16]})
     with pytest.raises(SimganError, match=r"refiner.features: 8 in the run, 16 now; discriminator.widths: "
                                           r"\[8, 8, 8, 8\] in the run, \[8, 8, 8, 16\] now"):
         fit(changed, resume="auto")
-    # Hyperparameters may change on resume (`--resume --set optimizer_r.lr=...`, PBT).
-    assert preflight(load_config(None, {**given, "optimizer_r.lr": 0.01}), resume=True).resumes
+    # Learning rates and the length may change on resume (`--resume --set optimizer_r.lr=...`)...
+    assert preflight(load_config(None, {**given, "optimizer_r.lr": 0.01, "schedule.steps": 99}), resume=True).resumes
+    # ... the loss, the data, the history or the workers only when asked.
+    changed = load_config(None, {**given, "loss.lam": 0.5, "history_size": 128, "run.num_workers": 1})
+    with pytest.raises(SimganError, match=r"resuming with other settings than the run's \(history_size: 6400 in the "
+                       r"run, 128 now; loss.lam: 0.1 in the run, 0.5 now; run.num_workers: 2 in the run, 1 now\): "
+                       r"pass --allow-changes"):
+        preflight(changed, resume=True)
+    assert preflight(changed, resume=True, allow_changes=True).resumes

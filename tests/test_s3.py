@@ -20,7 +20,7 @@ from simgan_ray.storage import S3Options
 from simgan_ray.tracking import read_events
 from simgan_ray.train import fit
 
-from .conftest import TINY
+from .conftest import TINY, UserFiles
 from .s3server import FAKE_CREDENTIALS, MotoServer
 from .test_ingest import image_bytes
 
@@ -119,13 +119,13 @@ def test_missing_bucket_and_shard_problems_are_named(s3_server):
             pq.write_table(pa.table({"id": ["a"], "pixels": [b"x"]}), buf)
             payload = buf.getvalue()
         storage.write_bytes(f"{bucket}/{name}/shard-00000.parquet", payload, s3)
-        shards.write_manifest(f"{bucket}/{name}", shards.Manifest(
-            kind="real", count=1, shape=[1, 28, 28], shards=[{"name": "shard-00000.parquet", "rows": 1}]), s3)
+        shards.write_manifest(UserFiles(f"{bucket}/{name}", s3), shards.Manifest(
+            kind="real", count=1, shape=[1, 28, 28], shards=[{"name": "shard-00000.parquet", "rows": 1}]))
     good = f"{bucket}/good"
     storage.write_bytes(f"{good}/shard-00000.parquet", b"", s3)  # placeholder, replaced below
     table = shards.make_table(["g"], np.zeros((1, 1, 28, 28), np.uint8), [None])
-    shards.write_manifest(good, shards.Manifest(kind="real", count=1, shape=[1, 28, 28],
-                                                shards=[shards.write_shard(good, 0, table, s3)]), s3)
+    shards.write_manifest(UserFiles(good, s3), shards.Manifest(kind="real", count=1, shape=[1, 28, 28],
+                                                shards=[shards.write_shard(UserFiles(good, s3), 0, table)]))
     with pytest.raises(SimganError, match=r"wrong/shard-00000.parquet: wrong schema: no column 'image' \(binary\); "
                        r"no column 'label' \(string\) \(columns simgan-ray does not write: pixels\)$"):
         check_training_sets(good, f"{bucket}/wrong", 1, 1, s3)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from simgan_ray import checkpoints, cli, shards, storage
+from simgan_ray import checkpoints, cli, ownership, shards, storage
 from simgan_ray.config import load_config
 from simgan_ray.data import head_images
 from simgan_ray.errors import SimganError
@@ -27,7 +27,7 @@ from simgan_ray.networks import Refiner, RefinerConfig
 from simgan_ray.refine import RefineJob, refine
 from simgan_ray.train import TRAIN_SNAPSHOT, fit
 
-from .conftest import TINY, write_set
+from .conftest import TINY, UserFiles, write_set
 
 BIN = Path(sys.executable).with_name("simgan-ray")
 
@@ -56,7 +56,7 @@ def raw_set(prefix: Path, ids: list, labels: list, count: int | None = None) -> 
     pq.write_table(table, prefix / "shard-00000.parquet")
     manifest = shards.Manifest(kind="synthetic", count=len(ids) if count is None else count, shape=[1, 28, 28],
                                shards=[{"name": "shard-00000.parquet", "rows": len(ids)}])
-    shards.write_manifest(str(prefix), manifest)
+    shards.write_manifest(UserFiles(prefix), manifest)
 
 
 # --- data loss -----------------------------------------------------------------------------------
@@ -321,12 +321,12 @@ def test_bad_manifests_shards_and_exports_are_one_line(monkeypatch, capsys, mode
                             "--output", str(tmp_path / f"out-{name}"))
         assert_one_line_exit_2(code, err, needle)
 
-    record = tmp_path / "record"
-    record.mkdir()
-    (record / "_job.json").write_text("{not json")
+    record = tmp_path / "record" / ownership.RECORD_DIR
+    record.mkdir(parents=True)
+    (record / ownership.OWNER).write_text("{not json")
     code, err = run_cli(monkeypatch, capsys, "refine", "--model", model, "--input", digit_sets["synthetic"],
-                        "--output", str(record))
-    assert_one_line_exit_2(code, err, "_job.json: not a refine job record")
+                        "--output", str(record.parent))
+    assert_one_line_exit_2(code, err, "owner.json: not a simgan-ray owner record")
 
 
 def test_history_beyond_memory_and_a_run_without_checkpoint_are_one_line(monkeypatch, capsys, digit_sets, tmp_path):
@@ -335,10 +335,11 @@ def test_history_beyond_memory_and_a_run_without_checkpoint_are_one_line(monkeyp
     code, err = run_cli(monkeypatch, capsys, *base, "--name", "big", "--set", "history_size=1000000000000")
     assert_one_line_exit_2(code, err, "history_size: 1000000000000 images of 1x28x28 take", "GiB of float32 per worker")
     # A run that stopped before its first checkpoint leaves config.yaml only.
-    (tmp_path / "early").mkdir()
-    (tmp_path / "early" / "config.yaml").write_text("seed: 0\n")
+    with ownership.claimed(str(tmp_path / "early"), "train") as early:
+        early.write({"config.yaml": b"seed: 0\n"})
     code, err = run_cli(monkeypatch, capsys, *base, "--name", "early")
-    assert_one_line_exit_2(code, err, "holds a run that stopped before its first checkpoint: --resume starts it over")
+    assert_one_line_exit_2(code, err, "already holds the output of an earlier `simgan-ray train`: continue it with "
+                           "--resume, or pick another run.name")
     code, err = run_cli(monkeypatch, capsys, *base, "--name", "early", "--resume", "--set",
                         "history_size=1000000000000")
     assert "has no checkpoint (the run stopped before its first one): starting it over from step 0" in err
