@@ -87,7 +87,7 @@ class Output:
         merged = {rel: ([s for s in old.get(rel, []) if s != size] + [size])[-_KEEP_SIZES:]
                   for rel, size in sizes.items()}
         doc = {"format": FILES_FORMAT, "job": self.job, "files": merged}
-        storage.write_bytes(uri, json.dumps(doc, indent=0).encode(), self.s3)
+        storage.write_bytes(uri, json.dumps(doc).encode(), self.s3)
 
 
 def _read_part(uri: str, s3: S3Options, job: str) -> dict[str, list[int]]:
@@ -133,18 +133,20 @@ class Plan:
 
 
 def plan(uri: str, command: str, s3: S3Options = S3Options(), *, inputs: dict[str, str | None] | None = None,
-         overwrite: bool = False, resume: bool = False, refusal: str = "pass --overwrite to replace it") -> Plan:
+         overwrite: bool = False, resume: bool = False, refusal: str = "pass --overwrite to replace it",
+         _holding: str | None = None) -> Plan:
     """Every check of `claim`, changing nothing. `resume`: continue this command's earlier output
     (the caller decides, from `read_owner`, that it is the same job); `refusal`: what the message
-    for such an output says to do when neither `resume` nor `overwrite` is given."""
+    for such an output says to do when neither `resume` nor `overwrite` is given. `_holding`: the id
+    of the lock `claim` holds there."""
     uri = storage.normalize(storage.check_writable(uri))
     storage.refuse_overlap(("output", uri), {k: v for k, v in (inputs or {}).items() if v},
                            "a command never writes into what it reads")
     if why := storage.local_obstacle(uri):
         raise SimganError(f"{uri}: cannot write here: {why}")
     owner = read_owner(uri, s3)
-    lock = _live_lock(uri, s3)
-    if lock is not None:
+    lock = _read_lock(uri, s3)
+    if lock is not None and not _stale(lock) and lock.get("id") != _holding:
         raise SimganError(f"{uri} is being written by {_holder(lock)}; wait for it to end")
     found = storage.entries(uri, s3) if storage.exists(uri, s3) else []
     if owner is None:
@@ -178,10 +180,10 @@ def _deletable(uri: str, owner: dict, found: list[storage.Entry], s3: S3Options)
         ours = (e.kind == "file" and (e.rel in parts or e.rel in (f"{RECORD_DIR}/{OWNER}", f"{RECORD_DIR}/{LOCK}")
                                       or e.size in recorded.get(e.rel, ()))) or (e.kind == "dir" and e.rel in folders)
         if not ours:
-            what = ("not a regular file" if e.kind == "other" else "a folder it did not make" if e.kind == "dir"
-                    else f"{e.size} bytes, not the size recorded" if e.rel in recorded else "not in its record")
-            raise SimganError(f"{uri} holds {e.rel} ({what}), which its record does not account for: nothing was "
-                              "deleted; move it away or pick another output")
+            what = ("which is not a regular file" if e.kind == "other" else "a folder its record does not explain"
+                    if e.kind == "dir" else f"of {e.size} bytes, not a size its record lists" if e.rel in recorded
+                    else "which its record does not list")
+            raise SimganError(f"{uri} holds {e.rel}, {what}: nothing was deleted; move it away or pick another output")
     return sorted(e.rel for e in found if e.rel in recorded)
 
 
@@ -195,8 +197,9 @@ def claim(uri: str, command: str, s3: S3Options = S3Options(), *, inputs: dict[s
     uri = checked.uri
     lock = _acquire(uri, command, s3)
     try:
-        checked = plan(uri, command, s3, inputs=inputs, overwrite=overwrite, resume=resume, refusal=refusal) \
-            if _changed(checked, uri, s3) else checked
+        if read_owner(uri, s3) != checked.owner:  # changed between the read-only plan and taking the lock
+            checked = plan(uri, command, s3, inputs=inputs, overwrite=overwrite, resume=resume, refusal=refusal,
+                           _holding=lock.doc["id"])
         if checked.action == "replace":
             _delete(uri, checked.delete, s3)
         owner = checked.owner if checked.action == "continue" else {
@@ -208,11 +211,6 @@ def claim(uri: str, command: str, s3: S3Options = S3Options(), *, inputs: dict[s
         lock.release()
         raise
     return Output(uri, command, owner["job"], s3)
-
-
-def _changed(checked: Plan, uri: str, s3: S3Options) -> bool:
-    """Whether the output may have changed between the read-only plan and taking the lock."""
-    return read_owner(uri, s3) != checked.owner
 
 
 def _delete(uri: str, files: list[str], s3: S3Options) -> None:
@@ -259,11 +257,6 @@ def _stale(lock: dict) -> bool:
         except PermissionError:
             return False
     return False
-
-
-def _live_lock(uri: str, s3: S3Options) -> dict | None:
-    lock = _read_lock(uri, s3)
-    return None if lock is None or _stale(lock) or lock.get("id") in _HELD else lock
 
 
 _HELD: dict[str, _Lock] = {}  # this process's locks, by id

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -58,6 +60,50 @@ class UserFiles:
         for rel, data in files.items():
             storage.write_bytes(storage.join(self.prefix, rel), data, self.s3)
         return sum(map(len, files.values()))
+
+
+BIN = Path(sys.executable).with_name("simgan-ray")  # the installed console script
+
+
+def console(*args: str, cwd=None, s3: storage.S3Options | None = None, timeout: float = 300):
+    """`simgan-ray ARGS` as a user runs it: the installed console script in a subprocess."""
+    if s3 is not None and s3.endpoint_url:
+        args = (*args, "--s3-endpoint", s3.endpoint_url)
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def one_line_refusal(done, *needles: str) -> str:
+    """Assert that a console run refused in one line (exit 2, no traceback) holding `needles` -> it."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines and lines[-1].startswith("error: "), (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[-1], (needle, lines[-1])
+    return lines[-1]
+
+
+def snapshot(uri: str, s3: storage.S3Options = storage.S3Options()) -> dict:
+    """Everything under a local folder or object prefix: path -> what it is (a file's bytes, a
+    link's target, 'dir', 'fifo'), to tell whether a command changed anything there."""
+    if not storage.is_local(uri):
+        return {e.rel: storage.read_bytes(storage.join(uri, e.rel), s3) if e.kind == "file" else e.kind
+                for e in storage.entries(uri, s3)} if storage.exists(uri, s3) else {}
+    root, out = Path(uri.removeprefix("file://")), {}
+    if not root.exists():
+        return out
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        out[rel] = (f"link->{os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir()
+                    else path.read_bytes() if path.is_file() else "fifo")
+    return out
+
+
+def users_set(prefix, s3: storage.S3Options = storage.S3Options()) -> None:
+    """A one-image set a user made by hand: a manifest and a shard, no owner record."""
+    out = UserFiles(prefix, s3)
+    table = shards.make_table(["a"], np.zeros((1, 1, 28, 28), np.uint8), [None])
+    shards.write_manifest(out, shards.Manifest(kind="real", count=1, shape=[1, 28, 28],
+                                               shards=[shards.write_shard(out, 0, table)]))
 
 
 def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int) -> shards.Manifest:

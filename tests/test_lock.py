@@ -1,0 +1,92 @@
+"""One writer at a time: the claim's lock is created atomically (local: O_EXCL; S3: a conditional
+PUT that moto and S3 honour); a second writer is refused in one line naming the holder; a lock
+whose process is gone, or whose heartbeat is older than the bound, is taken over with a note."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from simgan_ray import ownership, storage
+from simgan_ray.errors import SimganError
+
+from .conftest import BIN, one_line_refusal, snapshot
+
+
+def lock_doc(**changes) -> bytes:
+    doc = {"format": ownership.LOCK_FORMAT, "command": "refine", "id": "x" * 32, "host": socket.gethostname(),
+           "pid": 1, "since": "2026-01-01T00:00:00Z", "heartbeat": time.time()}
+    return json.dumps({**doc, **changes}).encode()
+
+
+def test_a_held_claim_refuses_a_second_writer_naming_the_holder(tmp_path):
+    with ownership.claimed(str(tmp_path / "out"), "refine"):
+        with pytest.raises(SimganError, match=r"out is being written by `simgan-ray refine` \(lock [0-9a-f]{32}, pid "
+                                              rf"\d+ on {socket.gethostname()}, since .*\); wait for it to end"):
+            ownership.plan(str(tmp_path / "out"), "refine", resume=True)
+    ownership.release(ownership.claim(str(tmp_path / "out"), "refine", resume=True))  # free again
+
+
+def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # noqa: S603 (a pid that no longer runs)
+    gone.wait()
+    for stale in (lock_doc(pid=gone.pid), lock_doc(host="elsewhere", heartbeat=time.time() - 3600), b"{half"):
+        out = tmp_path / "out"
+        (out / ".simgan-ray").mkdir(parents=True, exist_ok=True)
+        (out / ".simgan-ray" / "lock.json").write_bytes(stale)
+        claim = ownership.claim(str(out), "refine", resume=True)
+        assert json.loads((out / ".simgan-ray" / "lock.json").read_text())["pid"] != gone.pid
+        ownership.release(claim)
+        assert "taking over the lock" in capsys.readouterr().err
+    (out / ".simgan-ray" / "lock.json").write_bytes(lock_doc(host="elsewhere"))  # alive, on another machine
+    with pytest.raises(SimganError, match="being written by .* on elsewhere"):
+        ownership.claim(str(out), "refine", resume=True)
+
+
+@pytest.mark.slow
+def test_s3_claims_are_atomic(s3_server):
+    s3 = storage.S3Options(endpoint_url=s3_server.endpoint)
+    bucket = s3_server.make_bucket("simgan-lock")
+    assert storage.create_exclusive(f"{bucket}/a/lock.json", b"1", s3)
+    assert not storage.create_exclusive(f"{bucket}/a/lock.json", b"2", s3)
+    assert storage.read_bytes(f"{bucket}/a/lock.json", s3) == b"1"
+
+    def try_claim(i: int):
+        try:
+            return ownership.claim(f"{bucket}/race", "simulate", s3, resume=True)
+        except SimganError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(try_claim, range(4)))
+    won = [r for r in results if isinstance(r, ownership.Output)]
+    assert len(won) == 1, results
+    assert all("is being written by" in r or "took the lock first" in r for r in results if isinstance(r, str))
+    ownership.release(won[0])
+    assert not storage.exists(f"{bucket}/race/.simgan-ray/lock.json", s3)
+
+
+@pytest.mark.slow
+def test_two_jobs_into_one_output_one_is_refused(tmp_path):
+    out = tmp_path / "out"
+    first = subprocess.Popen([str(BIN), "simulate", "--count", "400", "--shard-size", "100", "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".simgan-ray" / "lock.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        second = subprocess.run([str(BIN), "simulate", "--count", "10", "--out", str(out)], capture_output=True,
+                                text=True, timeout=120)
+        one_line_refusal(second, "out is being written by `simgan-ray simulate`", f"pid {first.pid}")
+    finally:
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    files = sorted(rel for rel in snapshot(str(out)) if not rel.startswith(".simgan-ray"))
+    assert files == ["manifest.json", *(f"shard-{i:05d}.parquet" for i in range(4))]
