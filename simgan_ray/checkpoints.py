@@ -188,6 +188,7 @@ def load_export(uri: str | os.PathLike, s3: S3Options = S3Options()) -> tuple[Re
                                   and all(isinstance(n, int) and n >= 1 for n in shape)):
         raise SimganError(f"{meta_uri}: image_shape: {shape!r} is not [C, H, W] with C = refiner.channels "
                           f"({cfg.channels})")
+    _check_weights_size(weights_uri, cfg, s3)
     state = load_tensors(storage.read_bytes(weights_uri, s3), weights_uri)
     # The sizes refiner.json claims, against the weights, before any memory is given to them.
     if (found := _weight_sizes(state)) != (want := (cfg.channels, cfg.features, cfg.kernel, cfg.blocks)):
@@ -200,6 +201,21 @@ def load_export(uri: str | os.PathLike, s3: S3Options = S3Options()) -> tuple[Re
     except (RuntimeError, TypeError, AttributeError) as e:
         raise SimganError(f"{weights_uri}: does not match refiner.json ({first_line(e)})") from None
     return refiner.eval(), meta
+
+
+# torch.save's zip container and pickled names around the float32 tensors: a few KB for a refiner.
+_CONTAINER_BYTES = 1 << 20
+
+
+def _check_weights_size(weights_uri: str, cfg: RefinerConfig, s3: S3Options) -> None:
+    """Refuse, before reading it, a refiner.pt far larger than the refiner refiner.json describes
+    (its tensors' bytes, counted on torch's meta device, which allocates nothing)."""
+    with torch.device("meta"):
+        want = sum(t.numel() * t.element_size() for t in Refiner(cfg).state_dict().values())
+    size = storage.size(weights_uri, s3)
+    if size > 2 * want + _CONTAINER_BYTES:
+        raise SimganError(f"{weights_uri}: {size} bytes, far more than the {want} bytes of weights its "
+                          "refiner.json describes: not this export's weights")
 
 
 def _weight_sizes(state: dict) -> tuple | None:

@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from simgan_ray.errors import SimganError, root_cause
+from simgan_ray.errors import SimganError, root_cause, user_error
 from simgan_ray.runtime import exit_interrupted, on_stop_signal, stopped_by
 
 app = typer.Typer(help="Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray.", no_args_is_help=True,
@@ -179,7 +179,9 @@ def refine(
     s = run_refine(job)
     _echo(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
           f"{s.shards_skipped} already done; {s.bytes_written / 1e6:.1f} MB written in {s.seconds:.1f}s "
-          f"({s.images_per_s:.0f} images/s); {len(s.skipped_images)} corrupt images skipped")
+          f"({s.images_per_s:.0f} images/s); {len(s.skipped_images)} corrupt images skipped"
+          + (f"; {len(s.corrupt_shards)} corrupt shard(s) skipped, first: {s.corrupt_shards[0]}"
+             if s.corrupt_shards else ""))
 
 
 @app.command()
@@ -301,8 +303,7 @@ def main() -> None:
         code = app(standalone_mode=False)
     except SimganError as e:
         # Raised inside a Ray task, it arrives as RayTaskError(SimganError): print the original.
-        cause = getattr(e, "cause", None)
-        _echo(f"error: {cause if isinstance(cause, SimganError) else e}")
+        _echo(f"error: {user_error(e)}")
         sys.exit(2)
     except click.ClickException as e:  # usage errors: click's own message and exit code 2
         e.show()
@@ -312,6 +313,9 @@ def main() -> None:
     except Exception as e:
         from ray.train import TrainingFailedError
 
+        if (cause := user_error(e)) is not None:  # e.g. Ray Data's UserCodeException of a refine actor
+            _echo(f"error: {cause}")
+            sys.exit(2)
         if not isinstance(e, TrainingFailedError):
             raise
         _echo(f"error: training failed: {root_cause(e)}")

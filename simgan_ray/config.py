@@ -252,9 +252,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise SimganError(f"override {text!r}: expected KEY=VALUE, e.g. schedule.steps=20")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), load_yaml(value)
     except yaml.YAMLError as e:
-        raise SimganError(f"override {text!r}: the value is not YAML ({_yaml_problem(e)})") from None
+        shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+        raise SimganError(f"override {shown!r}: the value is not YAML ({_yaml_problem(e)})") from None
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -264,11 +265,34 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark else what
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """YAML text -> its value, duplicate keys refused; nesting beyond Python's stack is a YAMLError."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deep") from None
+
+
 def read_yaml(path: str | Path, what: str) -> dict:
     """The mapping in the YAML file at `path` ({} if empty); errors name the file and say what it
     should have been (`what`: "config file", "tune spec", ...)."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        loaded = load_yaml(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SimganError(f"{path}: {what} not found") from None
     except IsADirectoryError:
@@ -291,6 +315,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         source = str(path)
         tree = read_yaml(path, "config file")
+        if len(tree) >= 3 and not set(tree) & set(TrainConfig.model_fields):
+            raise SimganError(f"{path}: not a simgan-ray config file: none of its {len(tree)} top-level keys is a "
+                              "config field (seed, batch_size, refiner, data, run, ...; see jobs/digits.yaml)")
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
     if overrides:

@@ -164,12 +164,9 @@ def check_training_sets(synthetic: str, real: str, channels: int, min_count: int
 def head_images(prefix: str, manifest: Manifest, n: int, s3: S3Options = S3Options()):
     """The first n images of a set, read directly from its first shards (driver-side, small n).
     -> (ids, uint8 (n, C, H, W), labels as JSON strings or None)."""
-    import pyarrow.parquet as pq
-
-    fs, _ = storage.resolve(prefix, s3)
     ids, blobs, labels = [], [], []
     for uri in shards.shard_uris(prefix, manifest):
-        table = pq.read_table(storage.resolve(uri, s3)[1], filesystem=fs, columns=["id", "image", "label"])
+        table = shards.read_shard(uri, s3)
         ids += table["id"].to_pylist()[: n - len(ids)]
         blobs += table["image"].to_pylist()[: n - len(blobs)]
         labels += table["label"].to_pylist()[: n - len(labels)]

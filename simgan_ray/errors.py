@@ -15,10 +15,12 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def format_errors(source: str, err) -> str:
-    """A pydantic ValidationError as one line: `source: dotted.field: why; ...`."""
+def format_errors(source: str, err, most: int = 3) -> str:
+    """A pydantic ValidationError as one line: `source: dotted.field: why; ...`, its first `most`
+    problems (a file that is no config at all would otherwise fill the screen with its keys)."""
     lines = []
-    for e in err.errors():
+    problems = err.errors()
+    for e in problems[:most]:
         loc, msg = [str(p) for p in e["loc"]], e["msg"]
         # The network configs' own checks say "<field>: why" (they are plain dataclasses, the
         # error is located at their section): name the field in full.
@@ -27,7 +29,24 @@ def format_errors(source: str, err) -> str:
         if e["type"] == "value_error" and sep and inner.isidentifier():
             loc, msg = [*loc, inner], why
         lines.append(f"{source}: {'.'.join(loc) or '(top level)'}: {msg}")
-    return "; ".join(lines)
+    more = f" (and {len(problems) - most} more)" if len(problems) > most else ""
+    return "; ".join(lines) + more
+
+
+def user_error(exc: BaseException) -> SimganError | None:
+    """The SimganError behind `exc`, if any: Ray wraps one raised in a task or actor (RayTaskError,
+    Ray Data's UserCodeException) and keeps it as a cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # a RayTaskError(SimganError) is a SimganError too: unwrap it first
+        if isinstance(cause, BaseException):
+            exc = cause
+        elif isinstance(exc, SimganError):
+            return exc
+        else:
+            exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def root_cause(exc: BaseException) -> str:

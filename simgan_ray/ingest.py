@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from simgan_ray import ownership, shards, storage
 from simgan_ray.errors import BadItems, SimganError
 from simgan_ray.ownership import Output
-from simgan_ray.runtime import run_tasks
+from simgan_ray.runtime import ensure_ray, run_tasks
 from simgan_ray.storage import S3Options
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -89,9 +89,20 @@ def _pick(label: dict, fields: tuple[str, ...]) -> dict:
     return out
 
 
+def _json(text: str | bytes):
+    """Strict JSON: no NaN or Infinity (Python's json reads and writes them; nothing else does), and
+    a ValueError, not a RecursionError, for values nested thousands deep."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not a JSON number")
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+
+
 def _csv_value(text: str):
     try:
-        value = json.loads(text)
+        value = _json(text)
         return value if isinstance(value, (int, float, list)) else text
     except json.JSONDecodeError:
         return text
@@ -114,7 +125,10 @@ def read_label_csv(uri: str, s3: S3Options) -> dict[str, dict]:
             raise SimganError(f"{uri}: line {line}: expected {len(rows.fieldnames)} values with a file name")
         if name in labels:
             raise SimganError(f"{uri}: line {line}: {name!r} is labelled twice")
-        labels[name] = {k: _csv_value(v.strip()) for k, v in row.items()}
+        try:
+            labels[name] = {k: _csv_value(v.strip()) for k, v in row.items()}
+        except ValueError as e:
+            raise SimganError(f"{uri}: line {line}: a label value is not usable ({e})") from None
     return labels
 
 
@@ -128,8 +142,8 @@ def _sidecar(src: str, rel: str, s3: S3Options) -> dict:
     if len(raw) > MAX_LABEL_BYTES:
         raise ValueError(f"{name}: {len(raw)} bytes, more than a label ({MAX_LABEL_BYTES})")
     try:
-        label = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        label = _json(raw)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, NaN, nesting
         raise ValueError(f"{name}: not JSON ({e})") from None
     if not isinstance(label, dict):
         raise ValueError(f"{name}: a JSON {type(label).__name__}, not an object")
@@ -152,7 +166,7 @@ def _ingest_shard(src: str, out: Output, index: int, files: list[str], target: T
                 raw = _sidecar(src, rel, s3) if labels == "sidecar" else labels.get(rel)
                 if raw is None:
                     raise ValueError("no row for it in the labels CSV")
-                label = json.dumps(_value(_pick(raw, fields)), separators=(",", ":"))
+                label = json.dumps(_value(_pick(raw, fields)), separators=(",", ":"), allow_nan=False)
             except KeyError as e:
                 bad.skip(f"{src}/{rel}: its label has no field {e.args[0]!r}")
                 continue
@@ -194,6 +208,7 @@ def ingest(src: str, out: str, target: Target, shard_size: int = 5000, strict: b
     table = None if labels in (None, "sidecar") else read_label_csv(storage.normalize(labels), s3)
     if dry_run:
         return output
+    ensure_ray()  # before the claim: nothing is written where Ray cannot start
     with ownership.claimed(out, "ingest", s3, overwrite=overwrite, inputs=inputs) as claim:
         return _ingest_all(src, claim, files, target, shard_size, strict, s3, labels, table, label_fields, kind)
 

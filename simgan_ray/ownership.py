@@ -42,8 +42,9 @@ from simgan_ray.storage import S3Options
 
 RECORD_DIR, OWNER, LOCK, FILES = ".simgan-ray", "owner.json", "lock.json", "files"
 OWNER_FORMAT, LOCK_FORMAT, FILES_FORMAT = "simgan-ray-owner/1", "simgan-ray-lock/1", "simgan-ray-files/1"
-HEARTBEAT_S = 60.0
-STALE_AFTER_S = 600.0  # ten missed heartbeats: the holder is gone (a cluster node lost, a process killed)
+HEARTBEAT_S = 15.0
+STALE_AFTER_S = 60.0  # four missed heartbeats: the holder is gone (a node lost, a pod killed and retried)
+_WHAT = {"train": "a simgan-ray training run", "tune": "a simgan-ray sweep"}  # in refusals; others: "the output of"
 _KEEP_SIZES = 2  # a file rewritten in place: its last two recorded sizes (a rewrite may have been cut short)
 
 
@@ -124,7 +125,7 @@ class Plan:
     action: Literal["create", "continue", "replace"]
     owner: dict | None
     delete: list[str] = field(default_factory=list)  # recorded files present now, relative paths
-    notes: list[str] = field(default_factory=list)
+    existed: bool = True  # whether the folder or prefix was there (create: an empty one taken)
 
     def describe(self) -> str:
         if self.action == "replace":
@@ -154,14 +155,15 @@ def plan(uri: str, command: str, s3: S3Options = S3Options(), *, inputs: dict[st
         if other := [e.rel for e in found if e.rel not in (RECORD_DIR, f"{RECORD_DIR}/{LOCK}")]:
             raise SimganError(f"{uri} holds files no simgan-ray command wrote ({other[0]} first): pick an empty or new "
                               "output")
-        return Plan(uri, command, "create", None)
+        return Plan(uri, command, "create", None, existed=bool(found) or storage.exists(uri, s3))
     if owner["command"] != command:
         raise SimganError(f"{uri} belongs to `simgan-ray {owner['command']}` (job {owner['job']}), not to "
                           f"`{command}`: pick another output")
     if overwrite:
         return Plan(uri, command, "replace", owner, _deletable(uri, owner, found, s3))
     if not resume and any(e.rel.partition("/")[0] != RECORD_DIR for e in found):
-        raise SimganError(f"{uri} already holds the output of an earlier `simgan-ray {command}`: {refusal}")
+        what = _WHAT.get(command, f"the output of an earlier `simgan-ray {command}`")
+        raise SimganError(f"{uri} already holds {what}: {refusal}")
     # Continued: asked for, or nothing there yet beside the record (it stopped before its first file).
     return Plan(uri, command, "continue", owner)
 
@@ -193,6 +195,12 @@ def claim(uri: str, command: str, s3: S3Options = S3Options(), *, inputs: dict[s
     """Claim `uri` for `command` (checks: `plan`), take its lock, delete what --overwrite replaces,
     write the owner record -> the Output to write through. The lock is held until `release` (or
     the process ends)."""
+    return _claim(uri, command, s3, inputs=inputs, overwrite=overwrite, resume=resume, identity=identity,
+                  refusal=refusal)[0]
+
+
+def _claim(uri: str, command: str, s3: S3Options, *, inputs: dict[str, str | None] | None, overwrite: bool,
+           resume: bool, identity: dict | None, refusal: str) -> tuple[Output, Plan]:
     checked = plan(uri, command, s3, inputs=inputs, overwrite=overwrite, resume=resume, refusal=refusal)
     uri = checked.uri
     lock = _acquire(uri, command, s3)
@@ -210,7 +218,7 @@ def claim(uri: str, command: str, s3: S3Options = S3Options(), *, inputs: dict[s
     except BaseException:
         lock.release()
         raise
-    return Output(uri, command, owner["job"], s3)
+    return Output(uri, command, owner["job"], s3), checked
 
 
 def _delete(uri: str, files: list[str], s3: S3Options) -> None:
@@ -282,6 +290,8 @@ class _Lock:
 
     def release(self) -> None:
         self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)  # a beat under way must not write the lock again after it went
         _HELD.pop(self.doc["id"], None)
         current = _read_lock(self.uri, self.s3)
         if current is not None and current.get("id") == self.doc["id"]:
@@ -320,10 +330,23 @@ def _release_all() -> None:
 
 
 @contextmanager
-def claimed(uri: str, command: str, s3: S3Options = S3Options(), **options) -> Iterator[Output]:
-    """`claim` for the length of a with-block (options: those of `claim`), then `release`."""
-    out = claim(uri, command, s3, **options)
+def claimed(uri: str, command: str, s3: S3Options = S3Options(), *, inputs: dict[str, str | None] | None = None,
+            overwrite: bool = False, resume: bool = False, identity: dict | None = None,
+            refusal: str = "pass --overwrite to replace it") -> Iterator[Output]:
+    """`claim` for the length of a with-block, then `release`. A new claim whose block fails before
+    it recorded a file is undone: nothing is left where nothing was written."""
+    out, checked = _claim(uri, command, s3, inputs=inputs, overwrite=overwrite, resume=resume, identity=identity,
+                          refusal=refusal)
     try:
         yield out
-    finally:
+    except BaseException:
+        wrote = storage.exists(_record(out.uri, FILES), s3) and storage.entries(_record(out.uri, FILES), s3)
+        if checked.action == "create" and not wrote:
+            storage.delete_file(_record(out.uri, OWNER), s3)  # still holding the lock
         release(out)
+        if checked.action == "create" and not wrote:
+            storage.remove_empty_dir(_record(out.uri))
+            if not checked.existed:
+                storage.remove_empty_dir(out.uri)
+        raise
+    release(out)

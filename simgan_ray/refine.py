@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from pydantic import Field, ValidationError
 
@@ -79,6 +78,7 @@ class RefineSummary:
     rows_in: int
     rows_out: int
     skipped_images: list[str]
+    corrupt_shards: list[str]  # skipped whole (without --strict), each with its reason
     bytes_written: int
     seconds: float
 
@@ -98,8 +98,9 @@ def _done_uri(output: str, shard: str) -> str:
 class ShardRefiner:
     """Ray Data actor: loads the refiner once, then refines whole shards (batch = shard names)."""
 
-    def __init__(self, export: str, model_id: str, job: RefineJob, out: Output, shape: list[int]) -> None:
-        self.job, self.out, self.shape, self.model_id = job, out, shape, model_id
+    def __init__(self, export: str, model_id: str, job: RefineJob, out: Output, shape: list[int],
+                 rows: dict[str, int]) -> None:
+        self.job, self.out, self.shape, self.model_id, self.rows = job, out, shape, model_id, rows
         self.device = torch.device("cuda" if job.gpus_per_worker > 0 and torch.cuda.is_available() else "cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, int(job.cpus_per_worker)))
@@ -109,8 +110,14 @@ class ShardRefiner:
     def refine_shard(self, name: str) -> dict:
         job = self.job
         src = storage.join(job.input, name)
-        fs, path = storage.resolve(src, job.s3)
-        table = pq.read_table(path, filesystem=fs, columns=["id", "image", "label"])
+        try:
+            table = shards.read_shard(src, job.s3)
+        except SimganError as e:  # a corrupt shard: with --strict the job fails naming it, else it is counted
+            if job.strict:
+                raise
+            marker = {"rows_in": self.rows[name], "rows": 0, "skipped": [], "corrupt": str(e), "bytes": 0}
+            self.out.write({_done_rel(name): json.dumps(marker).encode()})
+            return marker
         ids, blobs, labels = table["id"].to_pylist(), table["image"].to_pylist(), table["label"].to_pylist()
         keep, images, files, bad = [], [], {}, BadItems(job.strict)
         for i, (image_id, blob, label) in enumerate(zip(ids, blobs, labels, strict=True)):
@@ -245,8 +252,11 @@ def _refine(job: RefineJob, p: RefinePlan, out: Output) -> RefineSummary:
             ShardRefiner, batch_size=1, concurrency=job.concurrency,
             num_gpus=job.gpus_per_worker or None, num_cpus=job.cpus_per_worker,
             fn_constructor_kwargs={"export": p.export, "model_id": p.model_id, "job": job, "out": out,
-                                   "shape": manifest.shape},
+                                   "shape": manifest.shape, "rows": {s["name"]: s["rows"] for s in manifest.shards}},
         )
+        # A SimganError of an actor (a corrupt shard with --strict, a bad label) arrives as itself, not
+        # as Ray Data's UserCodeException, so that the CLI prints its one line.
+        results.context.raise_original_map_exception = True
         with progress(len(pending), "refine shards") as bar:
             for _ in results.iter_rows():
                 bar.update(1)
@@ -255,8 +265,11 @@ def _refine(job: RefineJob, p: RefinePlan, out: Output) -> RefineSummary:
     markers = [json.loads(storage.read_bytes(_done_uri(job.output, n), job.s3)) for n in names]
     rows_out = sum(m["rows"] for m in markers)
     skipped = [x for m in markers for x in m["skipped"]]
-    if rows_out + len(skipped) != manifest.count:
-        raise SimganError(f"{job.output}: {rows_out} rows out + {len(skipped)} skipped != {manifest.count} rows in")
+    corrupt = [(m["corrupt"], m["rows_in"]) for m in markers if m.get("corrupt")]
+    lost = sum(n for _, n in corrupt)
+    if rows_out + len(skipped) + lost != manifest.count:
+        raise SimganError(f"{job.output}: {rows_out} rows out + {len(skipped)} skipped + {lost} in corrupt shards != "
+                          f"{manifest.count} rows in")
     written = [{"name": n, "rows": m["rows"]} for n, m in zip(names, markers, strict=True) if m["rows"]]
     if job.png:
         labels = b"".join(storage.read_bytes(storage.join(job.output, "png", "labels", n.removesuffix(".parquet")
@@ -265,13 +278,15 @@ def _refine(job: RefineJob, p: RefinePlan, out: Output) -> RefineSummary:
     shards.write_manifest(out, shards.Manifest(
         kind="refined", count=rows_out, shape=manifest.shape, shards=written,
         source={"input": p.identity["input"], "model": p.model_id, "export": p.export, "rows_in": manifest.count,
-                "rows_out": rows_out, "skipped": len(skipped), "skipped_images": skipped[:100],
+                "rows_out": rows_out, "skipped": len(skipped) + lost, "skipped_images": skipped[:100],
+                "corrupt_shards": [f"{why} ({n} rows)" for why, n in corrupt],
                 "label": manifest.source.get("label", "as in the input")},
     ))
     this_run = set(pending)
     return RefineSummary(
         output=job.output, shards_done=len(pending), shards_skipped=len(names) - len(pending),
         rows_in=manifest.count, rows_out=rows_out, skipped_images=skipped,
+        corrupt_shards=[why for why, _ in corrupt],
         bytes_written=sum(m["bytes"] for n, m in zip(names, markers, strict=True) if n in this_run),
         seconds=seconds,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -40,6 +41,8 @@ def ensure_ray(min_cpus: float = 1) -> None:
     if ray.is_initialized():
         return
     if address := os.environ.get("RAY_ADDRESS"):
+        if address not in ("auto", "local") and not _ADDRESS.fullmatch(address):
+            raise SimganError(f"RAY_ADDRESS={address!r} is not HOST:PORT, ray://HOST:PORT, auto or local")
         if "://" in address and not address.startswith("ray://"):
             raise SimganError(f"RAY_ADDRESS={address} names a Ray Jobs API, which a driver cannot join: submit to it "
                               "with the CLI (it uses RAY_ADDRESS so), or unset it to run on a local Ray")
@@ -53,7 +56,11 @@ def ensure_ray(min_cpus: float = 1) -> None:
         signal.signal(signal.SIGTERM, on_stop_signal)
 
 
-def _wait_for_answer(address: str, seconds: float = 30.0) -> None:
+# host:port or [ipv6]:port, optionally behind a scheme (ray://, or http:// for the Jobs API, refused below)
+_ADDRESS = re.compile(r"([a-z][a-z0-9+.-]*://)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}/?")
+
+
+def _wait_for_answer(address: str, seconds: float = 5.0) -> None:
     """Raise, naming `address` (host:port or ray://host:port), when nothing accepts a connection there
     within `seconds`: ray.init would retry a cluster that does not answer for ever. Other forms
     ("auto", "local") are left to ray.init."""

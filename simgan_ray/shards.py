@@ -158,6 +158,18 @@ def make_table(ids: list[str], images: np.ndarray | list[np.ndarray], labels: li
     )
 
 
+def read_shard(uri: str, s3: S3Options = S3Options(), columns: tuple[str, ...] = ("id", "image", "label")) -> pa.Table:
+    """The rows of the shard at `uri`; a SimganError naming it when it cannot be read whole (a
+    corrupt data page behind an intact footer included)."""
+    fs, path = storage.resolve(uri, s3)
+    try:
+        return pq.read_table(path, filesystem=fs, columns=list(columns))
+    except FileNotFoundError:
+        raise SimganError(f"{uri}: shard listed in the manifest is missing") from None
+    except (OSError, pa.ArrowException) as e:
+        raise SimganError(f"{uri}: a corrupt Parquet shard ({first_line(e)})") from None
+
+
 def write_shard(out: Output, index: int, table: pa.Table) -> dict:
     return write_table(out, shard_name(index), table)
 

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from simgan_ray import ownership, shards
 from simgan_ray.errors import SimganError
 from simgan_ray.ownership import Output
-from simgan_ray.runtime import run_tasks
+from simgan_ray.runtime import ensure_ray, run_tasks
 from simgan_ray.storage import S3Options
 
 SIMULATOR_VERSION = "digits-1"
@@ -195,6 +195,8 @@ def simulate(out: str, count: int, shard_size: int, seed: int, s3: S3Options = S
     inputs = {f"--font-dir {d}": d for d in font_dirs or []}
     if dry_run:
         return ownership.plan(out, "simulate", s3, overwrite=overwrite, inputs=inputs)
+    ownership.plan(out, "simulate", s3, overwrite=overwrite, inputs=inputs)
+    ensure_ray()  # after the output's checks, before its claim: nothing is written where Ray cannot start
     with ownership.claimed(out, "simulate", s3, overwrite=overwrite, inputs=inputs) as claim:
         calls = [(claim, i, start, n, seed, fonts, style)
                  for i, (start, n) in enumerate(shard_ranges(count, shard_size))]

@@ -64,6 +64,11 @@ def is_local(uri: str) -> bool:
 
 
 _READ_ONLY = ("http", "https")
+# fsspec schemes that are no place for image sets and runs, refused when a location is parsed rather
+# than after the work: Ray's workers (other processes, other machines) must see what the driver does.
+_MEMORY = "keeps files in one process's memory, which Ray's workers do not see and which vanishes at exit"
+_SERVER = "is a file server without the atomic writes and listings simgan-ray's outputs rely on"
+_UNUSABLE = {"memory": _MEMORY, "ftp": _SERVER, "sftp": _SERVER, "ssh": _SERVER, "smb": _SERVER}
 
 
 def _fsspec_class(scheme: str, uri: str):
@@ -111,6 +116,12 @@ def check_uri(uri: str) -> str:
     if "\0" in uri:
         raise SimganError(f"{uri!r}: holds a NUL character")
     scheme = _SCHEME.match(uri)
+    if scheme and (why := _UNUSABLE.get(scheme.group(1))):
+        raise SimganError(f"{uri}: {scheme.group(1)}:// {why}; use a local path or object storage (s3://, gs://, "
+                          "az://, ...)")
+    if "::" in uri and "://" in uri.partition("::")[2]:
+        raise SimganError(f"{uri}: chained fsspec URLs (with '::') are not supported; use a local path or object "
+                          "storage")
     if scheme and scheme.group(1) not in ("s3", "file"):
         _fsspec_class(scheme.group(1), uri)
         _, _, key = uri[scheme.end():].partition("/")  # after the host, bucket or repository
@@ -271,6 +282,16 @@ def exists(uri: str, options: S3Options = S3Options()) -> bool:
     fs, path = resolve(uri, options)
     with _reporting(uri):
         return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def size(uri: str, options: S3Options = S3Options()) -> int:
+    """Bytes of the file at `uri` (a SimganError naming it when there is none)."""
+    fs, path = resolve(uri, options)
+    with _reporting(uri):
+        info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise SimganError(f"{uri}: not found" if info.type == pafs.FileType.NotFound else f"{uri}: not a file")
+    return info.size
 
 
 def missing_bucket(uri: str, options: S3Options = S3Options()) -> str | None:

@@ -188,6 +188,11 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
     ray.train.Checkpoint of another run, e.g. the one PBT clones) starts this new run from that state.
     `allow_changes`: resume with fields changed beyond SAFE_TO_CHANGE."""
     checked = preflight(cfg, resume, allow_changes)
+    # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    ensure_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)  # before the claim: nothing written if Ray fails
+    check_resources(worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
+                    spare_cpus=DATA_CPUS)
     with ownership.claimed(checked.run_uri, "train", cfg.data.s3, **checked.claim) as out:
         return _fit(cfg, checked, out, callbacks, resume_from)
 
@@ -199,12 +204,6 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
 
     s3 = cfg.data.s3
     uri, syn, real = checked.run_uri, checked.synthetic, checked.real
-
-    # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    ensure_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)
-    check_resources(worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
-                    spare_cpus=DATA_CPUS)
     out.write({"config.yaml": dump_config(cfg).encode()})
     if label_net := ensure_label_net(cfg, out):
         print(f"label-consistency classifier: {label_net['heldout_error']:.2%} error on {label_net['heldout_images']} "

@@ -232,6 +232,11 @@ def _claim_options(spec: TuneSpec, base: TrainConfig) -> dict:
 def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
     """Run the sweep in its claimed folder; write results.csv/.md, best.yaml and best/export. -> summary dict."""
     out = preflight(spec, base)
+    # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
+    # Before the claim: nothing is written where Ray cannot start.
+    ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
+    check_resources(worker_resources(base), base.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
+                    spare_cpus=DATA_CPUS)
     with ownership.claimed(out, "tune", base.data.s3, **_claim_options(spec, base)) as claim:
         return _sweep(spec, base, claim)
 
@@ -240,10 +245,6 @@ def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output) -> dict:
     from ray import tune
 
     s3, out = base.data.s3, claim.uri
-    # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
-    ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
-    check_resources(worker_resources(base), base.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
-                    spare_cpus=DATA_CPUS)
     probe_meta = ensure_probe(spec, base)
     fs, path = storage.resolve(storage.normalize(spec.storage), s3)
     trials_storage = storage.join(out, "trials")

@@ -65,11 +65,13 @@ class UserFiles:
 BIN = Path(sys.executable).with_name("simgan-ray")  # the installed console script
 
 
-def console(*args: str, cwd=None, s3: storage.S3Options | None = None, timeout: float = 300):
-    """`simgan-ray ARGS` as a user runs it: the installed console script in a subprocess."""
+def console(*args: str, cwd=None, s3: storage.S3Options | None = None, timeout: float = 300, env=None):
+    """`simgan-ray ARGS` as a user runs it: the installed console script in a subprocess (`env`:
+    variables set for it on top of this process's)."""
     if s3 is not None and s3.endpoint_url:
         args = (*args, "--s3-endpoint", s3.endpoint_url)
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def one_line_refusal(done, *needles: str) -> str:

@@ -27,8 +27,7 @@ def test_resume_continues_only_a_run_and_shows_what_changed(tmp_path, digit_sets
     def train(name: str, *args: str):
         return console("train", *sets, "--storage", str(tmp_path), "--name", name, "--dry-run", *args)
 
-    one_line_refusal(train("run"), "already holds the output of an earlier `simgan-ray train`: continue it with "
-                                   "--resume")
+    one_line_refusal(train("run"), "already holds a simgan-ray training run: continue it with --resume")
     line = one_line_refusal(train("refined", "--resume"), "belongs to `simgan-ray refine`")
     assert "--resume" not in line
     line = one_line_refusal(train("run", "--resume", "--set", "loss.lam=0.5", "--set", "run.num_workers=1"),

@@ -338,8 +338,8 @@ def test_history_beyond_memory_and_a_run_without_checkpoint_are_one_line(monkeyp
     with ownership.claimed(str(tmp_path / "early"), "train") as early:
         early.write({"config.yaml": b"seed: 0\n"})
     code, err = run_cli(monkeypatch, capsys, *base, "--name", "early")
-    assert_one_line_exit_2(code, err, "already holds the output of an earlier `simgan-ray train`: continue it with "
-                           "--resume, or pick another run.name")
+    assert_one_line_exit_2(code, err, "already holds a simgan-ray training run: continue it with --resume, or pick "
+                           "another run.name")
     code, err = run_cli(monkeypatch, capsys, *base, "--name", "early", "--resume", "--set",
                         "history_size=1000000000000")
     assert "has no checkpoint (the run stopped before its first one): starting it over from step 0" in err

@@ -284,7 +284,7 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
     assert not all(torch.equal(state["refiner"][k], v) for k, v in state["refiner_ema"].items())
     assert meta["ema_half_life"] == 4
 
-    with pytest.raises(SimganError, match="already holds a run"):
+    with pytest.raises(SimganError, match="already holds a simgan-ray training run"):
         fit(cfg)
     # Resumed with a new refiner learning rate: the config wins over the checkpoint's optimizer state.
     longer = load_config(None, {**overrides, "schedule.steps": 20, "optimizer_r.lr": 2e-4})

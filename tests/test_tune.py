@@ -50,7 +50,7 @@ def test_two_trial_sweep_ranks_by_the_probe(ray_session, digit_sets, labelled_re
     assert best.loss.lam == pytest.approx(float(rows[0]["loss.lam"]))
     refiner, meta = checkpoints.load_export(str(out / "best" / "export"))
     assert meta["step"] == 8
-    with pytest.raises(SimganError, match="already holds a finished sweep"):
+    with pytest.raises(SimganError, match="already holds a simgan-ray sweep: pick another name"):
         run_sweep(spec, base)
 
 
