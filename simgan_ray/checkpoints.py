@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,27 @@ def save_train_state(directory: Path, rank: int, state: TrainState | None, histo
     )
     (directory / "metrics.json").write_text(json.dumps(state.metrics))
     (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def damaged(uri: str, s3: S3Options) -> str | None:
+    """Why the checkpoint folder `uri` cannot be resumed from (a file missing, cut short or not
+    JSON), or None: state.pt and metrics.json must be there, every torch file a whole zip archive."""
+    files = storage.list_files(uri, (), s3)
+    for name in ("state.pt", "metrics.json"):
+        if name not in files:
+            return f"{name} missing"
+    for name in files:
+        data = storage.read_bytes(storage.join(uri, name), s3)
+        try:
+            if name.endswith(".pt"):
+                with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                    if archive.testzip() is not None:
+                        return f"{name}: a damaged entry"
+            elif name.endswith(".json"):
+                json.loads(data)
+        except (zipfile.BadZipFile, ValueError, EOFError) as e:
+            return f"{name}: {first_line(e)}"
+    return None
 
 
 def load_tensors(source: Path | bytes, name: str | None = None) -> dict:

@@ -80,6 +80,11 @@ class Output:
             storage.write_bytes(storage.join(self.uri, rel), data, self.s3)
         return sum(len(d) for d in rels.values())
 
+    def record(self, sizes: dict[str, int]) -> None:
+        """Record files a library wrote in place under this view (path -> bytes now): for those
+        only, such as an event file that grows by appends; everything else goes through `write`."""
+        self._record({(f"{self.base}/{rel}" if self.base else rel): size for rel, size in sizes.items()})
+
     def _record(self, sizes: dict[str, int]) -> None:
         # One part per set of paths: a file rewritten (metrics, a re-run shard) keeps one entry.
         part = hashlib.sha256("\n".join(sorted(sizes)).encode()).hexdigest()[:32] + ".json"

@@ -20,6 +20,43 @@ from ray.data._internal.execution.execution_callback import ExecutionCallback
 # uploaded but not yet committed is not in it. Whether a run can be resumed is whether it exists.
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
+
+
+def snapshot_checkpoints(doc: dict) -> tuple[list[str], list[str]]:
+    """A TRAIN_SNAPSHOT (Ray 2.60's _CheckpointManagerState in ray/train/v2/_internal/execution/
+    checkpoint/checkpoint_manager.py: `checkpoint_results` with their `checkpoint_report_indices`,
+    `latest_checkpoint_result`, `pending_training_results`) -> (its committed checkpoints, oldest
+    report first; every checkpoint folder name it holds). Ray joins each name to the run folder as
+    it is, so '../x' or '/x' would resume from elsewhere. ValueError when `doc` is no such snapshot."""
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    results, indices = doc.get("checkpoint_results"), doc.get("checkpoint_report_indices")
+    if not isinstance(results, list) or not isinstance(indices, list) or len(results) != len(indices):
+        raise ValueError("checkpoint_results and checkpoint_report_indices are not lists of one length")
+    entries = [*results, *(doc.get("pending_training_results") or [])]
+    if doc.get("latest_checkpoint_result") is not None:
+        entries.append(doc["latest_checkpoint_result"])
+    if not all(isinstance(e, dict) and isinstance(e.get("checkpoint_dir_name"), str) for e in entries):
+        raise ValueError("an entry without a checkpoint_dir_name")
+    if not all(isinstance(i, int) for i in indices):
+        raise ValueError("checkpoint_report_indices are not integers")
+    ordered = [r["checkpoint_dir_name"] for _, r in sorted(zip(indices, results, strict=True), key=lambda p: p[0])]
+    return ordered, list(dict.fromkeys([*ordered, *(e["checkpoint_dir_name"] for e in entries)]))
+
+
+def snapshot_without(doc: dict, dropped: set[str]) -> dict | None:
+    """The snapshot with the checkpoints `dropped` forgotten (its latest then the newest one left),
+    or None when none is left: what Ray resumes from after a checkpoint it lists turned out damaged."""
+    kept = [(i, r) for i, r in zip(doc["checkpoint_report_indices"], doc["checkpoint_results"], strict=True)
+            if r["checkpoint_dir_name"] not in dropped]
+    if not kept:
+        return None
+    return {**doc, "checkpoint_results": [r for _, r in kept], "checkpoint_report_indices": [i for i, _ in kept],
+            "latest_checkpoint_result": max(kept, key=lambda p: p[0])[1],
+            "pending_training_results": [r for r in doc.get("pending_training_results") or []
+                                         if r["checkpoint_dir_name"] not in dropped]}
+
+
 # Where `ray up` leaves the cluster's launcher config on the head node, for its autoscaler
 # (ray/autoscaler/_private/commands.py); Ray Jobs' entrypoints run on the head, so they can read it.
 BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()

@@ -29,6 +29,7 @@ from PIL import Image
 from simgan_ray import checkpoints, storage, viz
 from simgan_ray.config import TrainConfig
 from simgan_ray.errors import SimganError
+from simgan_ray.ownership import Output
 from simgan_ray.storage import S3Options
 
 SAMPLES_DIR, TENSORBOARD_DIR = "samples", "tensorboard"
@@ -37,12 +38,13 @@ SAMPLES_DIR, TENSORBOARD_DIR = "samples", "tensorboard"
 class RunTracker:
     GRID = 16  # synthetic images in each sample grid
 
-    def __init__(self, cfg: TrainConfig, images: np.ndarray, start_step: int) -> None:
-        """images: uint8 (n, C, H, W), the synthetic images the sample grids show; start_step: 0, or
-        the step a resumed run continues from (its event file is a new one beside the earlier ones)."""
+    def __init__(self, cfg: TrainConfig, out: Output, images: np.ndarray, start_step: int) -> None:
+        """out: the run folder's claim, every file goes through it; images: uint8 (n, C, H, W), the
+        synthetic images the sample grids show; start_step: 0, or the step a resumed run continues
+        from (its event file is a new one beside the earlier ones)."""
         from tensorboardX.event_file_writer import EventsWriter
 
-        self.uri, self.s3, self.images = cfg.run_uri, cfg.data.s3, images
+        self.out, self.uri, self.s3, self.images = out, cfg.run_uri, cfg.data.s3, images
         self.tensorboard = storage.join(self.uri, TENSORBOARD_DIR)
         # A local run directory takes the event file directly; for object storage it is written in a
         # temporary directory and uploaded (one file, growing) after each report.
@@ -54,8 +56,8 @@ class RunTracker:
         # reader before its numbers do).
         self.events = EventsWriter(str(Path(logdir) / "events"), f".step{start_step:06d}")
         self._written = Path(logdir)
-        storage.make_dirs(storage.join(self.uri, SAMPLES_DIR), self.s3)
-        self.mlflow = _start_mlflow(cfg) if cfg.tracking.mlflow_uri else None
+        storage.make_dirs(storage.join(self.uri, SAMPLES_DIR), self.s3)  # readers of the live record list it
+        self.mlflow = _start_mlflow(cfg, out) if cfg.tracking.mlflow_uri else None
 
     def _write(self, step: int, values: list) -> None:
         from tensorboardX.proto import event_pb2, summary_pb2
@@ -63,9 +65,13 @@ class RunTracker:
         summary = summary_pb2.Summary(value=values)
         self.events.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
         self.events.flush()
-        if not self._local:
-            for path in self._written.iterdir():
-                storage.write_bytes(storage.join(self.tensorboard, path.name), path.read_bytes(), self.s3)
+        # Local: the event file grows in place, recorded as it is after each flush (a writer of its
+        # own appends to it); remote: the whole file is uploaded through the claim.
+        files = {f"{TENSORBOARD_DIR}/{path.name}": path for path in self._written.iterdir()}
+        if self._local:
+            self.out.record({rel: path.stat().st_size for rel, path in files.items()})
+        else:
+            self.out.write({rel: path.read_bytes() for rel, path in files.items()})
 
     def report(self, metrics_log: list[dict]) -> None:
         """After a report: the newest report's numbers to TensorBoard, the whole log to metrics.jsonl."""
@@ -75,7 +81,7 @@ class RunTracker:
         self._write(last["step"], [Summary.Value(tag=key, simple_value=float(value)) for key, value in last.items()
                                    if isinstance(value, (int, float)) and key != "step"])
         text = "".join(json.dumps(m) + "\n" for m in metrics_log)
-        storage.write_bytes(storage.join(self.uri, "metrics.jsonl"), text.encode(), self.s3)
+        self.out.write({"metrics.jsonl": text.encode()})
         if self.mlflow is not None:
             self.mlflow.log_metrics({k: float(v) for k, v in last.items() if isinstance(v, (int, float)) and
                                      k != "step"}, step=last["step"])
@@ -85,7 +91,7 @@ class RunTracker:
         from tensorboardX.proto.summary_pb2 import Summary
 
         png = viz.refinement_rows(self.images, checkpoints.refine_images(refiner, self.images))
-        storage.write_bytes(storage.join(self.uri, SAMPLES_DIR, f"step-{step:06d}.png"), png, self.s3)
+        self.out.write({f"{SAMPLES_DIR}/step-{step:06d}.png": png})
         width, height = Image.open(io.BytesIO(png)).size
         image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
         self._write(step, [Summary.Value(tag="samples", image=image)])
@@ -101,7 +107,7 @@ class RunTracker:
             self._tmp.cleanup()
 
 
-def _start_mlflow(cfg: TrainConfig):
+def _start_mlflow(cfg: TrainConfig, out: Output):
     """mlflow, with this run's MLflow run active: a new one named after run.name holding the resolved
     config as parameters, or, when <run>/mlflow.json names one (a resume), that one again."""
     try:
@@ -123,7 +129,7 @@ def _start_mlflow(cfg: TrainConfig):
     for start in range(0, len(flat), 100):  # MLflow takes at most 100 parameters per call
         mlflow.log_params(dict(list(flat.items())[start : start + 100]))
     doc = {"tracking_uri": uri, "experiment": cfg.tracking.mlflow_experiment, "run_id": run.info.run_id}
-    storage.write_bytes(record, json.dumps(doc, indent=1).encode(), cfg.data.s3)
+    out.write({"mlflow.json": json.dumps(doc, indent=1).encode()})
     return mlflow
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 
 import yaml
 
-from simgan_ray import checkpoints, data, ownership, shards, storage, viz
+from simgan_ray import checkpoints, data, ownership, rayinternals, shards, storage, viz
 from simgan_ray.config import TrainConfig, dump_config
 from simgan_ray.consistency import ensure_label_net
 from simgan_ray.errors import SimganError
@@ -81,6 +81,7 @@ class Preflight:
     synthetic: shards.Manifest
     real: shards.Manifest
     claim: dict  # how `fit` claims the run directory (ownership.claim's options)
+    snapshot: dict | None = None  # Ray Train's checkpoint list to resume from, where its newest were damaged
 
 
 # The fields a checkpoint's weights are shaped by: a resumed run must keep them.
@@ -145,8 +146,10 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False, allow_ch
     ownership.plan(uri, "train", s3, **claim)
     started = claim["resume"] and storage.exists(storage.join(uri, "config.yaml"), s3)
     checkpointed = started and storage.exists(storage.join(uri, TRAIN_SNAPSHOT), s3)
+    snapshot = None
     if checkpointed:
         _check_resumed(uri, cfg, allow_changes)
+        snapshot = _intact_snapshot(uri, s3)
     if started and not checkpointed:
         print(f"note: {uri} has no checkpoint (the run stopped before its first one): starting it over from step 0 "
               "with the config given now", file=sys.stderr, flush=True)
@@ -167,7 +170,37 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False, allow_ch
         raise SimganError("tracking.mlflow_uri needs the mlflow package: pip install mlflow-skinny (or mlflow)")
     if cfg.consistency.weight:  # the synthetic set's labels, which the consistency classifier learns
         data.load_set(cfg.data.synthetic, 1, s3, cfg.consistency.label_key)
-    return Preflight(run_uri=uri, resumes=checkpointed, synthetic=syn, real=real, claim=claim)
+    return Preflight(run_uri=uri, resumes=checkpointed, synthetic=syn, real=real, claim=claim, snapshot=snapshot)
+
+
+def _intact_snapshot(uri: str, s3) -> dict | None:
+    """Check the checkpoints a run would resume from: every name Ray Train's list holds must be a
+    folder of this run (a SimganError naming it otherwise), and the newest must be whole. Where the
+    newest are damaged (cut short by a crash or a full disk) -> the list without them, to resume from
+    the newest intact one (noted); None where nothing needs changing."""
+    snapshot_uri = storage.join(uri, TRAIN_SNAPSHOT)
+    doc = storage.read_json(snapshot_uri, s3, "Ray Train's list of checkpoints")
+    try:
+        committed, names = rayinternals.snapshot_checkpoints(doc)
+    except ValueError as e:
+        raise SimganError(f"{snapshot_uri}: not Ray Train's list of checkpoints ({e})") from None
+    if bad := next((n for n in names if "/" in n or storage.bad_segment(n)), None):
+        raise SimganError(f"{snapshot_uri}: checkpoint {bad!r} is not a folder of this run: refusing to resume from it")
+    damaged = {}
+    for name in reversed(committed):
+        if (why := checkpoints.damaged(storage.join(uri, name), s3)) is None:
+            break
+        damaged[name] = why
+    if not damaged:
+        return None
+    fixed = rayinternals.snapshot_without(doc, set(damaged))
+    first = next(iter(damaged.items()))
+    if fixed is None:
+        raise SimganError(f"{uri}: no intact checkpoint to resume from ({first[0]}: {first[1]}); start a new run.name")
+    print(f"note: {uri}: checkpoint {first[0]} is damaged ({first[1]}); resuming from "
+          f"{fixed['latest_checkpoint_result']['checkpoint_dir_name']}, the newest intact one", file=sys.stderr,
+          flush=True)
+    return fixed
 
 
 def ingest_options(cfg: TrainConfig):
@@ -204,6 +237,8 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
 
     s3 = cfg.data.s3
     uri, syn, real = checked.run_uri, checked.synthetic, checked.real
+    if checked.snapshot is not None:  # Ray Train then resumes from the newest intact checkpoint
+        out.write({TRAIN_SNAPSHOT: json.dumps(checked.snapshot).encode()})
     out.write({"config.yaml": dump_config(cfg).encode()})
     if label_net := ensure_label_net(cfg, out):
         print(f"label-consistency classifier: {label_net['heldout_error']:.2%} error on {label_net['heldout_images']} "
@@ -212,7 +247,8 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
     ledger = data.new_skip_ledger()
     trainer = TorchTrainer(
         train_func,
-        train_loop_config={"config": cfg.to_dict(), "image_shape": syn.shape, "start_from": resume_from},
+        train_loop_config={"config": cfg.to_dict(), "image_shape": syn.shape, "start_from": resume_from,
+                           "output": out},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
             use_gpu=cfg.run.use_gpu,

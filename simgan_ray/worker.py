@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from simgan_ray import checkpoints, data, storage
+from simgan_ray import checkpoints, data
 from simgan_ray.config import TrainConfig
 from simgan_ray.consistency import load_label_net
 from simgan_ray.data import load_set
@@ -26,6 +26,7 @@ from simgan_ray.gan import Gan, distributed, make_gan, phase_table, run_step, un
 from simgan_ray.guard import CollapseGuard
 from simgan_ray.history import ImageHistory
 from simgan_ray.metrics import MetricWindow, Stopwatch, check_finite, format_metrics
+from simgan_ray.ownership import Output
 from simgan_ray.probe import load_probe
 from simgan_ray.rayinternals import quiet_train_reports
 from simgan_ray.tracking import RunTracker
@@ -53,13 +54,14 @@ def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device, se
 
 def train_func(loop_config: dict) -> None:
     """Ray Train worker loop. loop_config: {"config": TrainConfig.to_dict(), "image_shape": [C, H, W],
-    "start_from": a ray.train.Checkpoint of another run to start from, or None}."""
+    "start_from": a ray.train.Checkpoint of another run to start from, or None, "output": the run
+    folder's claim (ownership.Output), which rank 0's files go through}."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
     cfg = TrainConfig.model_validate(loop_config["config"])
-    image_shape = list(loop_config["image_shape"])
+    image_shape, out = list(loop_config["image_shape"]), loop_config["output"]
     quiet_train_reports()  # one line per report is ours
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -92,9 +94,9 @@ def train_func(loop_config: dict) -> None:
             step, metrics_log, guard.rollbacks, best = state.step, state.metrics, state.rollbacks, state.best
         print(f"[rank {rank}] resumed at step {step} with {len(gan.history)} history images")
 
-    _record_placement(cfg, rank, device)
+    _record_placement(out, rank, device)
     buffer = cfg.data.local_shuffle_buffer
-    probe, tracker = _rank0_views(cfg, step) if rank == 0 else (None, None)
+    probe, tracker = _rank0_views(cfg, out, step) if rank == 0 else (None, None)
     waiting = Stopwatch()
     seed = cfg.seed * 100_003 + rank * 1009
     synthetic = waiting.wrap(_cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device, seed))
@@ -143,7 +145,7 @@ def train_func(loop_config: dict) -> None:
         tracker.close()
 
 
-def _record_placement(cfg: TrainConfig, rank: int, device: torch.device) -> None:
+def _record_placement(out: Output, rank: int, device: torch.device) -> None:
     """Where each rank runs (Ray node id, host, device, torch threads), printed and written by rank 0 to
     <run>/workers.json: on a cluster, the first thing to check when throughput or NCCL looks off."""
     import ray
@@ -157,11 +159,10 @@ def _record_placement(cfg: TrainConfig, rank: int, device: torch.device) -> None
     if rank == 0:
         print("workers: " + "; ".join(f"rank {w['rank']} on {w['host']} node {w['node_id'][:8]} ({w['device']}, "
                                       f"{w['torch_threads']} threads)" for w in everyone))
-        storage.write_bytes(storage.join(cfg.run_uri, "workers.json"), json.dumps(everyone, indent=1).encode(),
-                            cfg.data.s3)
+        out.write({"workers.json": json.dumps(everyone, indent=1).encode()})
 
 
-def _rank0_views(cfg: TrainConfig, step: int) -> tuple[tuple | None, RunTracker]:
+def _rank0_views(cfg: TrainConfig, out: Output, step: int) -> tuple[tuple | None, RunTracker]:
     """Rank 0's two views of the run, from one read of the synthetic set's head: the probe's score
     ((probe, uint8 synthetic images (n, C, H, W), their class labels), or None without a probe) and
     the live record (metrics.jsonl, TensorBoard, sample grids), flushed at every report, so a run
@@ -170,7 +171,7 @@ def _rank0_views(cfg: TrainConfig, step: int) -> tuple[tuple | None, RunTracker]
     n = max(RunTracker.GRID, cfg.probe.images if probe else 0)
     images, labels = load_set(cfg.data.synthetic, n, cfg.data.s3, probe.meta["label_key"] if probe else None)
     scored = (probe, images[: cfg.probe.images], labels[: cfg.probe.images]) if probe else None
-    return scored, RunTracker(cfg, images[: RunTracker.GRID], step)
+    return scored, RunTracker(cfg, out, images[: RunTracker.GRID], step)
 
 
 def _save(directory: Path, gan: Gan, cfg: TrainConfig, *, rank: int, step: int, metrics_log: list,

@@ -108,6 +108,28 @@ def users_set(prefix, s3: storage.S3Options = storage.S3Options()) -> None:
                                                shards=[shards.write_shard(out, 0, table)]))
 
 
+def fake_checkpoint(run, name: str, intact: bool = True) -> None:
+    """A checkpoint folder as a worker leaves it: state.pt (a torch zip), metrics.json; or cut short."""
+    import io
+
+    import torch  # here: importing torch costs seconds, and most tests never need it
+
+    buf = io.BytesIO()
+    torch.save({"step": 1}, buf)
+    state = buf.getvalue() if intact else buf.getvalue()[:100]
+    run.write({f"{name}/state.pt": state, f"{name}/metrics.json": b"[]"})
+
+
+def checkpoint_list(*names: str, latest: str | None = None) -> bytes:
+    results = [{"checkpoint_dir_name": n, "metrics": {}} for n in names]
+    return json.dumps({"ray_version": "2.60.0", "checkpoint_results": results,
+                       "checkpoint_report_indices": list(range(len(names))),
+                       "latest_checkpoint_result": {"checkpoint_dir_name": latest or names[-1], "metrics": {}},
+                       "pending_training_results": [], "pending_validation_specs": [], "current_report_index": 9,
+                       "validated_checkpoint_dir_names": [], "timed_out_validation_checkpoint_dir_names": [],
+                       "failed_validation_checkpoint_dir_names": []}).encode()
+
+
 def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int) -> shards.Manifest:
     """images: uint8 (n, C, H, W) -> a complete shard set (shards + manifest) at prefix, a user's."""
     ids = [f"{kind}-{i:06d}" for i in range(len(images))]

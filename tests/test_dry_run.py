@@ -14,7 +14,7 @@ from simgan_ray.errors import SimganError
 from simgan_ray.networks import Refiner, RefinerConfig
 from simgan_ray.train import TRAIN_SNAPSHOT, fit, preflight
 
-from .conftest import TINY
+from .conftest import TINY, checkpoint_list, fake_checkpoint
 
 
 @pytest.fixture
@@ -83,7 +83,9 @@ def test_resume_with_another_architecture_is_refused_before_ray(digit_sets, tmp_
     given = {**TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
              "run.storage": str(tmp_path), "run.name": "r"}
     with ownership.claimed(str(tmp_path / "r"), "train") as run:  # as after a committed checkpoint
-        run.write({"config.yaml": dump_config(load_config(None, given)).encode(), TRAIN_SNAPSHOT: b"{}"})
+        run.write({"config.yaml": dump_config(load_config(None, given)).encode()})
+        fake_checkpoint(run, "checkpoint_a")
+        run.write({TRAIN_SNAPSHOT: checkpoint_list("checkpoint_a")})
     changed = load_config(None, {**given, "refiner.features": 16, "discriminator.widths": [8, 8, 8, 16]})
     with pytest.raises(SimganError, match=r"refiner.features: 8 in the run, 16 now; discriminator.widths: "
                                           r"\[8, 8, 8, 8\] in the run, \[8, 8, 8, 16\] now"):

@@ -116,6 +116,38 @@ def test_killed_driver_then_resume(where, s3_server, digit_sets, tmp_path):
     assert_complete(run, metrics, 320, 300, s3)
 
 
+@pytest.mark.slow
+def test_a_damaged_newest_checkpoint_is_skipped_on_resume(digit_sets, tmp_path):
+    """The driver killed, then its newest committed checkpoint cut short (a crash or a full disk while
+    it was written): --resume goes on from the newest intact one, saying so, to the same end."""
+    root = str(tmp_path / "runs")
+    overrides = settings(digit_sets, root, "cut", 300)
+    args = [str(BIN), "train", *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
+    snapshot = tmp_path / "runs" / "cut" / TRAIN_SNAPSHOT
+
+    def committed() -> list[dict]:
+        try:
+            doc = json.loads(snapshot.read_text())
+        except (OSError, ValueError):
+            return []
+        return [r for _, r in sorted(zip(doc["checkpoint_report_indices"], doc["checkpoint_results"], strict=True),
+                                     key=lambda p: p[0])]
+
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(committed()) >= 2 or proc.poll() is not None, "two committed checkpoints")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    newest = committed()[-1]["checkpoint_dir_name"]
+    state = tmp_path / "runs" / "cut" / newest / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"checkpoint {newest} is damaged (state.pt: " in done.stderr and "done: step 320" in done.stderr
+    run = str(tmp_path / "runs" / "cut")
+    metrics = [json.loads(line) for line in storage.read_bytes(storage.join(run, "metrics.jsonl")).splitlines()]
+    assert_complete(run, metrics, 320, 300)
+
+
 def test_s3_outage_during_training_loses_nothing(ray_session, s3_server, digit_sets, tmp_path):
     """Data and checkpoints on S3 behind a proxy that goes offline for 4 s after the first
     checkpoint: the run either rides it out (S3 retries with backoff, Ray Data task retries) or

@@ -17,6 +17,25 @@ def test_train_snapshot_is_ray_trains_checkpoint_list():
     assert constants.CHECKPOINT_MANAGER_SNAPSHOT_FILENAME == rayinternals.TRAIN_SNAPSHOT, "TRAIN_SNAPSHOT moved"
 
 
+def test_a_repaired_checkpoint_list_is_one_ray_train_loads():
+    """snapshot_checkpoints / snapshot_without read and write Ray Train's _CheckpointManagerState: the
+    list they leave must parse as one, its latest the newest checkpoint kept."""
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _CheckpointManagerState
+
+    results = [{"checkpoint_dir_name": n, "metrics": {"step": i}} for i, n in enumerate(("c0", "c1", "c2"))]
+    doc = _CheckpointManagerState(checkpoint_results=results, checkpoint_report_indices=[0, 1, 2],
+                                  latest_checkpoint_result=results[2], pending_training_results=[],
+                                  pending_validation_specs=[], current_report_index=3,
+                                  validated_checkpoint_dir_names=[], timed_out_validation_checkpoint_dir_names=[],
+                                  failed_validation_checkpoint_dir_names=[]).model_dump(mode="json")
+    assert rayinternals.snapshot_checkpoints(doc) == (["c0", "c1", "c2"], ["c0", "c1", "c2"])
+    fixed = _CheckpointManagerState.model_validate(rayinternals.snapshot_without(doc, {"c2"}))
+    assert fixed.latest_checkpoint_result.checkpoint_dir_name == "c1"
+    assert [r.checkpoint_dir_name for r in fixed.checkpoint_results] == ["c0", "c1"]
+    assert fixed.checkpoint_report_indices == [0, 1]
+    assert rayinternals.snapshot_without(doc, {"c0", "c1", "c2"}) is None
+
+
 def test_bootstrap_config_is_where_ray_up_leaves_it():
     from ray.autoscaler._private import commands
 
