@@ -173,7 +173,7 @@ def refine(
     if dry_run:
         p = plan(job)
         return _dry_run(cluster, f"refine {len(p.pending)} of {len(p.names)} shards ({p.manifest.count} images in "
-                        f"all) of {job.input} with {p.export} into {job.output}")
+                        f"all) of {job.input} with {p.export}: {p.output.describe()}")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
         ["refine", "--config", "refine.yaml"], {"refine.yaml": resolved}))
     s = run_refine(job)

@@ -105,8 +105,10 @@ def evaluate(cfg: EvalConfig, dry_run: bool = False) -> dict | ownership.Plan:
     if (cfg.refiner is None) == (cfg.refined is None):
         raise SimganError("give exactly one of --refiner (a run or export) and --refined (a refined set)")
     s3 = cfg.s3
+    # What is read of a training run is its export: a report may live in the run's folder (runs/NAME/eval-val).
     inputs = {"--synthetic": cfg.synthetic, "--real-train": cfg.real_train, "--real-test": cfg.real_test,
-              "--real-pool": cfg.real_pool, "--refiner": cfg.refiner, "--refined": cfg.refined}
+              "--real-pool": cfg.real_pool, "--refined": cfg.refined,
+              "--refiner": checkpoints.resolve_export(cfg.refiner, s3) if cfg.refiner else None}
     output = ownership.plan(cfg.out, "evaluate", s3, inputs=inputs, overwrite=cfg.overwrite)  # before the work
     for option, prefix in (("--real-train", cfg.real_train), ("--real-pool", cfg.real_pool)):
         shards.refuse_test_set(option, prefix, s3, "is never trained on: use dev for the ceiling, the real pool "

@@ -226,7 +226,7 @@ def _claim_options(job: RefineJob, identity: dict) -> dict:
     differ = ", ".join(k for k in identity if earlier.get(k) != identity[k])
     return {"inputs": {"--input": job.input, "--model": job.model}, "overwrite": job.overwrite,
             "resume": owner is not None and not differ, "identity": identity,
-            "refusal": f"another refinement job's ({differ} differ); pass --overwrite to replace it"}
+            "refusal": f"it is another refinement job's output ({differ} differ); pass --overwrite to replace it"}
 
 
 def refine(job: RefineJob) -> RefineSummary:

@@ -84,9 +84,13 @@ def one_line_refusal(done, *needles: str) -> str:
     return lines[-1]
 
 
+SNAPSHOT_BYTES = 1 << 20  # larger files are compared by size and modification time, never read whole
+
+
 def snapshot(uri: str, s3: storage.S3Options = storage.S3Options()) -> dict:
-    """Everything under a local folder or object prefix: path -> what it is (a file's bytes, a
-    link's target, 'dir', 'fifo'), to tell whether a command changed anything there."""
+    """Everything under a local folder or object prefix: path -> what it is (a file's bytes, or for
+    a file over SNAPSHOT_BYTES its size and mtime; a link's target, 'dir', 'fifo'), to tell whether a
+    command changed anything there."""
     if not storage.is_local(uri):
         return {e.rel: storage.read_bytes(storage.join(uri, e.rel), s3) if e.kind == "file" else e.kind
                 for e in storage.entries(uri, s3)} if storage.exists(uri, s3) else {}
@@ -95,8 +99,11 @@ def snapshot(uri: str, s3: storage.S3Options = storage.S3Options()) -> dict:
         return out
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        out[rel] = (f"link->{os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir()
-                    else path.read_bytes() if path.is_file() else "fifo")
+        if path.is_symlink() or not path.is_file():
+            out[rel] = f"link->{os.readlink(path)}" if path.is_symlink() else "dir" if path.is_dir() else "fifo"
+            continue
+        st = path.stat()
+        out[rel] = path.read_bytes() if st.st_size <= SNAPSHOT_BYTES else ("large", st.st_size, st.st_mtime_ns)
     return out
 
 

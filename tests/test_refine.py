@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from simgan_ray import checkpoints, shards, storage
+from simgan_ray import checkpoints, ownership, shards, storage
 from simgan_ray.errors import SimganError
 from simgan_ray.networks import Refiner, RefinerConfig
 from simgan_ray.refine import RefineJob, load_refine_job, refine
@@ -147,9 +147,11 @@ def test_bad_inputs_are_refused_before_anything_is_written(setup, tmp_path):
     # Output inside the input, and an output that holds another job's result.
     with pytest.raises(SimganError, match="overlaps --input"):
         refine(RefineJob(model=setup["model"], output=f"{bucket}/synthetic/refined", **base))
-    storage.write_bytes(f"{bucket}/other/_job.json", json.dumps({"format": "simgan-ray-refine-job/1",
-                                                                 "input": "s3://x/y", "model": "0" * 16}).encode(), s3)
-    with pytest.raises(SimganError, match="holds another refinement job's output"):
+    with ownership.claimed(f"{bucket}/other", "refine", s3, identity={"input": "s3://x/y", "model": "0" * 16}) as other:
+        other.write({"manifest.json": b"{}"})
+    with pytest.raises(SimganError, match=r"other already holds the output of an earlier `simgan-ray refine`: it is "
+                                          r"another refinement job's output \(input, model, png differ\); pass "
+                                          "--overwrite"):
         refine(RefineJob(model=setup["model"], output=f"{bucket}/other", **base))
 
 
