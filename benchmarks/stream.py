@@ -2,7 +2,7 @@
 
 One run, one machine, one moto S3 server on loopback holding N synthetic images:
   (a) direct:  pyarrow reads + decodes the shards, one process per core (the ceiling)
-  (b) ray:     the Ray Data pipeline training uses (read_parquet -> decode map_batches), no-op consumer,
+  (b) ray:     the Ray Data pipeline training uses (shard list -> read+decode map_batches), no-op consumer,
                reading through pyarrow's native S3 client (the default)
   (b2) s3fs:   the same pipeline reading through s3fs (fsspec, `s3.client: s3fs`), side by side
                (native is measured before and after it)

@@ -52,13 +52,14 @@ def decode_images(ids, blobs, shape: list[int]) -> np.ndarray:
 
 
 class SkipLedger:
-    """Ray actor collecting images skipped as corrupt by decode tasks anywhere in the cluster."""
+    """Ray actor collecting the images and shards skipped as corrupt by read tasks anywhere in the
+    cluster; each once, however many passes (epochs) meet it."""
 
     def __init__(self) -> None:
-        self.skipped: list[str] = []
+        self.skipped: dict[str, None] = {}  # insertion-ordered set
 
     def record(self, reasons: list[str]) -> None:
-        self.skipped.extend(reasons)
+        self.skipped.update(dict.fromkeys(reasons))
 
     def report(self) -> list[str]:
         return list(self.skipped)
@@ -70,15 +71,22 @@ def new_skip_ledger():
     return ray.remote(num_cpus=0)(SkipLedger).remote()
 
 
-def _decode_batch(batch: dict, shape: list[int], strict: bool, ledger) -> dict:
-    """Arrow batch (id, image, path) -> {"image": uint8 (n, C, H, W)}. Corrupt images fail the
-    job when `strict`, else are dropped and recorded in the ledger with their shard."""
+def _read_shards(batch: dict, s3: S3Options, shape: list[int], strict: bool, ledger) -> dict:
+    """Read task: batch {"uri": shard URIs (one)} -> {"image": uint8 (n, C, H, W)}. A shard that
+    cannot be read whole (a corrupt data page behind an intact footer) or an image that cannot be
+    decoded fails the job when `strict`, else is dropped and recorded in the ledger."""
     good, bad = [], BadItems(strict)
-    for image_id, blob, path in zip(batch["id"], batch["image"], batch["path"], strict=True):
-        if (image := bad.attempt(path, decode_image, image_id, blob, shape)) is not None:
-            good.append(image)
+    for uri in batch["uri"]:
+        try:
+            table = shards.read_shard(uri, s3, ("id", "image"))
+        except SimganError as e:
+            bad.skip(str(e))
+            continue
+        for image_id, blob in zip(table["id"].to_pylist(), table["image"].to_pylist(), strict=True):
+            if (image := bad.attempt(uri, decode_image, image_id, blob, shape)) is not None:
+                good.append(image)
     if bad.reasons:
-        logger.warning("skipping %d corrupt image(s), first: %s", len(bad.reasons), bad.reasons[0])
+        logger.warning("skipping %d corrupt item(s), first: %s", len(bad.reasons), bad.reasons[0])
         import ray
 
         # Waited for: once this task is done, the skips are in the ledger (rare path, one call).
@@ -88,23 +96,23 @@ def _decode_batch(batch: dict, shape: list[int], strict: bool, ledger) -> dict:
 
 def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), *, shuffle_files: bool = False,
                   seed: int | None = None, strict: bool = True, ledger=None):
-    """Lazy, streaming Ray Dataset of the decoded images of the set at `prefix`: the shard list
-    comes from the manifest (no object listing); with `shuffle_files` the shard order is
-    reshuffled on every pass (epoch)."""
+    """Lazy, streaming Ray Dataset of the decoded images of the set at `prefix`: one read task per
+    shard of the manifest (no object listing), our own code reading it, so that a shard that cannot
+    be read meets the same skip-or-fail policy as an image that cannot be decoded. With
+    `shuffle_files` the shard order is reshuffled on every pass (epoch), reproducibly from `seed`:
+    only the small list of shard names goes through the shuffle barrier, the images stream."""
     import ray.data
-    from ray.data.datasource.file_based_datasource import FileShuffleConfig
 
-    from simgan_ray.rayinternals import parquet_reading
+    from simgan_ray.rayinternals import streaming_reads
 
-    fs, _ = storage.resolve(prefix, s3)
-    paths = [storage.resolve(uri, s3)[1] for uri in shards.shard_uris(prefix, manifest)]
-    shuffle = FileShuffleConfig(seed=seed, reseed_after_execution=True) if shuffle_files else None
-    with parquet_reading():  # one read task per shard; a backpressured executor that does not spin
-        ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=shuffle, include_paths=True,
-                                   override_num_blocks=len(paths))
-    ds = ds.select_columns(["id", "image", "path"])
-    return ds.map_batches(_decode_batch, batch_format="numpy",
-                          fn_kwargs={"shape": manifest.shape, "strict": strict, "ledger": ledger})
+    uris = shards.shard_uris(prefix, manifest)
+    with streaming_reads():  # a backpressured executor that does not spin
+        ds = ray.data.from_items([{"uri": uri} for uri in uris], override_num_blocks=len(uris))
+    if shuffle_files:
+        ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    # batch_size=1: one shard per task (a larger batch would bundle several shards into one task).
+    return ds.map_batches(_read_shards, batch_size=1, batch_format="numpy",
+                          fn_kwargs={"s3": s3, "shape": manifest.shape, "strict": strict, "ledger": ledger})
 
 
 def check_shards(prefix: str, manifest: Manifest, s3: S3Options = S3Options()) -> None:

@@ -114,23 +114,18 @@ def quiet_train_reports() -> None:
 
 
 @contextlib.contextmanager
-def parquet_reading():
-    """Ray Data's global DataContext, set for building a Parquet read and restored after (the dataset
-    keeps a copy of the context it was built with): Ray 2.60's V2 Parquet reader packs all of a
-    set's small (few-MB) shards into ONE read task, so no parallel decoding (benchmarks/RESULTS.md,
-    stream), the V1 reader runs one task per shard
-    (`use_datasource_v2`, a DataContext field without a documented meaning); and a backpressured
-    executor must not spin (IdleBackoff, an execution callback, a Ray Data internal)."""
+def streaming_reads():
+    """Ray Data's global DataContext, set for building a dataset and restored after (the dataset
+    keeps a copy of the context it was built with): a backpressured executor must not spin
+    (IdleBackoff, an execution callback, a Ray Data internal)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    v2, callbacks = ctx.use_datasource_v2, ctx.custom_execution_callback_classes
-    ctx.use_datasource_v2 = False
+    callbacks = ctx.custom_execution_callback_classes
     ctx.custom_execution_callback_classes = [*callbacks, IdleBackoff]
     try:
         yield
     finally:
-        ctx.use_datasource_v2 = v2
         ctx.custom_execution_callback_classes = callbacks
 
 

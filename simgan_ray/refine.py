@@ -182,15 +182,16 @@ class ShardRefiner:
 
 @dataclass
 class RefinePlan:
-    """What `plan` found: the export and its hash, the input's manifest, the job's identity (its
-    record's fields) and its shards, all and those not yet done."""
+    """What `plan` found: the export and its hash, the input's manifest, its shards (all and those
+    not yet done), how the output is claimed (`ownership.claim`'s options, the job's identity
+    among them) and what that claim would do."""
 
     export: str
     model_id: str
     manifest: shards.Manifest
-    identity: dict
     names: list[str]
     pending: list[str]
+    claim: dict
     output: ownership.Plan
 
 
@@ -209,13 +210,12 @@ def plan(job: RefineJob) -> RefinePlan:
                           f"{export} was trained on {want}")
     data.check_shards(job.input, manifest, job.s3)
     model_id = model_hash(export, job.s3)
-    identity = {"input": job.input, "model": model_id, "png": job.png}
-    output = ownership.plan(job.output, "refine", job.s3, **{k: v for k, v in _claim_options(job, identity).items()
-                                                             if k != "identity"})
+    claim = _claim_options(job, {"input": job.input, "model": model_id, "png": job.png})
+    output = ownership.plan(job.output, "refine", job.s3, **{k: v for k, v in claim.items() if k != "identity"})
     names = [s["name"] for s in manifest.shards]
     pending = names if output.action != "continue" else [n for n in names if not storage.exists(
         _done_uri(job.output, n), job.s3)]
-    return RefinePlan(export, model_id, manifest, identity, names, pending, output)
+    return RefinePlan(export, model_id, manifest, names, pending, claim, output)
 
 
 def _claim_options(job: RefineJob, identity: dict) -> dict:
@@ -237,7 +237,7 @@ def refine(job: RefineJob) -> RefineSummary:
         ensure_ray(job.concurrency * job.cpus_per_worker)
         check_resources({"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker}, job.concurrency,
                         "refine --concurrency, --cpus-per-worker, --gpus-per-worker")
-    with ownership.claimed(job.output, "refine", job.s3, **_claim_options(job, p.identity)) as out:
+    with ownership.claimed(job.output, "refine", job.s3, **p.claim) as out:
         return _refine(job, p, out)
 
 
@@ -277,7 +277,7 @@ def _refine(job: RefineJob, p: RefinePlan, out: Output) -> RefineSummary:
         out.write({"labels.jsonl": labels})
     shards.write_manifest(out, shards.Manifest(
         kind="refined", count=rows_out, shape=manifest.shape, shards=written,
-        source={"input": p.identity["input"], "model": p.model_id, "export": p.export, "rows_in": manifest.count,
+        source={"input": job.input, "model": p.model_id, "export": p.export, "rows_in": manifest.count,
                 "rows_out": rows_out, "skipped": len(skipped) + lost, "skipped_images": skipped[:100],
                 "corrupt_shards": [f"{why} ({n} rows)" for why, n in corrupt],
                 "label": manifest.source.get("label", "as in the input")},

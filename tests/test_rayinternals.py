@@ -81,8 +81,8 @@ def test_data_context_fields_and_executor_internals_idle_backoff_uses():
     from ray.data._internal.execution.interfaces.op_runtime_metrics import OpRuntimeMetrics
 
     ctx = ray.data.DataContext.get_current()
-    assert hasattr(ctx, "use_datasource_v2") and hasattr(ctx, "custom_execution_callback_classes"), \
-        "parquet_reading: DataContext fields"
+    assert hasattr(ctx, "custom_execution_callback_classes"), \
+        "streaming_reads: DataContext field"
     assert "self._topology" in inspect.getsource(streaming_executor.StreamingExecutor), "IdleBackoff: _topology"
     for name in ("total_enqueued_input_blocks", "total_enqueued_output_blocks"):
         assert hasattr(streaming_executor_state.OpState, name), f"IdleBackoff: OpState.{name}"

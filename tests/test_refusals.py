@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -45,6 +46,30 @@ def test_a_corrupt_shard_is_named_with_strict_and_counted_without(tmp_path, ray_
     manifest = shards.read_manifest(str(tmp_path / "lenient"))
     assert manifest.count == 32 and manifest.source["skipped"] == 32
     assert "shard-00001.parquet: a corrupt Parquet shard" in manifest.source["corrupt_shards"][0]
+
+
+def test_training_reads_a_corrupt_shard_as_refine_does(ray_session, digit_sets, tmp_path):
+    """Without data.strict the run finishes on the intact shard and lists the corrupt one once
+    (however many epochs met it); with it, the read names the shard."""
+    from simgan_ray import data
+    from simgan_ray.config import load_config
+    from simgan_ray.train import fit
+
+    from .conftest import TINY
+
+    source = corrupt_set(tmp_path / "set")
+    cfg = load_config(None, {**TINY, "data.synthetic": source, "data.real": digit_sets["real"],
+                             "run.storage": str(tmp_path), "run.name": "r", "run.num_workers": 1,
+                             "batch_size": 8, "history_size": 16, "schedule.pretrain_refiner_steps": 2,
+                             "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
+                             "run.report_every": 12, "run.checkpoint_every": 12})
+    result = fit(cfg)  # 12 steps of 8 from 32 readable images: 3 passes over the synthetic set
+    assert result.step == 12
+    assert len(result.skipped) == 1 and "shard-00001.parquet: a corrupt Parquet shard" in result.skipped[0]
+    assert (tmp_path / "r" / "skipped.txt").read_text() == result.skipped[0] + "\n"
+    manifest = shards.read_manifest(source)
+    with pytest.raises(Exception, match=r"shard-00001.parquet: a corrupt Parquet shard"):  # noqa: PT011 (Ray wraps it)
+        data.image_dataset(source, manifest, strict=True).count()
 
 
 @pytest.mark.slow
@@ -102,3 +127,28 @@ def test_a_bad_ray_address_is_one_line_within_seconds_and_claims_nothing(tmp_pat
     assert "for 5 s" in line or "is not HOST:PORT" in line
     assert time.monotonic() - start < 30  # the console's own start-up included
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (root only, where mounting is allowed), unmounted after."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_same_command_continues_after(small_disk):
+    out = small_disk / "out"
+    line = one_line_refusal(console("simulate", "--count", "2000", "--out", str(out)), "No space left on device")
+    assert "shard-00000.parquet: cannot write" in line
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no partial file left
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    # Its claim stopped before its first file: the same command continues there, no --overwrite needed.
+    done = console("simulate", "--count", "2000", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert shards.read_manifest(str(out)).count == 2000
