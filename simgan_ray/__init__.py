@@ -20,7 +20,10 @@ simgan_ray.train, .refine, .evaluate, which Python binds on the package once imp
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import TYPE_CHECKING
+
+__version__ = metadata.version("simgan-ray")  # pyproject.toml's, as installed
 
 if TYPE_CHECKING:
     from simgan_ray.checkpoints import load_export, refine_images

@@ -7,6 +7,7 @@ exit 2; a failed training run -> the workers' root cause in one line and exit 1.
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -15,10 +16,35 @@ import typer
 from simgan_ray.errors import SimganError, root_cause, user_error
 from simgan_ray.runtime import exit_interrupted, on_stop_signal, stopped_by
 
-app = typer.Typer(help="Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Fetch and prepare real image sets.", no_args_is_help=True)
+# click's plain help (flags as --x / --no-x, choices as [a|b]), -h as well as --help.
+HELP = {"no_args_is_help": True, "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
+app = typer.Typer(help="Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray.", pretty_exceptions_enable=False,
+                  **HELP)
+data_app = typer.Typer(help="Fetch and prepare real image sets.", **HELP)
+
+# The values of enumerated options, shown by --help as choices and checked by click.
+ImageFormat = StrEnum("ImageFormat", ["parquet", "png"])
+Task = StrEnum("Task", ["classification", "regression"])
+Style = StrEnum("Style", ["mnist", "color"])
+Fit = StrEnum("Fit", ["resize", "crop", "pad"])
+Kind = StrEnum("Kind", ["real", "synthetic", "dev", "val", "test"])
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from simgan_ray import __version__
+
+        typer.echo(f"simgan-ray {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Distributed SimGAN (Shrivastava et al., CVPR 2017) on Ray."""
 
 S3Endpoint = Annotated[
     str | None, typer.Option("--s3-endpoint", help="S3-compatible endpoint URL, e.g. http://127.0.0.1:9000")
@@ -75,7 +101,8 @@ def train(
     num_workers: Annotated[int | None, typer.Option(help="Ray Train workers")] = None,
     gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="one GPU per worker (NCCL) or CPU (gloo)")] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override any field: --set schedule.steps=50 (repeatable)")
+        list[str] | None,
+        typer.Option("--set", metavar="FIELD=VALUE", help="override any field: --set schedule.steps=50 (repeatable)"),
     ] = None,
     resume: Annotated[bool, typer.Option(help="continue the run <storage>/<name> from its latest checkpoint")] = False,
     auto_resume: Annotated[bool, typer.Option(help="resume the run if it has a checkpoint, else start it: one "
@@ -140,7 +167,8 @@ def refine(
     cpus_per_worker: Annotated[float | None, typer.Option(help="CPUs per actor (its torch threads on CPU) [1]")]
     = None,
     format_: Annotated[
-        str | None, typer.Option("--format", help="parquet, or png: also one PNG per image + labels.jsonl [parquet]")
+        ImageFormat | None,
+        typer.Option("--format", help="png: also one PNG per image + labels.jsonl [default: parquet]"),
     ] = None,
     overwrite: Annotated[
         bool | None, typer.Option("--overwrite/--no-overwrite", help="replace an output prefix holding another job's")
@@ -161,8 +189,6 @@ def refine(
     from simgan_ray.refine import load_refine_job, plan
     from simgan_ray.refine import refine as run_refine
 
-    if format_ not in (None, "parquet", "png"):
-        raise SimganError(f"--format must be parquet or png, got {format_!r}")
     given = {"model": model, "input": input, "output": output, "batch_size": batch_size, "concurrency": concurrency,
              "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
              "png": None if format_ is None else format_ == "png", "overwrite": overwrite, "strict": strict,
@@ -196,8 +222,8 @@ def evaluate(
     label_key: Annotated[str, typer.Option(help="label field: the class, or with --task regression a number or a "
                                                 "list of numbers (a gaze vector)")] = "digit",
     num_classes: Annotated[int, typer.Option(help="number of classes (classification)")] = 10,
-    task: Annotated[str, typer.Option(help="classification or regression (errors: MAE, L2, angle in degrees for "
-                                           "vectors)")] = "classification",
+    task: Annotated[Task, typer.Option(help="regression: errors as MAE, L2 and, for vectors, angle in degrees")]
+    = Task.classification,
     seeds: Annotated[int, typer.Option(help="classifier seeds per training source")] = 3,
     train_images: Annotated[int, typer.Option(help="training images per classifier")] = 20000,
     test_images: Annotated[int, typer.Option(help="real test images")] = 10000,
@@ -216,7 +242,7 @@ def evaluate(
     cfg = from_options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
                    out=out, refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes,
                    seeds=seeds, train_images=train_images, test_images=test_images, epochs=epochs, final=final,
-                   task=task, overwrite=overwrite, s3=_s3(s3_endpoint))
+                   task=task.value, overwrite=overwrite, s3=_s3(s3_endpoint))
     if dry_run:
         return _dry_run(None, f"evaluate into {run_evaluate(cfg, dry_run=True).describe()}")
     typer.echo(markdown(run_evaluate(cfg)))
@@ -296,8 +322,6 @@ def _interrupted(signum: int) -> NoReturn:
 def main() -> None:
     import signal
 
-    import click
-
     signal.signal(signal.SIGTERM, on_stop_signal)  # and again once Ray has started (runtime.ensure_ray)
     try:
         code = app(standalone_mode=False)
@@ -305,9 +329,12 @@ def main() -> None:
         # Raised inside a Ray task, it arrives as RayTaskError(SimganError): print the original.
         _echo(f"error: {user_error(e)}")
         sys.exit(2)
-    except click.ClickException as e:  # usage errors: click's own message and exit code 2
+    except _click_exception() as e:  # usage errors: click's own message and exit code 2
         e.show()
         sys.exit(e.exit_code)
+    except typer.Abort:
+        _echo("Aborted!")
+        sys.exit(1)
     except KeyboardInterrupt:
         _interrupted(stopped_by())
     except Exception as e:
@@ -323,6 +350,12 @@ def main() -> None:
     if code == 128 + signal.SIGINT:  # typer's answer to a KeyboardInterrupt in a command
         _interrupted(stopped_by())
     sys.exit(code or 0)
+
+
+def _click_exception() -> type[Exception]:
+    """ClickException of the click that typer runs on: typer 0.2x vendors its own copy (a private
+    module), older releases use click itself; `typer.BadParameter`, public in both, derives from it."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 # The commands that make image sets live in their own module; importing it registers them on `app`.

@@ -12,8 +12,11 @@ from simgan_ray.cli import (
     Address,
     Cluster,
     DryRun,
+    Fit,
+    Kind,
     Overwrite,
     S3Endpoint,
+    Style,
     Wait,
     _dry_run,
     _echo,
@@ -32,8 +35,8 @@ def simulate(
     count: Annotated[int, typer.Option(help="number of images")] = 10000,
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
     seed: Annotated[int, typer.Option(help="simulator seed; image i depends only on (seed, i)")] = 0,
-    style: Annotated[str, typer.Option(help="mnist (1x28x28 gray) or color (3x32x40, textured background)")]
-    = "mnist",
+    style: Annotated[Style, typer.Option(help="mnist: 1x28x28 gray; color: 3x32x40, textured background")]
+    = Style.mnist,
     font_dir: Annotated[
         list[Path] | None, typer.Option(help="font directories (default: matplotlib's bundled fonts)")
     ] = None,
@@ -48,8 +51,8 @@ def simulate(
     from simgan_ray.cluster import JobSpec, command_argv
     from simgan_ray.simulate import simulate as run_simulation
 
-    options = {"s3": _s3(s3_endpoint), "font_dirs": [str(d) for d in font_dir] if font_dir else None, "style": style,
-               "overwrite": overwrite}
+    options = {"s3": _s3(s3_endpoint), "font_dirs": [str(d) for d in font_dir] if font_dir else None,
+               "style": style.value, "overwrite": overwrite}
     if dry_run:
         if cluster is not None or address is not None:
             return _dry_run(cluster, f"simulate {count} images into {out} on the cluster")
@@ -68,7 +71,7 @@ def ingest(
     height: Annotated[int, typer.Option(help="target height, px")] = 28,
     width: Annotated[int, typer.Option(help="target width, px")] = 28,
     channels: Annotated[int, typer.Option(help="1 (grayscale) or 3 (RGB)")] = 1,
-    fit: Annotated[str, typer.Option(help="resize (stretch), crop (centre crop) or pad (letterbox)")] = "crop",
+    fit: Annotated[Fit, typer.Option(help="resize: stretch; crop: centre crop; pad: letterbox")] = Fit.crop,
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
     strict: Annotated[bool, typer.Option(help="fail on an unreadable file or missing label instead of skipping it")]
     = False,
@@ -76,7 +79,7 @@ def ingest(
                                                     "column")] = None,
     label_fields: Annotated[str | None, typer.Option(help="keep only these label fields, comma-separated, dotted "
                                                           "paths: eye_details.look_vec")] = None,
-    kind: Annotated[str, typer.Option(help="the set's manifest kind: real, synthetic, dev, val or test")] = "real",
+    kind: Annotated[Kind, typer.Option(help="the set's manifest kind")] = Kind.real,
     overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
     dry_run: DryRun = False,
@@ -85,13 +88,11 @@ def ingest(
     from simgan_ray.ingest import Target
     from simgan_ray.ingest import ingest as run_ingest
 
-    if channels not in (1, 3) or fit not in ("resize", "crop", "pad"):
-        raise SimganError(f"--channels must be 1 or 3 and --fit resize, crop or pad (got {channels}, {fit!r})")
-    if kind not in ("real", "synthetic", "dev", "val", "test"):
-        raise SimganError(f"--kind must be real, synthetic, dev, val or test (got {kind!r})")
+    if channels not in (1, 3):
+        raise SimganError(f"--channels must be 1 or 3 (got {channels})")
     fields = tuple(f.strip() for f in label_fields.split(",") if f.strip()) if label_fields else ()
-    options = {"labels": labels, "label_fields": fields, "kind": kind, "overwrite": overwrite}
-    target = Target(height, width, channels, fit)
+    options = {"labels": labels, "label_fields": fields, "kind": kind.value, "overwrite": overwrite}
+    target = Target(height, width, channels, fit.value)
     if dry_run:
         plan = run_ingest(src, out, target, shard_size, strict, _s3(s3_endpoint), **options, dry_run=True)
         return _dry_run(None, f"ingest {src}: {plan.describe()}")

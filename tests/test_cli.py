@@ -17,10 +17,9 @@ def run(*args, cwd=None):
 
 
 def listed_commands(help_text: str) -> list[str]:
-    """The names in the Commands panel of a help text: the first word of each entry's first line."""
-    panel = help_text.split("Commands")[1]
-    return [line.strip("│ ").split()[0] for line in panel.splitlines()
-            if line.startswith("│ ") and not line.startswith("│  ")]
+    """The names under "Commands:" in click's help text: the first word of each entry's first line."""
+    section = help_text.split("Commands:\n")[1]
+    return [line.split()[0] for line in section.splitlines() if line.startswith("  ") and not line.startswith("   ")]
 
 
 def test_help_lists_every_command():
@@ -111,3 +110,69 @@ def test_a_cluster_that_does_not_answer_is_one_line_within_the_bound():
                          env={**os.environ, "RAY_ADDRESS": address})
     assert time.monotonic() - start < 30
     assert f"RAY_ADDRESS={address}: no Ray answers there (Connection refused for 3 s)" in out.stderr
+
+
+USAGE_ERRORS = [  # (argv, what click's "Error:" line says)
+    (["trian"], "No such command 'trian'. Did you mean 'train'?"),
+    (["train", "--confg", "x"], "--confg"),
+    (["train", "--num-workers", "two"], "Invalid value for '--num-workers'"),
+    (["simulate"], "Missing option '--out'"),
+    (["simulate", "--out", "x", "--style", "gray"], "Invalid value for '--style'"),
+    (["refine", "--format", "jpeg"], "Invalid value for '--format'"),
+    (["data", "fetch"], "No such command 'fetch'"),
+]
+
+
+def _usage_errors(env=None) -> None:
+    for argv, needle in USAGE_ERRORS:
+        out = subprocess.run([str(BIN), *argv], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **(env or {})})
+        assert out.returncode == 2, (argv, out.stderr)
+        assert out.stderr.startswith("Usage: simgan-ray") and "Traceback" not in out.stderr, (argv, out.stderr)
+        error = [line for line in out.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(error) == 1 and needle in error[0], (argv, out.stderr)
+    bare = subprocess.run([str(BIN)], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    assert bare.returncode == 2 and "Commands:" in bare.stdout + bare.stderr
+
+
+def test_usage_errors_are_clicks_with_exit_2():
+    _usage_errors()
+
+
+def test_help_shows_flags_and_choices_as_click_does():
+    for flag in ("-h", "--help"):
+        assert run("train", flag).stdout.startswith("Usage: simgan-ray train [OPTIONS]")
+    text = {c: run(*c.split(), "-h").stdout for c in ("train", "refine", "evaluate", "simulate", "ingest")}
+    assert "<bool>" not in "".join(text.values()) and "--resume / --no-resume" in text["train"]
+    assert "--set FIELD=VALUE" in text["train"]
+    for command, choices in (("refine", "--format [parquet|png]"), ("evaluate", "--task [classification|regression]"),
+                             ("simulate", "--style [mnist|color]"), ("ingest", "--fit [resize|crop|pad]"),
+                             ("ingest", "--kind [real|synthetic|dev|val|test]")):
+        name, _, values = choices.partition(" ")  # typer 0.2x's own click writes <a|b>, click [a|b]
+        assert f"{name} [{values[1:-1]}]" in text[command] or f"{name} <{values[1:-1]}>" in text[command], choices
+
+
+def test_version_is_the_installed_package():
+    from importlib import metadata
+
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout == f"simgan-ray {metadata.version('simgan-ray')}\n"
+
+
+@pytest.mark.network
+def test_usage_errors_with_the_lowest_typer_the_range_allows(tmp_path):
+    """pyproject's lower bound of typer, installed beside the locked one (first on PYTHONPATH)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    (typer,) = [Requirement(d) for d in deps if Requirement(d).name == "typer"]
+    lowest = next(s.version for s in typer.specifier if s.operator == ">=")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp_path),
+                    f"typer=={lowest}"], check=True, timeout=300)
+    env = {"PYTHONPATH": str(tmp_path)}
+    version = subprocess.run([sys.executable, "-c", "import typer; print(typer.__version__)"], capture_output=True,
+                             text=True, env={**os.environ, **env}, check=True).stdout.strip()
+    assert version == lowest
+    _usage_errors(env)
