@@ -20,10 +20,13 @@ Everything is loaded with torch.load(weights_only=True): no pickle from a file i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,12 +167,19 @@ PIXELS = {"input": "float32 (N, C, H, W) in [-1, 1]: uint8 / 127.5 - 1",
           "output": "float32 (N, C, H, W) in [-1, 1]: uint8 = round((y + 1) * 127.5), clipped to [0, 255]"}
 
 
+@contextlib.contextmanager
+def _level(logger: logging.Logger, level: int):
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def write_portable(directory: Path, refiner: Refiner, meta: dict) -> None:
     """refiner.torchscript.pt, refiner.pt2 and refiner.onnx in `directory` (an export), with the pixel
     convention and refiner.json's fields in their extra file (ONNX: metadata property) simgan_ray.json."""
-    import contextlib
-    import warnings
-
     import onnx
     from torch.export import Dim
 
@@ -185,7 +195,10 @@ def write_portable(directory: Path, refiner: Refiner, meta: dict) -> None:
     dims = {0: Dim("batch", min=1), 2: Dim("height", min=1), 3: Dim("width", min=1)}
     program = torch.export.export(refiner, (example,), dynamic_shapes=(dims,))
     torch.export.save(program, directory / TORCH_EXPORT, extra_files={PORTABLE_META: extra})
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its progress lines
+    # The exporter's progress lines (stdout), warnings, and one log line per torchvision operator it
+    # would register had torchvision been installed (a refiner uses none).
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            _level(logging.getLogger("torch.onnx"), logging.ERROR):
         warnings.simplefilter("ignore")
         model = torch.onnx.export(refiner, (example,), dynamo=True, dynamic_shapes=(dims,),
                                   input_names=["image"], output_names=["refined"]).model_proto

@@ -6,6 +6,7 @@ exit 2; a failed training run -> the workers' root cause in one line and exit 1.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -63,10 +64,27 @@ DryRun = Annotated[bool, typer.Option(help="check the config, data, storage and 
                                            "run, and exit: nothing is started or written")]
 Overwrite = Annotated[bool, typer.Option(help="replace this command's earlier output there: deletes only the files "
                                               "its record lists, and refuses if anything else is there")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="also print Ray's own output (its INFO lines, the "
+                                                               "workers' output, Ray Data's progress bars)")]
+Json = Annotated[bool, typer.Option("--json", help="print the summary on stdout as one JSON object")]
 
 
 def _echo(msg: str) -> None:
+    """Logs, notes and progress: stderr."""
     typer.echo(msg, err=True)
+
+
+def _result(text: str, summary: dict, as_json: bool) -> None:
+    """A command's result: stdout, as text or (`--json`) as one JSON object."""
+    import json
+
+    typer.echo(json.dumps(summary) if as_json else text)
+
+
+def _start(verbose: bool) -> None:
+    from simgan_ray.runtime import set_verbose
+
+    set_verbose(verbose)
 
 
 def _submit_if_cluster(cluster: Path | None, address: str | None, wait: bool, job) -> None:
@@ -114,19 +132,24 @@ def train(
     address: Address = None,
     wait: Wait = True,
     dry_run: DryRun = False,
+    verbose: Verbose = False,
+    json_: Json = False,
 ) -> None:
-    """Train a refiner: validate and print the resolved config, write it beside the run, train."""
+    """Train a refiner: validate the config, write it beside the run, train, export."""
     from simgan_ray.cluster import JobSpec
     from simgan_ray.config import dump_config, load_config, parse_override
+    from simgan_ray.progress import ReportFollower
     from simgan_ray.train import fit, preflight
 
+    _start(verbose)
     overrides = dict(parse_override(s) for s in set_ or [])
     for key, value in (("run.storage", storage), ("run.name", name), ("run.num_workers", num_workers),
                        ("run.use_gpu", gpu)):
         if value is not None:
             overrides[key] = value
     cfg = load_config(config, overrides)
-    _echo(f"# resolved config -> {cfg.run_uri}/config.yaml\n{dump_config(cfg)}")
+    if verbose or dry_run:
+        _echo(f"# resolved config -> {cfg.run_uri}/config.yaml\n{dump_config(cfg)}")
     if dry_run:
         checked = preflight(cfg, resume="auto" if auto_resume else resume, allow_changes=allow_changes)
         shape = "x".join(map(str, checked.synthetic.shape))
@@ -135,20 +158,25 @@ def train(
                         f" real {shape} images, {cfg.schedule.total_steps} steps")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
         ["train", "--config", "config.yaml", *(["--auto-resume"] if auto_resume else ["--resume"] if resume else []),
-         *(["--allow-changes"] if allow_changes else [])],
+         *(["--allow-changes"] if allow_changes else []), *(["--verbose"] if verbose else []),
+         *(["--json"] if json_ else [])],
         {"config.yaml": dump_config(cfg)}))
-    result = fit(cfg, resume="auto" if auto_resume else resume, allow_changes=allow_changes)
+    _echo(f"training {cfg.run_uri} ({cfg.schedule.total_steps} steps on {cfg.run.num_workers} worker(s); its config: "
+          f"{cfg.run_uri}/config.yaml)")
+    with ReportFollower(cfg.run_uri, cfg.schedule.total_steps, cfg.data.s3):
+        result = fit(cfg, resume="auto" if auto_resume else resume, allow_changes=allow_changes)
     last = result.metrics[-1] if result.metrics else {}
     if result.skipped:
-        _echo(f"skipped {len(result.skipped)} corrupt image(s), listed in {result.run_uri}/skipped.txt; "
+        _echo(f"skipped {len(result.skipped)} corrupt item(s), listed in {result.run_uri}/skipped.txt; "
               f"first: {result.skipped[0]}")
-    _echo(
+    pictures = [f"{result.run_uri}/samples.png", f"{result.run_uri}/curves.png"]
+    _result(
         f"done: step {result.step}; export {result.export_uri}"
         + (f" (weights of step {result.export_step}, the lowest probe_fd)" if result.export_step != result.step else "")
-        + f"; pictures {result.run_uri}/samples.png, "
-        f"{result.run_uri}/curves.png; last metrics "
-        + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float))
-    )
+        + f"; pictures {', '.join(pictures)}; last metrics "
+        + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)),
+        {"run": result.run_uri, "step": result.step, "export": result.export_uri, "export_step": result.export_step,
+         "pictures": pictures, "metrics": last, "skipped": len(result.skipped)}, json_)
 
 
 @app.command()
@@ -181,8 +209,11 @@ def refine(
     address: Address = None,
     wait: Wait = True,
     dry_run: DryRun = False,
+    verbose: Verbose = False,
+    json_: Json = False,
 ) -> None:
     """Refine a whole image set with a trained refiner, resumably: finished shards are kept."""
+    _start(verbose)
     import yaml
 
     from simgan_ray.cluster import JobSpec
@@ -195,7 +226,8 @@ def refine(
              "s3": None if s3_endpoint is None else {"endpoint_url": s3_endpoint}}
     job = load_refine_job(config, {k: v for k, v in given.items() if v is not None})
     resolved = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
-    _echo(f"# refine job\n{resolved}")
+    if verbose or dry_run:
+        _echo(f"# refine job\n{resolved}")
     if dry_run:
         p = plan(job)
         return _dry_run(cluster, f"refine {len(p.pending)} of {len(p.names)} shards ({p.manifest.count} images in "
@@ -203,11 +235,11 @@ def refine(
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(
         ["refine", "--config", "refine.yaml"], {"refine.yaml": resolved}))
     s = run_refine(job)
-    _echo(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
+    _result(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
           f"{s.shards_skipped} already done; {s.bytes_written / 1e6:.1f} MB written in {s.seconds:.1f}s "
           f"({s.images_per_s:.0f} images/s); {len(s.skipped_images)} corrupt images skipped"
           + (f"; {len(s.corrupt_shards)} corrupt shard(s) skipped, first: {s.corrupt_shards[0]}"
-             if s.corrupt_shards else ""))
+             if s.corrupt_shards else ""), {**dataclasses.asdict(s), "images_per_s": s.images_per_s}, json_)
 
 
 @app.command()
@@ -233,8 +265,10 @@ def evaluate(
     overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
     dry_run: DryRun = False,
+    verbose: Verbose = False,
 ) -> None:
     """Table 1 on real data: classifiers trained on raw vs refined synthetic vs real, realism, labels."""
+    _start(verbose)
     from simgan_ray.config import from_options
     from simgan_ray.evaluate import EvalConfig, markdown
     from simgan_ray.evaluate import evaluate as run_evaluate
@@ -246,7 +280,7 @@ def evaluate(
     if dry_run:
         return _dry_run(None, f"evaluate into {run_evaluate(cfg, dry_run=True).describe()}")
     typer.echo(markdown(run_evaluate(cfg)))
-    _echo(f"report: {out}/report.json, {out}/report.md, {out}/samples.png, {out}/errors.png")
+    typer.echo(f"report: {out}/report.json, {out}/report.md, {out}/samples.png, {out}/errors.png")
 
 
 @app.command()
@@ -263,8 +297,10 @@ def probe(
     overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
     dry_run: DryRun = False,
+    verbose: Verbose = False,
 ) -> None:
     """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
+    _start(verbose)
     from simgan_ray.config import from_options
     from simgan_ray.probe import ProbeSpec, build_probe
 
@@ -274,7 +310,7 @@ def probe(
     if dry_run:
         return _dry_run(None, f"probe into {build_probe(spec, dry_run=True).describe()}")
     meta = build_probe(spec)
-    _echo(f"probe written to {out}: its classifier's error on {meta['heldout_images']} held-out images of "
+    typer.echo(f"probe written to {out}: its classifier's error on {meta['heldout_images']} held-out images of "
           f"{real_train} is {100 * meta['heldout_error']:.2f}%; reference: {meta['reference_images']} images "
           f"of {reference}")
 
@@ -288,8 +324,10 @@ def tune(
     address: Address = None,
     wait: Wait = True,
     dry_run: DryRun = False,
+    verbose: Verbose = False,
 ) -> None:
     """Sweep train-config fields with ASHA or PBT, each trial a Ray Train run, ranked by the probe metric."""
+    _start(verbose)
     import yaml
 
     from simgan_ray.cluster import JobSpec
@@ -298,8 +336,8 @@ def tune(
 
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
     spec, base = load_spec(config, overrides)
-    _echo(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}; base config:\n"
-          f"{dump_config(base)}")
+    _echo(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}"
+          + (f"; base config:\n{dump_config(base)}" if verbose or dry_run else ""))
     if dry_run:
         return _dry_run(cluster, f"sweep {spec.num_samples} trials ({spec.scheduler}, by {spec.metric}) into "
                         f"{preflight(spec, base)}")
@@ -309,7 +347,7 @@ def tune(
                                             "base.yaml": dump_config(base)}))
     summary = run_sweep(spec, base)
     best = summary["best"]
-    _echo(f"best trial {best['trial']}: {spec.metric}={best[spec.metric]:.4g} with "
+    typer.echo(f"best trial {best['trial']}: {spec.metric}={best[spec.metric]:.4g} with "
           + ", ".join(f"{k}={best[k]}" for k in spec.search)
           + f"; results in {summary['out']}/results.md, best config {summary['out']}/best.yaml, "
           f"refiner {summary['out']}/best/export")

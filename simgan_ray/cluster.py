@@ -181,6 +181,7 @@ def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
     if not wait:
         echo(f"follow it: ray job logs --follow {job_id} --address {address}; "
              f"stop it: ray job stop {job_id} --address {address}")
+        print(job_id, flush=True)  # the result, alone on stdout: JOB=$(simgan-ray train --cluster c.yaml --no-wait)
         return 0
 
     async def follow() -> None:

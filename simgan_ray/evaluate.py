@@ -195,25 +195,29 @@ def markdown(r: dict) -> str:
     measure = r.get("error_measure", "error")
     unit = " deg" if measure == "angle_deg" else ""
 
-    def err(d: dict) -> str:
+    seeds = r["recipe"]["seeds"]
+
+    def err(d: dict) -> str:  # one seed has no spread to show
         if regression:
-            return f"{d['mean']:.3f}{unit} +- {d['sd']:.3f}"
-        return f"{100 * d['mean']:.2f}% +- {100 * d['sd']:.2f}"
+            return f"{d['mean']:.3f}{unit}" + (f" +- {d['sd']:.3f}" if seeds > 1 else "")
+        return f"{100 * d['mean']:.2f}%" + (f" +- {100 * d['sd']:.2f}" if seeds > 1 else "")
 
     def kept(v: float) -> str:
         return f"{v:.3f}{unit}" if regression else f"{100 * v:.1f}%"
 
     kind = r["reported_on"]["kind"]
-    what = f"{kind} {measure} (mean +- sd)" if regression else f"{kind} error (mean +- sd)"
+    spread = " (mean +- sd)" if seeds > 1 else ""
+    what = f"{kind} {measure}{spread}" if regression else f"{kind} error{spread}"
     preserved = f"real-trained model's {measure} on it" if regression else "real-trained classifier accuracy on it"
-    paper = "paper, gaze: 11.2 -> 7.8 deg, 30.4%" if regression else "paper, gaze: 22.3%; target here: >= 30%"
+    paper = "paper, gaze: 11.2 -> 7.8 deg, 30.4%" if regression else "paper, gaze: 22.3%"
     task_note = f"; regression of {r['recipe']['label_key']!r}" if regression else ""
     return "\n".join([
         "# SimGAN evaluation",
         "",
         f"Errors on `{r['inputs']['real_test']}` (kind {kind!r}, {r['counts']['real_test']} "
         f"images{'; the final, test-set measurement' if r['reported_on']['final'] else ''}); "
-        f"{r['recipe']['seeds']} seeds per row; {r['recipe']['epochs']} epochs on {r['counts']['synthetic']} images"
+        f"{seeds} seed{'s' if seeds > 1 else ''} per row; {r['recipe']['epochs']} epochs on "
+        f"{r['counts']['synthetic']} images"
         f"{task_note}.",
         "",
         f"| {'model' if regression else 'classifier'} trained on | {what} | two-sample accuracy vs real | "

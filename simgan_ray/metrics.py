@@ -72,9 +72,3 @@ def check_finite(metrics: dict) -> None:
     bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise FloatingPointError(f"step {metrics['step']}: non-finite {', '.join(bad)}; stopping before checkpointing")
-
-
-def format_metrics(m: dict, total: int) -> str:
-    parts = [f"step {m['step']}/{total} [{m['phase']}]"]
-    parts += [f"{k}={v:.4g}" for k, v in m.items() if k not in ("step", "phase")]
-    return " ".join(parts)

@@ -113,6 +113,15 @@ def quiet_train_reports() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def show_data_progress(on: bool) -> None:
+    """Ray Data's progress bars and INFO lines in this process (a driver that runs a dataset:
+    `refine`), with `--verbose` only: the command prints its own progress."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = on
+    logging.getLogger("ray.data").setLevel(logging.INFO if on else logging.WARNING)
+
+
 @contextlib.contextmanager
 def streaming_reads():
     """Ray Data's global DataContext, set for building a dataset and restored after (the dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -33,6 +34,21 @@ def stopped_by() -> signal.Signals:
     return _stopped_by
 
 
+_verbose = False
+
+
+def set_verbose(on: bool) -> None:
+    """Whether the Ray this process starts or joins prints its own output here: its INFO lines, the
+    workers' output and Ray Data's progress bars (`--verbose`). Off, a command prints only its own
+    lines; Ray's stay in its session logs (/tmp/ray/session_latest/logs)."""
+    global _verbose
+    _verbose = on
+
+
+def _init_options() -> dict:
+    return {"log_to_driver": _verbose, "logging_level": logging.INFO if _verbose else logging.ERROR}
+
+
 def ensure_ray(min_cpus: float = 1) -> None:
     """Join the Ray already initialized in this process, the cluster of a Ray Job this process is
     the entrypoint of (RAY_ADDRESS, set by the Jobs API), or start a local one."""
@@ -47,9 +63,12 @@ def ensure_ray(min_cpus: float = 1) -> None:
             raise SimganError(f"RAY_ADDRESS={address} names a Ray Jobs API, which a driver cannot join: submit to it "
                               "with the CLI (it uses RAY_ADDRESS so), or unset it to run on a local Ray")
         _wait_for_answer(address)
-        ray.init(log_to_driver=True)
+        ray.init(**_init_options())
     else:
         start_local_ray(max(os.cpu_count() or 1, math.ceil(min_cpus) + 1))
+    from simgan_ray import rayinternals
+
+    rayinternals.show_data_progress(_verbose)
     # ray.init installs SIGTERM handlers that exit with SystemExit(1) (a local head node: after
     # killing its processes) or SystemExit(SIGTERM), which tell a stop from a failure only by a number.
     if threading.current_thread() is threading.main_thread():
@@ -104,7 +123,7 @@ def start_local_ray(num_cpus: int) -> None:
     port = free_port()
     _started_here = True
     # address="local": always a new Ray; without it, ray.init joins any Ray already started on the machine.
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, log_to_driver=True,
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, **_init_options(),
              runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
 
 

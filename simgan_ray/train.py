@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -82,6 +83,7 @@ class Preflight:
     real: shards.Manifest
     claim: dict  # how `fit` claims the run directory (ownership.claim's options)
     snapshot: dict | None = None  # Ray Train's checkpoint list to resume from, where its newest were damaged
+    resume_from: tuple[str, int | None] | None = None  # (checkpoint folder, its step) where it resumes
 
 
 # The fields a checkpoint's weights are shaped by: a resumed run must keep them.
@@ -146,10 +148,10 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False, allow_ch
     ownership.plan(uri, "train", s3, **claim)
     started = claim["resume"] and storage.exists(storage.join(uri, "config.yaml"), s3)
     checkpointed = started and storage.exists(storage.join(uri, TRAIN_SNAPSHOT), s3)
-    snapshot = None
+    snapshot = resume_from = None
     if checkpointed:
         _check_resumed(uri, cfg, allow_changes)
-        snapshot = _intact_snapshot(uri, s3)
+        snapshot, resume_from = _intact_snapshot(uri, s3)
     if started and not checkpointed:
         print(f"note: {uri} has no checkpoint (the run stopped before its first one): starting it over from step 0 "
               "with the config given now", file=sys.stderr, flush=True)
@@ -170,14 +172,16 @@ def preflight(cfg: TrainConfig, resume: bool | Literal["auto"] = False, allow_ch
         raise SimganError("tracking.mlflow_uri needs the mlflow package: pip install mlflow-skinny (or mlflow)")
     if cfg.consistency.weight:  # the synthetic set's labels, which the consistency classifier learns
         data.load_set(cfg.data.synthetic, 1, s3, cfg.consistency.label_key)
-    return Preflight(run_uri=uri, resumes=checkpointed, synthetic=syn, real=real, claim=claim, snapshot=snapshot)
+    return Preflight(run_uri=uri, resumes=checkpointed, synthetic=syn, real=real, claim=claim, snapshot=snapshot,
+                     resume_from=resume_from)
 
 
-def _intact_snapshot(uri: str, s3) -> dict | None:
+def _intact_snapshot(uri: str, s3) -> tuple[dict | None, tuple[str, int | None]]:
     """Check the checkpoints a run would resume from: every name Ray Train's list holds must be a
     folder of this run (a SimganError naming it otherwise), and the newest must be whole. Where the
     newest are damaged (cut short by a crash or a full disk) -> the list without them, to resume from
-    the newest intact one (noted); None where nothing needs changing."""
+    the newest intact one (noted); None where nothing needs changing. Also -> the checkpoint it
+    resumes from and its step."""
     snapshot_uri = storage.join(uri, TRAIN_SNAPSHOT)
     doc = storage.read_json(snapshot_uri, s3, "Ray Train's list of checkpoints")
     try:
@@ -192,22 +196,28 @@ def _intact_snapshot(uri: str, s3) -> dict | None:
             break
         damaged[name] = why
     if not damaged:
-        return None
+        return None, _latest(doc)
     fixed = rayinternals.snapshot_without(doc, set(damaged))
     first = next(iter(damaged.items()))
     if fixed is None:
         raise SimganError(f"{uri}: no intact checkpoint to resume from ({first[0]}: {first[1]}); start a new run.name")
     print(f"note: {uri}: checkpoint {first[0]} is damaged ({first[1]}); resuming from "
-          f"{fixed['latest_checkpoint_result']['checkpoint_dir_name']}, the newest intact one", file=sys.stderr,
-          flush=True)
-    return fixed
+          f"{_latest(fixed)[0]}, the newest intact one", file=sys.stderr, flush=True)
+    return fixed, _latest(fixed)
+
+
+def _latest(snapshot: dict) -> tuple[str, int | None]:
+    latest = snapshot["latest_checkpoint_result"]
+    return latest["checkpoint_dir_name"], (latest.get("metrics") or {}).get("step")
 
 
 def ingest_options(cfg: TrainConfig):
     """Ray Train's default ingest options (those of the current Ray Data context), with data.preserve_order."""
     import ray.train
 
-    options = ray.train.DataConfig.default_ingest_options()
+    with warnings.catch_warnings():  # Ray's own deprecation inside its defaults (exclude_resources)
+        warnings.simplefilter("ignore")
+        options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = cfg.data.preserve_order
     return options
 
@@ -239,6 +249,10 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
     uri, syn, real = checked.run_uri, checked.synthetic, checked.real
     if checked.snapshot is not None:  # Ray Train then resumes from the newest intact checkpoint
         out.write({TRAIN_SNAPSHOT: json.dumps(checked.snapshot).encode()})
+    if checked.resume_from is not None:
+        name, step = checked.resume_from
+        print(f"resumed at step {step} from {uri}/{name}" if step is not None else f"resumed from {uri}/{name}",
+              file=sys.stderr, flush=True)
     out.write({"config.yaml": dump_config(cfg).encode()})
     if label_net := ensure_label_net(cfg, out):
         print(f"label-consistency classifier: {label_net['heldout_error']:.2%} error on {label_net['heldout_images']} "

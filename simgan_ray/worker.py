@@ -25,7 +25,7 @@ from simgan_ray.data import load_set
 from simgan_ray.gan import Gan, distributed, make_gan, phase_table, run_step, unwrap
 from simgan_ray.guard import CollapseGuard
 from simgan_ray.history import ImageHistory
-from simgan_ray.metrics import MetricWindow, Stopwatch, check_finite, format_metrics
+from simgan_ray.metrics import MetricWindow, Stopwatch, check_finite
 from simgan_ray.ownership import Output
 from simgan_ray.probe import load_probe
 from simgan_ray.rayinternals import quiet_train_reports
@@ -127,7 +127,6 @@ def train_func(loop_config: dict) -> None:
             metrics["rollbacks"] = guard.rollbacks
         if rank == 0:
             metrics_log.append(metrics)
-            print(format_metrics(metrics, total))
             tracker.report(metrics_log)
             if cfg.probe.export == "best":
                 best = checkpoints.keep_best(best, step, metrics["probe_fd"], gan.exported)

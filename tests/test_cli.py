@@ -176,3 +176,33 @@ def test_usage_errors_with_the_lowest_typer_the_range_allows(tmp_path):
                              text=True, env={**os.environ, **env}, check=True).stdout.strip()
     assert version == lowest
     _usage_errors(env)
+
+
+def test_a_small_run_prints_one_line_per_report_and_its_result_alone_on_stdout(digit_sets, tmp_path):
+    import json
+
+    from .conftest import TINY
+
+    sets = [f"--set={k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in {
+        **TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"], "batch_size": 8,
+        "history_size": 40, "schedule.pretrain_refiner_steps": 10, "schedule.pretrain_discriminator_steps": 10,
+        "schedule.steps": 20, "run.report_every": 10, "run.checkpoint_every": 20}.items()]
+    out = subprocess.run([str(BIN), "train", *sets, "--storage", str(tmp_path), "--name", "r", "--num-workers", "2",
+                          "--json"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)  # stdout: the result alone
+    assert summary["step"] == 40 and summary["export"] == f"{tmp_path}/r/export"
+    reports = [line for line in out.stderr.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in reports] == ["10/40", "20/40", "30/40", "40/40"]
+    assert "adversarial | " in reports[-1] and " elapsed, ETA 0:00 | " in reports[-1] and "images/s" in reports[-1]
+    assert "loss_r_adv=" in reports[-1] and "d_acc_real=" in reports[-1]
+    assert len(out.stderr.splitlines()) <= len(reports) + 3, out.stderr  # Ray's own output stays in its logs
+    assert (tmp_path / "r" / "config.yaml").exists() and "# resolved config" not in out.stderr
+
+
+def test_verbose_brings_rays_own_output_back(tmp_path):
+    quiet = run("simulate", "--count", "8", "--out", str(tmp_path / "a"))
+    loud = run("simulate", "--count", "8", "--out", str(tmp_path / "b"), "--verbose")
+    assert quiet.returncode == loud.returncode == 0
+    assert "Started a local Ray instance" in loud.stderr and "Started a local Ray" not in quiet.stderr
+    assert quiet.stdout.startswith("wrote 8 images in 1 shards to ")

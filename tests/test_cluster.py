@@ -236,7 +236,8 @@ def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
                              env=cluster.env | {"HOME": str(tmp_path / "home")}, capture_output=True, text=True,
                              timeout=120)
         assert sim.returncode == 0 and "ray job logs --follow" in sim.stderr, sim.stderr[-2000:]
-        job_id = sim.stderr.split("submitted job ")[1].split()[0]
+        job_id = sim.stdout.strip()  # the job id alone on stdout: JOB=$(simgan-ray ... --no-wait)
+        assert f"submitted job {job_id} " in sim.stderr
         client = JobSubmissionClient(cluster.dashboard)
         wait = time.monotonic() + 180
         while not client.get_job_status(job_id).is_terminal():

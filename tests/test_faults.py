@@ -111,7 +111,7 @@ def test_killed_driver_then_resume(where, s3_server, digit_sets, tmp_path):
 
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed at step" in done.stdout + done.stderr and "done: step 320" in done.stderr
+    assert "resumed at step" in done.stdout + done.stderr and "done: step 320" in done.stdout
     metrics = [json.loads(line) for line in storage.read_bytes(storage.join(run, "metrics.jsonl"), s3).splitlines()]
     assert_complete(run, metrics, 320, 300, s3)
 
@@ -142,7 +142,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_on_resume(digit_sets, tmp_path):
     state.write_bytes(state.read_bytes()[:1000])
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"checkpoint {newest} is damaged (state.pt: " in done.stderr and "done: step 320" in done.stderr
+    assert f"checkpoint {newest} is damaged (state.pt: " in done.stderr and "done: step 320" in done.stdout
     run = str(tmp_path / "runs" / "cut")
     metrics = [json.loads(line) for line in storage.read_bytes(storage.join(run, "metrics.jsonl")).splitlines()]
     assert_complete(run, metrics, 320, 300)

@@ -419,6 +419,6 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
     assert (tmp_path / "runs" / "r" / "metrics.jsonl").exists()
     again = subprocess.run(train_args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "resumed at step" in again.stdout + again.stderr, again.stderr[-2000:]
-    assert "done: step 200" in again.stderr
+    assert "done: step 200" in again.stdout
     steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(10, 201, 10))  # every report once
