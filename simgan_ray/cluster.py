@@ -150,15 +150,12 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
-    """Submit `job` to the cluster at `address`; with `wait`, print its logs as they come and
-    return its exit status (0 succeeded, 1 failed or stopped). Without, return 0 once submitted."""
+def _client(address: str):
+    """A Jobs API client of the cluster at `address` (its constructor asks the cluster's version:
+    it changes nothing there); a SimganError when nothing, or no cluster that takes our token, answers."""
     from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
 
-    import simgan_ray
-
-    entrypoint = shlex.join(["python", "-m", "simgan_ray", *job.argv])
     headers = auth_headers()
     try:  # headers: a public argument, so no Ray-private call decides what is sent
         client = JobSubmissionClient(address, headers=headers)
@@ -168,6 +165,18 @@ def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
                           "RAY_AUTH_TOKEN_PATH) to the head's ~/.ray/auth_token (cluster/README.md, Auth)") from None
     except Exception as e:  # connection refused, wrong port, not a Ray dashboard
         raise SimganError(f"{address}: no Ray Jobs API there: {str(e).splitlines()[0]}") from None
+    return client
+
+
+def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
+    """Submit `job` to the cluster at `address`; with `wait`, print its logs as they come and
+    return its exit status (0 succeeded, 1 failed or stopped). Without, return 0 once submitted."""
+    from ray.job_submission import JobStatus
+
+    import simgan_ray
+
+    entrypoint = shlex.join(["python", "-m", "simgan_ray", *job.argv])
+    client = _client(address)
     with tempfile.TemporaryDirectory() as wd:
         for name, text in job.files.items():
             (Path(wd) / name).write_text(text)
@@ -207,6 +216,24 @@ def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
     return info.driver_exit_code or 1
 
 
+def plan_submission(cluster: str | Path | None, address: str | None, locations: dict[str, str | None],
+                    echo) -> str | None:
+    """A dry run's `submit_if_asked`, submitting nothing -> where the command would run, or None when
+    it would run here: the cluster's Jobs API must answer (and take the token); each of
+    `locations` (option or field -> value) that is a local path is noted: the cluster's nodes see
+    their own disks, not this machine's."""
+    from simgan_ray.storage import is_local
+
+    target = jobs_address(cluster, address)
+    if target is None:
+        return None
+    _client(target)
+    for name, value in locations.items():
+        if value and is_local(value):
+            echo(f"note: {name} {value} is a local path: the cluster's nodes will not see this machine's files")
+    return f"as a Ray Job on the cluster at {target}"
+
+
 def submit_if_asked(cluster: str | Path | None, address: str | None, wait: bool, job, echo) -> None:
     """With --cluster/--address (or RAY_ADDRESS naming a Jobs API), submit job() (a JobSpec) there
     and exit with the job's status; otherwise return, and the command runs here."""
@@ -219,7 +246,8 @@ def submit_if_asked(cluster: str | Path | None, address: str | None, wait: bool,
 
 # Options naming data locations: made absolute before a job leaves for a cluster, whose working
 # directory differs from yours.
-LOCATION_OPTIONS = {"out"}
+LOCATION_OPTIONS = {"out", "src", "synthetic", "refiner", "refined", "real_train", "real_test", "real_pool",
+                    "reference"}
 
 
 def command_argv(ctx, echo) -> list[str]:

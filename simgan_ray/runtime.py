@@ -153,6 +153,20 @@ def _addable(per_worker: dict[str, float], alive: int) -> bool | None:
     return None if rayinternals.autoscaler_running() else False
 
 
+def _shortfall(nodes: list[dict], per_worker: dict[str, float], workers: int, spare_cpus: float) -> str | None:
+    """What is missing for `workers` workers of `per_worker` resources and `spare_cpus` CPUs beside
+    them on `nodes` (their resource totals), or None where they fit."""
+    cpus = sum(n.get("CPU", 0) for n in nodes)
+    if per_worker and _bundles(nodes, per_worker) < workers:
+        wanted = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+        return f"{workers} worker(s) of {wanted} each do not fit"
+    if cpus - workers * per_worker.get("CPU", 0) < spare_cpus:
+        wanted = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+        return (f"{workers} worker(s) of {wanted} each leave less than {spare_cpus:g} CPU for reading data (Ray "
+                "Data's tasks) in")
+    return None
+
+
 def check_resources(per_worker: dict[str, float], workers: int, what: str, spare_cpus: float = 0) -> None:
     """Fail at once, naming the resource, where the Ray this process uses can place fewer than
     `workers` workers of `per_worker` resources ({"CPU": 1, "GPU": 1}), or has fewer than
@@ -163,17 +177,12 @@ def check_resources(per_worker: dict[str, float], workers: int, what: str, spare
 
     per_worker = {k: v for k, v in per_worker.items() if v > 0}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    cpus = sum(n.get("CPU", 0) for n in nodes)
-    fits = not per_worker or _bundles(nodes, per_worker) >= workers
-    has_spare = cpus - workers * per_worker.get("CPU", 0) >= spare_cpus
-    if fits and has_spare:
+    problem = _shortfall(nodes, per_worker, workers, spare_cpus)
+    if problem is None:
         return
-    wanted = ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
-    have = {k: sum(n.get(k, 0) for n in nodes) for k in per_worker}
+    have = {k: sum(n.get(k, 0) for n in nodes) for k in per_worker or {"CPU": 1}}
     has = ", ".join(f"{v:g} {k}" for k, v in have.items())
-    problem = (f"{workers} worker(s) of {wanted} each do not fit" if not fits else
-               f"{workers} worker(s) of {wanted} each leave less than {spare_cpus:g} CPU for reading data (Ray "
-               "Data's tasks) in")
+    fits = not per_worker or _bundles(nodes, per_worker) >= workers
     addable = _addable(per_worker if not fits else {"CPU": spare_cpus}, len(nodes))
     if addable is False:
         where = "the local Ray" if _started_here else "the cluster"
@@ -181,6 +190,32 @@ def check_resources(per_worker: dict[str, float], workers: int, what: str, spare
                           "can add nodes for them")
     print(f"note: {problem} the cluster now ({has}); waiting for its autoscaler to add nodes", file=sys.stderr,
           flush=True)
+
+
+def plan_here(per_worker: dict[str, float], workers: int, what: str, spare_cpus: float = 0) -> str:
+    """A dry run's `ensure_ray` + `check_resources`, starting and joining nothing -> where the command
+    would run. RAY_ADDRESS: its form and that something answers there; otherwise the local Ray that
+    `start_local_ray` would start on this machine (its cores, its GPUs): workers that would not
+    fit are refused as the run would refuse them."""
+    per_worker = {k: v for k, v in per_worker.items() if v > 0}
+    if address := os.environ.get("RAY_ADDRESS"):
+        if address not in ("auto", "local") and not _ADDRESS.fullmatch(address):
+            raise SimganError(f"RAY_ADDRESS={address!r} is not HOST:PORT, ray://HOST:PORT, auto or local")
+        _wait_for_answer(address)
+        return f"on the Ray at RAY_ADDRESS={address}"
+    cores = os.cpu_count() or 1
+    gpus = _local_gpus()
+    node = {"CPU": max(cores, math.ceil(workers * per_worker.get("CPU", 0)) + 1), "GPU": gpus}
+    if problem := _shortfall([node], per_worker, workers, spare_cpus):
+        has = ", ".join(f"{node[k]:g} {k}" for k in per_worker or {"CPU": 1})
+        raise SimganError(f"{what}: {problem} a local Ray on this machine ({has}; {cores} cores)")
+    return f"on a local Ray ({cores} cores, {gpus} GPU(s) on this machine)"
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def run_tasks(fn, calls: list[tuple], what: str) -> list:

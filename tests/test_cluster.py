@@ -215,6 +215,13 @@ def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
             assert refused.returncode == 2 and why in refused.stderr, refused.stderr
             assert "submitted" not in refused.stderr
             assert "RAY_AUTH_TOKEN" in refused.stderr.strip().splitlines()[-1]  # one line, naming the fix
+        # A dry run asks the cluster's Jobs API, submits nothing and notes the local paths its nodes will not see.
+        dry = subprocess.run([*cli, "--dry-run", "--set", f"data.real={digit_sets['real']}"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        assert f"note: data.real {digit_sets['real']} is a local path" in dry.stderr
+        where = f"as a Ray Job on the cluster at http://127.0.0.1:{cluster.dashboard_port}; nothing started"
+        assert where in dry.stderr
         done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
         assert f"to http://127.0.0.1:{cluster.dashboard_port}" in done.stderr and "succeeded" in done.stderr

@@ -99,3 +99,28 @@ def test_resume_with_another_architecture_is_refused_before_ray(digit_sets, tmp_
                        r"pass --allow-changes"):
         preflight(changed, resume=True)
     assert preflight(changed, resume=True, allow_changes=True).resumes
+
+
+def test_a_dry_run_says_where_it_would_run_and_refuses_what_the_run_would(digit_sets, tmp_path, no_ray,
+                                                                           monkeypatch):
+    import socket
+
+    import torch
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = ["train", "--dry-run", "--storage", str(tmp_path / "runs"), "--name", "dry", *sets(digit_sets)]
+    here = invoke(*args)
+    assert here.exit_code == 0 and "on a local Ray (" in here.output, here.output
+    if not torch.cuda.is_available():
+        gpu = invoke(*args, "--gpu")
+        assert isinstance(gpu.exception, SimganError), gpu.output
+        assert "run.use_gpu" in str(gpu.exception) and "0 GPU" in str(gpu.exception)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing answers there
+    gone = invoke(*args, "--address", f"http://127.0.0.1:{port}")
+    assert isinstance(gone.exception, SimganError) and "no Ray Jobs API there" in str(gone.exception)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    joined = invoke(*args)
+    assert isinstance(joined.exception, SimganError) and "no Ray answers there" in str(joined.exception)
+    assert not (tmp_path / "runs").exists()

