@@ -2,7 +2,7 @@
 SimGAN schedule side by side in worker processes, each run's export scored on val by the test
 protocol's classifiers. For ranking ideas with 4 seeds where a CPU screen affords 2 (a 3000-step
 digits run takes 15-24 min on 2 CPU workers); an idea this ranks well is then trained by `train`
-and measured by `evaluate`, as README's screens are.
+and measured by `evaluate`, as the screens of docs/results.md are.
 
 The same as `train` + `evaluate`: the GAN, its updates and schedule (`gan.run_step`: warm-up, weight
 average, DiffAugment's draws), bf16 autocast, the collapse guard, the probe's score at every report
@@ -19,7 +19,7 @@ of the sets held on the device, not Ray Data's order; the GPU's numerics; no che
         --seeds 0 1 2 3 --procs 12 --budget-s 480 --json rows.jsonl
     .venv/bin/python benchmarks/screen.py --device cpu --quick --idea base --json /tmp/rows.jsonl  # checks the script
 
-On a lent GPU machine (torch, no Ray, no pydantic, no package registry), as run on 2026-11-27: copy
+On a GPU machine without Ray (torch, no Ray, no pydantic, no package registry), as run on 2026-11-27: copy
 data/digits/{synthetic,mnist/real,mnist/dev,mnist/val} and runs/digits-probe into an ignored folder
 of the checkout (.screen/; the test split stays behind), download pydantic, pydantic_core,
 annotated_types, typing_inspection and typing_extensions as cp312 wheels into .whl/, carry both, and

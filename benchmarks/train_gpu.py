@@ -10,7 +10,7 @@ measured in this one process:
   bf16+cl                 autocast to bfloat16 (Gan.amp), channels_last weights and inputs
   bf16+cl+fused           the same with fused Adam kernels
   bf16+cl+fused+compile   R and D wrapped by torch.compile
-and toward 40% of peak (issue 23), each on top of bf16+cl+fused:
+and toward 40% of peak, each on top of bf16+cl+fused:
   +bench                  torch.backends.cudnn.benchmark: cuDNN picks its convolution algorithms by timing
   +bench+pad8             R's 1-channel stem input and head output padded to 8 channels (PaddedRefiner)
   +bench+trunk            R's ResNet blocks alone (64 channels in and out; refiner loop only): what

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 23: every GPU figure in one run of at most 8 minutes on one H100 or H200, written to $OUT (a
-# new temporary folder when unset; at most 8 files come back from a lent machine, so there are 6):
+# Every GPU figure in one run of at most 8 minutes on one H100 or H200, written to $OUT (a
+# new temporary folder when unset; at most 8 files come back from a GPU machine without Ray, so there are 6):
 #   nvidia-smi.txt     nvidia-smi before and after, clocks and power
 #   env.json           device, torch, CUDA, cuDNN, datasheet peak, measured matmul and copy ceilings
 #   train_gpu.jsonl    benchmarks/train_gpu.py, eye and hand models, eager then compiled variants

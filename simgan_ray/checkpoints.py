@@ -275,7 +275,7 @@ def model_hash(export: str, s3: S3Options) -> str:
     return hashlib.sha256(storage.read_bytes(storage.join(export, "refiner.pt"), s3)).hexdigest()[:16]
 
 
-def refine_images(refiner: torch.nn.Module, images: np.ndarray, batch_size: int = 512,
+def refine_images(refiner: torch.nn.Module, images: np.ndarray, batch_size: int = 256,
                   bf16: bool = False) -> np.ndarray:
     """uint8 (n, C, H, W) -> refined uint8 (n, C, H, W), in batches on the refiner's device and in
     eval mode (bf16 autocast on CUDA when asked). The one place a refiner is applied to images."""

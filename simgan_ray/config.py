@@ -109,8 +109,8 @@ class ScheduleConfig(Section):
 
 
 class DataConfig(Section):
-    synthetic: Location = "data/digits/synthetic"  # shard directory/prefix (see README, data format)
-    real: Location = "data/digits/real"
+    synthetic: Location = "data/digits/synthetic"  # shard directory/prefix (see docs/storage.md, data format)
+    real: Location = "data/digits/mnist/real"  # the unlabelled real pool `data fetch-mnist` writes
     s3: S3Options = S3Options()
     shuffle_files: bool = True  # new shard order on every pass over a set
     local_shuffle_buffer: int = Field(0, ge=0)  # images mixed per worker before batching; 0 = off
@@ -315,6 +315,9 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         source = str(path)
         tree = read_yaml(path, "config file")
+        if {"base", "search"} <= set(tree):
+            raise SimganError(f"{path}: a tune spec (it has base and search), not a train config: run it with "
+                              f"`simgan-ray tune --config {path}`")
         if len(tree) >= 3 and not set(tree) & set(TrainConfig.model_fields):
             raise SimganError(f"{path}: not a simgan-ray config file: none of its {len(tree)} top-level keys is a "
                               "config field (seed, batch_size, refiner, data, run, ...; see jobs/digits.yaml)")
@@ -325,7 +328,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        raise SimganError(format_errors(source, e)) from None
+        raise SimganError(format_errors(source, e, model=TrainConfig)) from None
 
 
 def with_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "overrides") -> TrainConfig:
@@ -336,7 +339,7 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str = "o
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        raise SimganError(format_errors(source, e)) from None
+        raise SimganError(format_errors(source, e, model=TrainConfig)) from None
 
 
 def dump_config(cfg: TrainConfig) -> str:

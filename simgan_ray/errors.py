@@ -3,6 +3,8 @@
 Raised anywhere in the package; turned into a one-line message and exit code 2 only in the CLI.
 """
 
+import difflib
+
 
 class SimganError(Exception):
     """A user-facing error; its message names the file, field or object at fault."""
@@ -15,13 +17,30 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def format_errors(source: str, err, most: int = 3) -> str:
+def _did_you_mean(model, loc: list[str]) -> str:
+    """For a field `loc` that `model` (a pydantic model class) does not have: the closest field of
+    the section it is in, as a hint, or that section's fields."""
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        model = getattr(field, "annotation", None)
+    names = list(getattr(model, "model_fields", {}))
+    if not names:
+        return "not a field"
+    if close := difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6):
+        return f"not a field; did you mean {'.'.join([*loc[:-1], close[0]])}?"
+    return f"not a field (the fields here: {', '.join(names)})"
+
+
+def format_errors(source: str, err, most: int = 3, model=None) -> str:
     """A pydantic ValidationError as one line: `source: dotted.field: why; ...`, its first `most`
-    problems (a file that is no config at all would otherwise fill the screen with its keys)."""
+    problems (a file that is no config at all would otherwise fill the screen with its keys). With
+    `model` (the validated class), an unknown field gets the closest known one as a hint."""
     lines = []
     problems = err.errors()
     for e in problems[:most]:
         loc, msg = [str(p) for p in e["loc"]], e["msg"]
+        if e["type"] == "extra_forbidden" and model is not None:
+            msg = _did_you_mean(model, loc)
         # The network configs' own checks say "<field>: why" (they are plain dataclasses, the
         # error is located at their section): name the field in full.
         msg = msg.removeprefix("Value error, ")

@@ -1,4 +1,4 @@
-"""The on-storage image set format: Parquet shards plus a manifest (see README, "Data format").
+"""The on-storage image set format: Parquet shards plus a manifest (see docs/storage.md, "Data format").
 
     <prefix>/manifest.json           {"format", "kind", "count", "shape": [C, H, W], "shards": [...], ...}
     <prefix>/shard-00000.parquet     columns: id (string), image (binary, PNG), height, width,

@@ -120,7 +120,7 @@ SAFE_TO_CHANGE = ("schedule.steps", "run.report_every", "run.checkpoint_every", 
 
 
 def _changes(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
-    """Dotted field -> (the run's value, today's) for each field that differs (a field missing from
+    """Dotted field -> (the run's value, the new one) for each field that differs (a field missing from
     the run's config.yaml had its default)."""
     def flat(tree: dict, prefix: str = "") -> dict:
         out = {}

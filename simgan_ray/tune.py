@@ -112,8 +112,10 @@ class TuneSpec(Section):
     name: str = Field("tune", pattern=r"^[A-Za-z0-9._-]+$")
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[TuneSpec, TrainConfig]:
-    """The sweep spec and the base train config every trial starts from (spec overrides applied)."""
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
+              base_overrides: dict[str, Any] | None = None) -> tuple[TuneSpec, TrainConfig]:
+    """The sweep spec (`overrides`: its own fields) and the base train config every trial starts
+    from: its file < the spec's `overrides` < `base_overrides` ({'dotted.key': value}, `tune --set`)."""
     path = Path(path)
     raw = read_yaml(path, "tune spec")
     for key, value in (overrides or {}).items():
@@ -121,8 +123,9 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> tupl
     try:
         spec = TuneSpec.model_validate(raw)
     except ValidationError as e:
-        raise SimganError(format_errors(str(path), e)) from None
-    base = load_config(path.parent / spec.base, {**spec.overrides, "probe.uri": spec.probe.uri})
+        raise SimganError(format_errors(str(path), e, model=TuneSpec)) from None
+    base = load_config(path.parent / spec.base,
+                       {**spec.overrides, **(base_overrides or {}), "probe.uri": spec.probe.uri})
     for key, dist in spec.search.items():  # every searched key must be a valid train-config field
         example = dist.choice[0] if dist.choice is not None else (dist.uniform or dist.loguniform or dist.randint)[0]
         with_overrides(base, {key: example}, f"{path}: search.{key}")

@@ -1,6 +1,6 @@
 """Shared fixtures: one local Ray for the whole session, tiny image sets on local disk.
 
-The suite leaves no Ray state on the machine (issue 24): every Ray it starts (the session's, drivers
+The suite leaves no Ray state on the machine: every Ray it starts (the session's, drivers
 of subprocesses, `ray start` nodes) keeps its files, including `ray_current_cluster`, under a
 temporary RAY_TMPDIR, and authenticates with a token of its own (RAY_AUTH_TOKEN_PATH), so that
 neither Ray's default temp dir nor ~/.ray/auth_token is written. Set here, before anything imports

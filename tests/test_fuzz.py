@@ -125,7 +125,7 @@ def test_empty_real_set_is_refused(tmp_path, digit_sets):
         data.check_training_sets(digit_sets["synthetic"], str(tmp_path / "empty"), 1, 8)
 
 
-# --- ids and manifests come from users' files (issue 17) -----------------------------------------
+# --- ids and manifests come from users' files -----------------------------------------
 
 @settings(max_examples=400, deadline=None)
 @given(image_id=st.text(max_size=300), other=st.text(max_size=40))

@@ -1,4 +1,4 @@
-"""scripts/gpu-check.sh (issue 23) on this CPU with --quick, as the lent GPU machine would run it: no
+"""scripts/gpu-check.sh on this CPU with --quick, as a GPU machine without Ray would run it: no
 Ray, no pydantic. Plus the pieces of benchmarks/gpu_common.py that the quick run cannot show."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from gpu_common import OverTime, PaddedRefiner, time_cap  # noqa: E402
 
 from simgan_ray.networks import Refiner, RefinerConfig  # noqa: E402
 
-# The project's dependencies that the lent GPU machine's python lacks (it has torch, numpy, pyarrow,
+# The project's dependencies that a GPU machine's own python lacks (it has torch, numpy, pyarrow,
 # PyYAML, Pillow, matplotlib): importing any of them there fails, so it fails here too.
 ABSENT_THERE = ("ray", "pydantic", "pydantic_core", "s3fs", "jsonschema", "moto")
 
@@ -37,7 +37,7 @@ def test_gpu_check_quick_runs_every_variant_without_ray_or_pydantic(tmp_path):
     run = subprocess.run(["bash", "scripts/gpu-check.sh", "--quick", "--device", "cpu"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    # What comes back from a lent machine: at most 8 plain files, 16 MiB each, plain names.
+    # What comes back from a GPU machine: at most 8 plain files, 16 MiB each, plain names.
     files = sorted(p.name for p in out.iterdir())
     assert files == ["env.json", "gpu-check.log", "nvidia-smi.txt", "refine_gpu.jsonl", "summary.md", "train_gpu.jsonl"]
     assert all(re.fullmatch(r"[A-Za-z0-9._-]+", f) and (out / f).stat().st_size < 16 << 20 for f in files)

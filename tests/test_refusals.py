@@ -22,6 +22,12 @@ from simgan_ray.refine import RefineJob, refine
 from .conftest import console, one_line_refusal, snapshot, write_set
 
 
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: nothing listens there
+
+
 def corrupt_set(prefix: Path) -> str:
     """Two shards of 32; the second's data pages overwritten, its footer intact (row counts read fine)."""
     images = np.random.default_rng(0).integers(0, 255, (64, 1, 28, 28), np.uint8)
@@ -103,6 +109,8 @@ def test_bad_files_and_places_are_one_line_and_write_nothing(tmp_path, digit_set
           "--strict"], "a.png: a.json: not JSON (nested too deep)"),
         (["simulate", "--count", "4", "--out", "ftp://example.org/x"], "ftp:// is a file server"),
         (["simulate", "--count", "4", "--out", "memory://x"], "memory:// keeps files in one process's memory"),
+        (["simulate", "--count", "4", "--out", "s3://b/x", "--s3-endpoint", f"http://127.0.0.1:{closed_port()}"],
+         "s3://b/x/.simgan-ray/owner.json: cannot connect to the S3 endpoint http://127.0.0.1:"),
         (["refine", "--model", str(tmp_path / "export"), "--input", digit_sets["synthetic"], "--output",
           str(tmp_path / "o3"), "--dry-run"], "refiner.pt: 21474836480 bytes, far more than the"),
         (["tune", "--config", str(tmp_path / "tune.yaml"), "--dry-run"], "/etc/debconf.conf: not valid YAML"),
@@ -117,9 +125,7 @@ def test_bad_files_and_places_are_one_line_and_write_nothing(tmp_path, digit_set
 @pytest.mark.slow
 @pytest.mark.parametrize("address", ["garbage", "127.0.0.1:{port}"])
 def test_a_bad_ray_address_is_one_line_within_seconds_and_claims_nothing(tmp_path, address):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = closed_port()
     start = time.monotonic()
     done = console("simulate", "--count", "4", "--out", str(tmp_path / "out"),
                    env={"RAY_ADDRESS": address.format(port=port)})

@@ -1,4 +1,4 @@
-"""Data safety (issue 17): no command loses or misplaces a user's files, and every bad input is one
+"""Data safety: no command loses or misplaces a user's files, and every bad input is one
 line and exit 2. The data-loss cases run the real refine / train / ingest on local folders and check
 that the user's files are intact, that nothing appears outside the output and that the input is
 unchanged."""

@@ -72,6 +72,8 @@ def train(
     name: Annotated[str | None, typer.Option(help="run name; the run lives in <storage>/<name>")] = None,
     num_workers: Annotated[int | None, typer.Option(help="Ray Train workers")] = None,
     gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="one GPU per worker (NCCL) or CPU (gloo)")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="CPUs per worker (its torch threads on CPU)")] = None,
+    seed: Annotated[int | None, typer.Option(help="the run's seed (initialisation, data order)")] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="FIELD=VALUE", help="override any field: --set schedule.steps=50 (repeatable)"),
@@ -98,7 +100,7 @@ def train(
     configure_output(verbose)
     overrides = dict(parse_override(s) for s in set_ or [])
     for key, value in (("run.storage", storage), ("run.name", name), ("run.num_workers", num_workers),
-                       ("run.use_gpu", gpu)):
+                       ("run.use_gpu", gpu), ("run.cpus_per_worker", cpus_per_worker), ("seed", seed)):
         if value is not None:
             overrides[key] = value
     cfg = load_config(config, overrides)
@@ -143,6 +145,10 @@ def tune(
     config: Annotated[Path, typer.Option(help="tune spec YAML (see jobs/digits-tune.yaml)")],
     name: Annotated[str | None, typer.Option(help="sweep name; results in <storage>/<name>")] = None,
     num_samples: Annotated[int | None, typer.Option(help="trials")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="FIELD=VALUE", help="override a field of the base train config (repeatable)"),
+    ] = None,
     cluster: Cluster = None,
     address: Address = None,
     wait: Wait = True,
@@ -154,11 +160,11 @@ def tune(
     import yaml
 
     from simgan_ray.cluster import JobSpec
-    from simgan_ray.config import dump_config
+    from simgan_ray.config import dump_config, parse_override
     from simgan_ray.tune import load_spec, preflight, run_sweep
 
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
-    spec, base = load_spec(config, overrides)
+    spec, base = load_spec(config, overrides, dict(parse_override(s) for s in set_ or []))
     note(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}"
          + (f"; base config:\n{dump_config(base)}" if verbose or dry_run else ""))
     if dry_run:

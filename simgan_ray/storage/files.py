@@ -37,37 +37,41 @@ _REASONS = (
     (("NO_SUCH_BUCKET", "NoSuchBucket"), "the bucket does not exist"),
     (("NETWORK_CONNECTION", "Could not connect", "curlCode"), "cannot connect to the S3 endpoint"),
 )
+_NO_ENDPOINT = _REASONS[-1][1]
 
 
-def _reason(error: Exception) -> str:
+def _reason(error: Exception, options: S3Options) -> str:
     text = str(error)
     for needles, reason in _REASONS:
         if any(n in text for n in needles):
+            if reason == _NO_ENDPOINT:
+                return f"{reason} {options.endpoint_url}" if options.endpoint_url else f"{reason} of AWS"
             return reason
     return first_line(error)
 
 
 @contextmanager
-def _reporting(uri: str):
-    """OSErrors of storage calls -> SimganError naming the object and a short reason."""
+def _reporting(uri: str, options: S3Options):
+    """OSErrors of storage calls -> SimganError naming the object and a short reason (for an endpoint
+    that does not answer, the endpoint)."""
     try:
         yield
     except FileNotFoundError:
         raise SimganError(f"{uri}: not found") from None
     except OSError as e:
-        raise SimganError(f"{uri}: {_reason(e)}") from None
+        raise SimganError(f"{uri}: {_reason(e, options)}") from None
 
 
 def exists(uri: str, options: S3Options = S3Options()) -> bool:
     fs, path = resolve(uri, options)
-    with _reporting(uri):
+    with _reporting(uri, options):
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def size(uri: str, options: S3Options = S3Options()) -> int:
     """Bytes of the file at `uri` (a SimganError naming it when there is none)."""
     fs, path = resolve(uri, options)
-    with _reporting(uri):
+    with _reporting(uri, options):
         info = fs.get_file_info(path)
     if info.type != pafs.FileType.File:
         raise SimganError(f"{uri}: not found" if info.type == pafs.FileType.NotFound else f"{uri}: not a file")
@@ -84,7 +88,7 @@ def missing_bucket(uri: str, options: S3Options = S3Options()) -> str | None:
 
 def read_bytes(uri: str, options: S3Options = S3Options()) -> bytes:
     fs, path = resolve(uri, options)
-    with _reporting(uri), fs.open_input_stream(path) as f:
+    with _reporting(uri, options), fs.open_input_stream(path) as f:
         return f.read()
 
 
@@ -92,7 +96,7 @@ def write_bytes(uri: str, data: bytes, options: S3Options = S3Options()) -> None
     """Write a whole object; locally via a temp file + rename so readers never see half a file."""
     fs, path = resolve(check_writable(uri), options)
     if not is_local(uri):
-        with _reporting(uri), fs.open_output_stream(path) as f:  # an object PUT is atomic by itself
+        with _reporting(uri, options), fs.open_output_stream(path) as f:  # an object PUT is atomic by itself
             f.write(data)
         return
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -176,7 +180,7 @@ def entries(uri: str, options: S3Options = S3Options()) -> list[Entry]:
             dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
         return sorted(found, key=lambda e: e.rel)
     fs, path = resolve(uri, options)
-    with _reporting(uri):
+    with _reporting(uri, options):
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     n = len(path.rstrip("/")) + 1
     return sorted((Entry(i.path[n:], "file" if i.type == pafs.FileType.File else "dir", i.size or 0)
@@ -189,7 +193,7 @@ def _raise(error: OSError) -> None:
 
 def delete_file(uri: str, options: S3Options = S3Options()) -> None:
     fs, path = resolve(check_writable(uri), options)
-    with _reporting(uri):
+    with _reporting(uri, options):
         fs.delete_file(path)
 
 
@@ -220,7 +224,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] = (), options: S3Options = S3
     (case-insensitive; all files when none are given), sorted. For ingesting a folder of image
     files and for checking what an output holds before replacing it; image sets are never listed."""
     fs, path = resolve(uri, options)
-    with _reporting(uri):
+    with _reporting(uri, options):
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     prefix_len = len(path.rstrip("/")) + 1
     return sorted(
@@ -239,5 +243,5 @@ def copy_dir_to(local_dir: str, uri: str, options: S3Options = S3Options()) -> N
     """Upload/copy a local directory tree under `uri`."""
     fs, path = resolve(check_writable(uri), options)
     make_dirs(uri, options)
-    with _reporting(uri):
+    with _reporting(uri, options):
         pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
