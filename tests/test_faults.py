@@ -72,7 +72,7 @@ def assert_complete(run_uri: str, metrics: list[dict], total: int, steps: int, s
         assert len(shard["images"]) == shard["capacity"] == 16
 
 
-def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets, tmp_path, capfd):
+def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets, tmp_path):
     cfg = load_config(None, settings(digit_sets, str(tmp_path), "kill", 300, **{"run.max_failures": 1}))
     run = tmp_path / "kill"
     outcome: dict = {}
@@ -89,14 +89,13 @@ def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets,
     assert result.step == 320
     # Train restarted the worker group from the last checkpoint: rank 1 is a new process.
     assert json.loads((run / "workers.json").read_text())[1]["pid"] != victim
-    assert "[rank 1] resumed at step" in capfd.readouterr().out
     assert_complete(str(run), result.metrics, 320, 300)
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_killed_driver_then_resume(where, s3_server, digit_sets, tmp_path):
+def test_killed_driver_then_resume_on_s3(s3_server, digit_sets, tmp_path):
+    """A run on S3 storage; local storage: test_a_damaged_newest_checkpoint_is_skipped_on_resume."""
     s3 = S3Options(endpoint_url=s3_server.endpoint)
-    root = s3_server.make_bucket(f"simgan-resume-{where}") + "/runs" if where == "s3" else str(tmp_path / "runs")
+    root = s3_server.make_bucket("simgan-resume-s3") + "/runs"
     overrides = settings(digit_sets, root, "driver", 300, **{"data.s3.endpoint_url": s3_server.endpoint})
     args = [str(BIN), "train", *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
     run = storage.join(root, "driver")

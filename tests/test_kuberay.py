@@ -12,7 +12,8 @@ import yaml
 from simgan_ray.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFESTS = sorted((ROOT / "cluster" / "kuberay").glob("*.yaml"))
+ACCOUNT = ROOT / "cluster" / "kuberay" / "serviceaccount.yaml"
+MANIFESTS = sorted(p for p in (ROOT / "cluster" / "kuberay").glob("*.yaml") if p != ACCOUNT)
 # registry/simgan-ray:<package>-ray<Ray>-py<Python>-cu<CUDA>, as cluster/Dockerfile says to tag it.
 IMAGE = re.compile(r"[\w.-]+(/[\w.-]+)*/simgan-ray:(?P<package>[\d.]+)-ray(?P<ray>[\d.]+)-py311-cu(?P<cuda>\d+)")
 
@@ -32,6 +33,24 @@ def pinned_image(image: str) -> bool:
 
 def cluster_specs(doc: dict) -> dict:
     return doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+
+
+def test_the_service_account_the_pods_name_is_shipped():
+    account = yaml.safe_load(ACCOUNT.read_text())
+    assert account["kind"] == "ServiceAccount" and account["apiVersion"] == "v1"
+    text = ACCOUNT.read_text()
+    assert "eks.amazonaws.com/role-arn" in text and "iam.gke.io/gcp-service-account" in text  # IRSA, Workload Identity
+    for path in MANIFESTS:
+        names = re.findall(r"serviceAccountName: (\S+)", path.read_text())
+        assert names and set(names) == {account["metadata"]["name"]}, path.name
+
+
+def test_the_train_and_refine_jobs_chain_by_the_run_name():
+    train, refine = (shlex.split(yaml.safe_load((ROOT / "cluster" / "kuberay" / f"rayjob-{n}.yaml").read_text())
+                                 ["spec"]["entrypoint"]) for n in ("train", "refine"))
+    storage = next(a.split("=", 1)[1] for a in train if a.startswith("run.storage="))
+    assert f"{storage}/{train[train.index('--name') + 1]}" == refine[refine.index("--model") + 1]
+    assert "/app/jobs/digits-long.yaml" in train  # the recommended recipe
 
 
 def test_there_is_an_interactive_cluster_and_a_job_per_command():
