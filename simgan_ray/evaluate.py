@@ -98,7 +98,8 @@ def _mean_sd(values: list[float]) -> dict:
 
 
 def evaluate(cfg: EvalConfig, dry_run: bool = False) -> dict | ownership.Plan:
-    """Run the whole protocol; write report.json, report.md and report.png to cfg.out (claimed:
+    """Run the whole protocol; write report.json, report.md, samples.png and errors.png (and, for a
+    training run's refiner, curves.png) to cfg.out (claimed:
     `ownership`). `dry_run`: the checks of the sets and the output only -> what the claim would do."""
     import ray
 

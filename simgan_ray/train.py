@@ -225,9 +225,10 @@ def ingest_options(cfg: TrainConfig):
 def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: list | None = None,
         resume_from=None, allow_changes: bool = False) -> FitResult:
     """Driver: `preflight`, run the TorchTrainer, then write export, curves and samples beside the
-    run. Needs a running Ray (local or a cluster's). `resume` continues this run from its own
-    latest checkpoint (True: the run must exist; "auto": resume it when it has a checkpoint, else
-    start it, so that one command line serves a first attempt and every retry); `resume_from` (a
+    run. Joins the Ray initialised in this process, or RAY_ADDRESS's, or starts a local one.
+    `resume` continues this run from its own latest checkpoint (True: the run must exist; "auto":
+    resume it when it has a checkpoint, else start it, so that one command line serves a first
+    attempt and every retry); `resume_from` (a
     ray.train.Checkpoint of another run, e.g. the one PBT clones) starts this new run from that state.
     `allow_changes`: resume with fields changed beyond SAFE_TO_CHANGE."""
     checked = preflight(cfg, resume, allow_changes)
