@@ -41,7 +41,8 @@ Location = Annotated[str, AfterValidator(_location)]
 
 class Section(BaseModel):
     # No inf or NaN in any number: `lr: .inf` validated as a positive float and failed in the workers.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # validate_default: a default location is made absolute too, as one given in a file is.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
 
 def from_options(model: type[Section], **options) -> Section:

@@ -9,8 +9,10 @@ Ray, so that this process and everything it starts inherit them; `leaves_no_ray_
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +41,7 @@ os.environ.pop("RAY_AUTH_TOKEN", None)
 
 import numpy as np  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from simgan_ray import shards, simulate, storage  # noqa: E402
 
@@ -47,6 +50,31 @@ from .s3server import MotoServer, use_fake_credentials  # noqa: E402
 use_fake_credentials()  # before the session's Ray starts, so its workers inherit them
 
 TINY = {"refiner.features": 8, "refiner.blocks": 1, "discriminator.widths": [8, 8, 8, 8]}
+
+
+# registry/simgan-ray:<package>-ray<Ray>-py<Python>-cu<CUDA>, as cluster/Dockerfile says to tag it.
+IMAGE = re.compile(r"[\w.-]+(/[\w.-]+)*/simgan-ray:(?P<package>[\d.]+)-ray(?P<ray>[\d.]+)-py311-cu(?P<cuda>\d+)")
+
+
+def pinned_image(image: str) -> bool:
+    """Whether `image` is the one image of cluster/Dockerfile, tagged with this package's and Ray's
+    versions and the Dockerfile's CUDA (never :latest)."""
+    from importlib.metadata import version
+
+    import ray
+
+    dockerfile = Path(__file__).resolve().parents[1] / "cluster" / "Dockerfile"
+    base = re.search(r"ARG BASE=rayproject/ray:([\d.]+)-py311-cu(\d+)", dockerfile.read_text())
+    m = IMAGE.fullmatch(image)
+    return bool(m and base and m["ray"] == ray.__version__ == base[1] and m["cuda"] == base[2]
+                and m["package"] == version("simgan-ray"))
+
+
+def image_bytes(w: int, h: int, mode: str = "RGB", fmt: str = "PNG", value: int = 200) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), value if mode == "L" else (value, value // 2, 0)).save(buf, format=fmt)
+    return buf.getvalue()
+
 
 
 class UserFiles:

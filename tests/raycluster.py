@@ -24,7 +24,7 @@ from simgan_ray.storage import S3Options
 from .conftest import TINY
 
 
-def _node_ports() -> list[str]:
+def node_ports() -> list[str]:
     ports = {name: free_port() for name in ("node-manager-port", "object-manager-port", "metrics-export-port",
                                             "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                             "runtime-env-agent-port")}
@@ -61,7 +61,7 @@ class LocalCluster:
 
     def _start(self, name: str, cpus: int, head: bool) -> None:
         common = [f"--num-cpus={cpus}", "--num-gpus=0", f"--resources={json.dumps({name: 1})}", f"--node-name={name}",
-                  "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block", *_node_ports()]
+                  "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block", *node_ports()]
         if head:
             args = ["--head", f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
                     f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={free_port()}"]

@@ -17,9 +17,9 @@ from simgan_ray.cluster import auth_headers, dashboard_port, jobs_address, load_
 from simgan_ray.errors import SimganError
 from simgan_ray.storage import S3Options
 
+from .conftest import pinned_image
 from .raycluster import LocalCluster, two_node_run, upload_digit_sets
 from .s3server import FAKE_CREDENTIALS
-from .test_kuberay import pinned_image
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -39,7 +39,8 @@ def test_job_specs_validate():
             spec, base = load_spec(job)
             assert spec.search and base.probe.uri == spec.probe.uri
         elif "input" in raw:
-            assert load_refine_job(job, {}).gpus_per_worker >= 0
+            loaded = load_refine_job(job, {})
+            assert loaded.model and loaded.input and loaded.output != loaded.input
         else:
             load_config(job)
     eyes = load_config(ROOT / "jobs" / "eyes.yaml")  # the paper's gaze setting on 4 GPUs

@@ -1,19 +1,13 @@
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from simgan_ray import shards
 from simgan_ray.data import head_images
 from simgan_ray.errors import SimganError
 from simgan_ray.ingest import Target, fit_image, ingest
 
-
-def image_bytes(w: int, h: int, mode: str = "RGB", fmt: str = "PNG", value: int = 200) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, (w, h), value if mode == "L" else (value, value // 2, 0)).save(buf, format=fmt)
-    return buf.getvalue()
+from .conftest import image_bytes
 
 
 def test_fit_modes_give_target_size():

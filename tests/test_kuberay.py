@@ -11,26 +11,11 @@ import yaml
 
 from simgan_ray.cli import app
 
+from .conftest import pinned_image
+
 ROOT = Path(__file__).resolve().parents[1]
 ACCOUNT = ROOT / "cluster" / "kuberay" / "serviceaccount.yaml"
 MANIFESTS = sorted(p for p in (ROOT / "cluster" / "kuberay").glob("*.yaml") if p != ACCOUNT)
-# registry/simgan-ray:<package>-ray<Ray>-py<Python>-cu<CUDA>, as cluster/Dockerfile says to tag it.
-IMAGE = re.compile(r"[\w.-]+(/[\w.-]+)*/simgan-ray:(?P<package>[\d.]+)-ray(?P<ray>[\d.]+)-py311-cu(?P<cuda>\d+)")
-
-
-def pinned_image(image: str) -> bool:
-    """Whether `image` is the one image of cluster/Dockerfile, tagged with this package's and Ray's
-    versions and the Dockerfile's CUDA (never :latest)."""
-    from importlib.metadata import version
-
-    import ray
-
-    base = re.search(r"ARG BASE=rayproject/ray:([\d.]+)-py311-cu(\d+)", (ROOT / "cluster" / "Dockerfile").read_text())
-    m = IMAGE.fullmatch(image)
-    return bool(m and base and m["ray"] == ray.__version__ == base[1] and m["cuda"] == base[2]
-                and m["package"] == version("simgan-ray"))
-
-
 def cluster_specs(doc: dict) -> dict:
     return doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
 

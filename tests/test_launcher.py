@@ -22,7 +22,7 @@ from simgan_ray.runtime import free_port
 from simgan_ray.storage import S3Options
 
 from . import machines
-from .raycluster import _node_ports, two_node_run, upload_digit_sets
+from .raycluster import node_ports, two_node_run, upload_digit_sets
 from .s3server import FAKE_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def onprem_on_loopback(m: machines.Machines, name: str) -> dict:
             assert shipped in command, f"{shipped} no longer in onprem.yaml's {command!r}"
             command = command.replace(shipped, here)
         return " ".join([command, f"--node-ip-address={address}", "--num-cpus=3", "--num-gpus=0",
-                         "--disable-usage-stats", *_node_ports(), f"--min-worker-port={first_worker_port}",
+                         "--disable-usage-stats", *node_ports(), f"--min-worker-port={first_worker_port}",
                          f"--max-worker-port={first_worker_port + 499}", f"--temp-dir={m.homes[name] / 'tmp' / 'ray'}",
                          *extra])
 

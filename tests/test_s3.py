@@ -20,9 +20,8 @@ from simgan_ray.storage import S3Options
 from simgan_ray.tracking import read_events
 from simgan_ray.train import fit
 
-from .conftest import TINY, UserFiles
+from .conftest import TINY, UserFiles, image_bytes
 from .s3server import FAKE_CREDENTIALS, MotoServer
-from .test_ingest import image_bytes
 
 
 def test_simulate_ingest_train_on_s3(ray_session, s3_server, tmp_path):

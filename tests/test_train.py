@@ -317,7 +317,9 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
         "probe.uri": probe, "probe.images": 32, "guard.min_label_acc": 1.0, "guard.max_rollbacks": 1,
         "run.precision": "bf16", "loss.r1_gamma": 1.0,  # the bf16 and R1 paths under DDP, at no extra cost
     })
-    with pytest.raises(Exception, match=r"step 6: the refiner collapsed .* after 1 rollback"):
+    from ray.train import TrainingFailedError
+
+    with pytest.raises(TrainingFailedError, match=r"step 6: the refiner collapsed .* after 1 rollback"):
         fit(cfg)
     state = torch.load(_latest_checkpoint(tmp_path / "g") / "state.pt", weights_only=True)
     assert state["step"] == 4 and state["rollbacks"] == 0  # the last healthy report: end of pretraining
