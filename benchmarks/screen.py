@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from simgan_ray import checkpoints, shards  # noqa: E402
 from simgan_ray.classifier import Recipe, accuracy, train_classifier, two_sample_accuracy  # noqa: E402
-from simgan_ray.config import load_config, parse_override, with_overrides  # noqa: E402
+from simgan_ray.config import load_config, with_overrides  # noqa: E402
 from simgan_ray.consistency import load_label_net  # noqa: E402
 from simgan_ray.data import load_set, unit_range  # noqa: E402
 from simgan_ray.errors import SimganError  # noqa: E402
@@ -60,6 +60,7 @@ from simgan_ray.gan import make_gan, phase_table, run_step  # noqa: E402
 from simgan_ray.guard import CollapseGuard  # noqa: E402
 from simgan_ray.history import ImageHistory  # noqa: E402
 from simgan_ray.probe import load_probe  # noqa: E402
+from simgan_ray.yamlfiles import parse_override  # noqa: E402
 
 QUICK = {"schedule.pretrain_refiner_steps": 4, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
          "schedule.warmup_steps": 2, "run.report_every": 4, "run.checkpoint_every": 4, "probe.images": 64}

@@ -24,8 +24,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from simgan_ray.config import read_yaml
 from simgan_ray.errors import SimganError, first_line
+from simgan_ray.yamlfiles import read_yaml
 
 DEFAULT_DASHBOARD_PORT = 8265
 _DASHBOARD_PORT = re.compile(r"--dashboard-port[= ](\d+)")

@@ -21,10 +21,11 @@ from pydantic import (
     model_validator,
 )
 
-from simgan_ray.errors import SimganError, first_line, format_errors
+from simgan_ray.errors import SimganError, format_errors
 from simgan_ray.losses import Psi, Reduction
 from simgan_ray.networks import DiscriminatorConfig, RefinerConfig
 from simgan_ray.storage import S3Options, join, normalize
+from simgan_ray.yamlfiles import read_yaml
 
 
 def _location(uri: str) -> str:
@@ -42,7 +43,9 @@ Location = Annotated[str, AfterValidator(_location)]
 class Section(BaseModel):
     # No inf or NaN in any number: `lr: .inf` validated as a positive float and failed in the workers.
     # validate_default: a default location is made absolute too, as one given in a file is.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
+    # use_attribute_docstrings: each field's docstring is its description (the config reference, docs/config.md).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True,
+                              use_attribute_docstrings=True)
 
 
 def from_options(model: type[Section], **options) -> Section:
@@ -56,23 +59,30 @@ def from_options(model: type[Section], **options) -> Section:
 
 class OptimizerConfig(Section):
     name: Literal["adam", "sgd"] = "adam"
+    """`adam` or `sgd`"""
     lr: PositiveFloat = 1e-3
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)  # adam
-    momentum: NonNegativeFloat = 0.0  # sgd only
+    """learning rate (the warm-up, decay and collapse guard scale it)"""
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.5, 0.999)
+    """Adam's betas"""
+    momentum: NonNegativeFloat = 0.0
+    """SGD's momentum"""
     weight_decay: NonNegativeFloat = 0.0
+    """L2 weight decay"""
 
 
 class LossConfig(Section):
-    # Weight of the self-regularization term lambda * ||psi(R(x)) - psi(x)||_1.
     lam: NonNegativeFloat = 0.1
+    """lambda, the weight of the self-regularization term lambda * ||psi(R(x)) - psi(x)||_1"""
     psi: Psi = "identity"
-    # How the adversarial loss reduces over the w x h patch map and the self-regularization over
-    # pixels: "sum" per image then mean over the batch (paper), or "mean" over everything.
+    """the feature map of the self-regularization: `identity`, `channel_mean` or `downsample2` (2x2
+    average pool)"""
     reduction: Reduction = "sum"
-    # R1 gradient penalty on D's real inputs, gamma/2 * E||d D(y)/d y||^2 (losses.R1Penalty); 0: off.
-    # Why: a D that cannot grow steep around the real images gives R gradients that point towards
-    # them rather than along D's latest edge.
+    """how the adversarial loss reduces over the w x h patch map and the self-regularization over
+    pixels: `sum` per image, then the mean over the batch (the paper), or `mean` over everything"""
     r1_gamma: NonNegativeFloat = 0.0
+    """R1 gradient penalty on D's real inputs, gamma/2 * E||d D(y)/d y||^2 (Mescheder et al. 2018;
+    a double backward per D update); 0: off. Why: a D that cannot grow steep around the real images
+    gives R gradients that point towards them rather than along D's latest edge"""
 
 
 class ScheduleConfig(Section):
@@ -80,29 +90,32 @@ class ScheduleConfig(Section):
     adversarial steps of `k_g` refiner updates followed by `k_d` discriminator updates."""
 
     pretrain_refiner_steps: int = Field(1000, ge=0)
+    """R-only steps (self-regularization)"""
     pretrain_discriminator_steps: int = Field(200, ge=0)
+    """D-only steps"""
     steps: int = Field(10000, ge=0)
+    """adversarial steps T"""
     k_g: int = Field(2, ge=1)
+    """refiner updates per adversarial step"""
     k_d: int = Field(1, ge=1)
-    # Adversarial steps over which both learning rates ramp linearly up to their set values (lr/n,
-    # 2lr/n, ..., lr). Why: Adam's second-moment estimate for R was built on self-regularization
-    # gradients alone, far smaller than the adversarial gradients that start with this phase, so
-    # R's first full-lr adversarial updates are many times lr in size and can kill the refiner.
+    """discriminator updates per adversarial step"""
     warmup_steps: int = Field(0, ge=0)
-    # After the warm-up, both learning rates fall from their set values to `lr_final` times them at
-    # the last adversarial step ("none": they stay). Why: late in a run R and D chase each other
-    # around an equilibrium at full step size; smaller steps let both settle nearer it.
+    """adversarial steps over which both learning rates ramp linearly up to their set values (lr/n,
+    2lr/n, ..., lr). Why: Adam's second-moment estimate for R was built on self-regularization
+    gradients alone, far smaller than the adversarial gradients that start with this phase, so R's
+    first full-lr adversarial updates are many times lr in size and can kill the refiner"""
     lr_decay: Literal["none", "linear", "cosine"] = "none"
+    """after the warm-up, both learning rates fall (`linear`, `cosine`) from their set values to
+    `lr_final` times them at the last adversarial step (`none`: they stay). Why: late in a run R and
+    D chase each other around an equilibrium at full step size; smaller steps let both settle nearer it"""
     lr_final: float = Field(0.1, ge=0, le=1)
-    # Half-life, in adversarial steps, of an exponential moving average of R's weights; the average
-    # (not the last R) is what is exported, probed and sampled. 0: no average. Why: a GAN's refiner
-    # oscillates around its equilibrium from report to report (the digits probe's Frechet distance
-    # swings 38-65 between reports 50 steps apart late in a run), and the last iterate is a random
-    # draw from that swing; the average sits nearer its centre (Yazici et al., ICLR 2019; StyleGAN's
-    # G_ema). R itself keeps training and refining the images D sees. The half-life ramps in as
-    # min(ema_half_life, t/2) over the first t adversarial steps, so early averages forget the
-    # pretrained R quickly.
+    """the fraction of the learning rates that `lr_decay` ends at"""
     ema_half_life: int = Field(0, ge=0)
+    """half-life, in adversarial steps, of an exponential moving average of R's weights; the average
+    (not the last R) is what is exported, probed and sampled; 0: no average. Why: a GAN's refiner
+    oscillates around its equilibrium from report to report, and the last iterate is a random draw
+    from that swing; the average sits nearer its centre (Yazici et al., ICLR 2019; StyleGAN's G_ema).
+    It ramps in as min(ema_half_life, t/2) over the first t adversarial steps"""
 
     @property
     def total_steps(self) -> int:
@@ -110,17 +123,22 @@ class ScheduleConfig(Section):
 
 
 class DataConfig(Section):
-    synthetic: Location = "data/digits/synthetic"  # shard directory/prefix (see docs/storage.md, data format)
-    real: Location = "data/digits/mnist/real"  # the unlabelled real pool `data fetch-mnist` writes
+    synthetic: Location = "data/digits/synthetic"
+    """the labelled synthetic image set: a folder, `s3://` prefix or other fsspec location (docs/storage.md)"""
+    real: Location = "data/digits/mnist/real"
+    """the unlabelled real image set (`data fetch-mnist` writes MNIST's real pool here)"""
     s3: S3Options = S3Options()
-    shuffle_files: bool = True  # new shard order on every pass over a set
-    local_shuffle_buffer: int = Field(0, ge=0)  # images mixed per worker before batching; 0 = off
-    # Ray Data hands blocks out in a fixed order (ExecutionOptions.preserve_order): the streaming
-    # split then deals them to the workers by count, not to whichever asks first, so a rerun on the
-    # same machine with the same worker count sees the same images in the same order (tested).
-    # Off: a block may wait for an earlier, slower one.
+    """how to reach S3 (credentials come from the AWS chain, never from a config)"""
+    shuffle_files: bool = True
+    """a new shard order on every pass over a set, reproducible from `seed`"""
+    local_shuffle_buffer: int = Field(0, ge=0)
+    """images mixed per worker before batching, seeded per rank and pass; 0: off"""
     preserve_order: bool = False
-    strict: bool = False  # a corrupt image fails the run instead of being skipped and counted
+    """Ray Data hands blocks out in a fixed order: the streaming split deals them to the workers by
+    count, not to whichever asks first, so a rerun on the same machine with the same worker count
+    sees the same images in the same order (tested). Off: a block may wait for an earlier, slower one"""
+    strict: bool = False
+    """a corrupt image or shard fails the run instead of being skipped and counted (skipped.txt)"""
 
 
 class ProbeConfig(Section):
@@ -130,11 +148,13 @@ class ProbeConfig(Section):
     more real) and probe_label_acc."""
 
     uri: Location | None = None
+    """a probe folder (`simgan-ray probe`): rank 0 reports probe_fd and probe_label_acc at every report"""
     images: int = Field(1000, ge=2)
-    # What the export holds: R's weights (or their average) at the last step, or at the healthy report
-    # with the lowest probe_fd ("best": chosen on the probe, never on a test set; the export records
-    # that report's step and score). Why: late in a run the refiner can drift away from its best.
+    """synthetic images the probe scores"""
     export: Literal["last", "best"] = "last"
+    """what the export holds: R's weights (or their average) at the last step, or (`best`) at the
+    healthy report with the lowest probe_fd, chosen on the probe, never on a test set (refiner.json
+    records its step and score). Why: late in a run the refiner can drift away from its best"""
 
 
 class ConsistencyConfig(Section):
@@ -146,18 +166,25 @@ class ConsistencyConfig(Section):
     the first `images` synthetic images less a held-out tenth, and keeps it in <run>/consistency/,
     where a resumed run finds it."""
 
-    weight: NonNegativeFloat = 0.0  # 0: off
+    weight: NonNegativeFloat = 0.0
+    """the weight of the label-consistency cross-entropy in R's adversarial updates; 0: off"""
     images: int = Field(10_000, ge=100)
-    label_key: str = "digit"  # class = int(label_json[label_key]) of the synthetic set
+    """synthetic images the classifier learns from (a tenth held out)"""
+    label_key: str = "digit"
+    """the label field: class = int(label_json[label_key]) of the synthetic set"""
     num_classes: int = Field(10, ge=2)
+    """classes"""
     epochs: int = Field(2, ge=1)
+    """the classifier's passes over its images"""
 
 
 class AugmentConfig(Section):
     """DiffAugment of everything D judges (augment.py); fractions of the image side, 0 = off."""
 
-    translation: float = Field(0.0, ge=0, le=0.5)  # largest shift either way
-    cutout: float = Field(0.0, ge=0, le=1)  # side of the blanked square
+    translation: float = Field(0.0, ge=0, le=0.5)
+    """the largest shift either way"""
+    cutout: float = Field(0.0, ge=0, le=1)
+    """the side of the blanked square"""
 
 
 class GuardConfig(Section):
@@ -168,9 +195,12 @@ class GuardConfig(Section):
     `lr_factor` from then on, and training goes on with fresh batches; after `max_rollbacks` the
     run fails. The collapsed stretch is neither checkpointed nor logged."""
 
-    min_label_acc: float | None = Field(None, ge=0, le=1)  # None: no guard
+    min_label_acc: float | None = Field(None, ge=0, le=1)
+    """roll back when R's probe label accuracy falls below this; null: no guard"""
     lr_factor: float = Field(0.7, gt=0, le=1)
+    """both learning rates are multiplied by this at each rollback"""
     max_rollbacks: int = Field(3, ge=0)
+    """rollbacks before the run fails"""
 
 
 class TrackingConfig(Section):
@@ -178,42 +208,69 @@ class TrackingConfig(Section):
     always written): an MLflow tracking server, by rank 0, as Ray's MLflow integration does. Needs
     the mlflow (or mlflow-skinny) package on the workers."""
 
-    mlflow_uri: str | None = None  # e.g. http://mlflow.internal:5000, or file:///path (a local file store)
+    mlflow_uri: str | None = None
+    """an MLflow tracking server (http://mlflow.internal:5000) or file store (file:///path); null: none"""
     mlflow_experiment: str = "simgan-ray"
+    """the MLflow experiment the run is logged in"""
 
 
 class RunConfig(Section):
-    storage: Location = "runs"  # local dir or s3:// prefix; the run lives in <storage>/<name>
+    storage: Location = "runs"
+    """where runs live (a folder, `s3://` prefix or writable fsspec location): a run is <storage>/<name>"""
     name: str = Field("simgan", pattern=r"^[A-Za-z0-9._-]+$")
+    """the run's name"""
     num_workers: int = Field(2, ge=1)
+    """Ray Train workers"""
     use_gpu: bool = False
-    # bf16: forward passes autocast to bfloat16, channels_last weights; weights, optimizer state and
-    # losses stay float32. ~2x the digits step on a CPU with AVX512-BF16 (benchmarks/RESULTS.md).
+    """one GPU per worker (NCCL); false: CPU (gloo)"""
     precision: Literal["fp32", "bf16"] = "fp32"
+    """`bf16`: forward passes autocast to bfloat16, channels_last weights; weights, optimizer state,
+    losses and history stay float32 (~2x the digits step on a CPU with AVX512-BF16, benchmarks/RESULTS.md)"""
     cpus_per_worker: PositiveFloat = 1.0
-    report_every: int = Field(10, ge=1)  # steps between metric reports
-    checkpoint_every: int = Field(100, ge=1)  # steps between checkpoints (and always at the end)
+    """CPUs reserved per worker (also its torch threads on a CPU)"""
+    report_every: int = Field(10, ge=1)
+    """steps between metric reports"""
+    checkpoint_every: int = Field(100, ge=1)
+    """steps between checkpoints (and always at the last step)"""
     keep_checkpoints: int = Field(3, ge=1)
-    max_failures: int = Field(0, ge=0)  # worker failures survived by restoring the last checkpoint
+    """checkpoints kept"""
+    max_failures: int = Field(0, ge=0)
+    """worker failures survived by restarting from the last checkpoint"""
 
 
 class TrainConfig(Section):
-    seed: int = Field(0, ge=0, lt=2**32)  # per-rank streams derive from it, and Ray Data's shuffle takes 32 bits
-    batch_size: int = Field(64, ge=2, description="images per worker per update (D: b real + b refined)")
-    history_size: int = Field(6400, ge=0, description="refined images kept for D, over all ranks")
+    seed: int = Field(0, ge=0, lt=2**32)
+    """weight init (the same on all ranks); per-rank streams derive from it (32 bits: Ray Data's shuffle takes them)"""
+    batch_size: int = Field(64, ge=2)
+    """images per worker per update (D sees b real + b refined)"""
+    history_size: int = Field(6400, ge=0)
+    """refined images kept for D, over all ranks (each keeps 1/N)"""
     refiner: RefinerConfig = RefinerConfig()
+    """the refiner R"""
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
+    """the local patch discriminator D"""
     loss: LossConfig = LossConfig()
+    """the losses"""
     optimizer_r: OptimizerConfig = OptimizerConfig()
+    """R's optimizer"""
     optimizer_d: OptimizerConfig = OptimizerConfig()
+    """D's optimizer"""
     schedule: ScheduleConfig = ScheduleConfig()
+    """the phases and learning-rate schedule"""
     data: DataConfig = DataConfig()
+    """the two image sets and how they stream"""
     probe: ProbeConfig = ProbeConfig()
+    """the real-data score at every report"""
     consistency: ConsistencyConfig = ConsistencyConfig()
+    """label consistency"""
     augment: AugmentConfig = AugmentConfig()
+    """DiffAugment of what D judges"""
     guard: GuardConfig = GuardConfig()
+    """the collapse guard"""
     tracking: TrackingConfig = TrackingConfig()
+    """logging beside the run's own record"""
     run: RunConfig = RunConfig()
+    """where and how the run runs"""
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -245,68 +302,6 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
             raise SimganError(f"override {dotted}: {key} is not a section")
         tree = node
     tree[leaf] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """'schedule.steps=20' -> ('schedule.steps', 20); the value is parsed as YAML."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise SimganError(f"override {text!r}: expected KEY=VALUE, e.g. schedule.steps=20")
-    try:
-        return key.strip(), load_yaml(value)
-    except yaml.YAMLError as e:
-        shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
-        raise SimganError(f"override {shown!r}: the value is not YAML ({_yaml_problem(e)})") from None
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    """PyYAML's message in one line: what went wrong and where (its own spans several lines)."""
-    mark = getattr(error, "problem_mark", None)
-    what = getattr(error, "problem", None) or first_line(error)
-    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark else what
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
-                                                        key_node.start_mark)
-            if isinstance(key, (str, int, float, bool)):
-                seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-def load_yaml(text: str):
-    """YAML text -> its value, duplicate keys refused; nesting beyond Python's stack is a YAMLError."""
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader)
-    except RecursionError:
-        raise yaml.YAMLError("nested too deep") from None
-
-
-def read_yaml(path: str | Path, what: str) -> dict:
-    """The mapping in the YAML file at `path` ({} if empty); errors name the file and say what it
-    should have been (`what`: "config file", "tune spec", ...)."""
-    try:
-        loaded = load_yaml(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SimganError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise SimganError(f"{path}: a directory, not a {what}") from None
-    except OSError as e:
-        raise SimganError(f"{path}: cannot read the {what} ({e.strerror or first_line(e)})") from None
-    except UnicodeDecodeError as e:
-        raise SimganError(f"{path}: not UTF-8 text (byte {e.start}), so not a {what}") from None
-    except yaml.YAMLError as e:
-        raise SimganError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise SimganError(f"{path}: expected a mapping at the top level ({what})")
-    return loaded or {}
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

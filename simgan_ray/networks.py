@@ -34,14 +34,22 @@ class RefinerConfig:
     """
 
     channels: int = 1
+    """image channels C"""
     features: int = 64
+    """F, the width of every block"""
     blocks: int = 4
+    """ResNet blocks N"""
     kernel: int = 3
+    """odd size of the k x k convs"""
     norm: Norm = "none"
+    """`none`, `batch` or `instance` normalisation in the blocks"""
     dilation: int = 1
+    """spacing of the blocks' kernel taps: receptive field 1 + (k - 1)(1 + 2 blocks dilation) px for
+    the same weights and compute"""
 
-    # Read by pydantic when the dataclass is embedded in the validated run config.
-    __pydantic_config__ = {"extra": "forbid"}
+    # Read by pydantic when the dataclass is embedded in the validated run config (field docstrings:
+    # their descriptions in the config reference).
+    __pydantic_config__ = {"extra": "forbid", "use_attribute_docstrings": True}
 
     def __post_init__(self) -> None:
         # Messages start with "<field>: " so a config loader can name the field in full. The upper
@@ -72,14 +80,22 @@ class DiscriminatorConfig:
     """
 
     channels: int = 1
+    """image channels: must equal refiner.channels"""
     widths: tuple[int, int, int, int] = (96, 64, 32, 32)
+    """the four hidden widths"""
     kernel: int = 3
+    """odd kernel of the first convs"""
     logits: Literal[1, 2] = 1
+    """1 (sigmoid) or 2 (softmax) logits per patch"""
     norm: Norm = "none"
+    """as for the refiner"""
     spectral_norm: bool = False
+    """divide every conv's weight by its largest singular value (Miyato et al., 2018)"""
     scales: int = 1
+    """multi-scale local D: this - 1 more nets of the same shape (own weights) judging the image 2x,
+    4x, ... average-pooled, each patch of each scale counted once in the losses"""
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "use_attribute_docstrings": True}
 
     def __post_init__(self) -> None:
         if self.channels < 1:

@@ -35,12 +35,13 @@ from pydantic import Field, ValidationError
 
 from simgan_ray import checkpoints, data, ownership, shards, storage
 from simgan_ray.checkpoints import model_hash, refine_images, resolve_export
-from simgan_ray.config import Location, Section, read_yaml
+from simgan_ray.config import Location, Section
 from simgan_ray.errors import BadItems, SimganError, first_line, format_errors
 from simgan_ray.ownership import Output
 from simgan_ray.progress import progress
 from simgan_ray.runtime import check_resources, ensure_ray
 from simgan_ray.storage import S3Options
+from simgan_ray.yamlfiles import read_yaml
 
 DONE_DIR = "_done"
 

@@ -35,7 +35,6 @@ from simgan_ray.config import (
     TrainConfig,
     dump_config,
     load_config,
-    read_yaml,
     with_overrides,
 )
 from simgan_ray.errors import SimganError, format_errors
@@ -43,6 +42,7 @@ from simgan_ray.ownership import Output
 from simgan_ray.probe import ProbeSpec, build_probe, load_probe
 from simgan_ray.runtime import check_resources, ensure_ray
 from simgan_ray.train import DATA_CPUS, fit, worker_resources
+from simgan_ray.yamlfiles import read_yaml
 
 TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
 # Fields PBT may change when it restarts a trial from another's checkpoint: nothing that changes a

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from simgan_ray.config import dump_config, load_config, parse_override
+from simgan_ray.config import dump_config, load_config
 from simgan_ray.errors import SimganError
+from simgan_ray.yamlfiles import parse_override
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,3 +41,13 @@ def test_the_repository_speaks_of_the_product_only():
             continue
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             assert not FORBIDDEN.search(line), f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+
+
+def test_the_config_reference_is_the_configs_own_descriptions():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", ROOT / "scripts" / "config_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)  # every field must have a description: rows() reads each
+    assert reference.table() in (ROOT / "docs" / "config.md").read_text(), \
+        "docs/config.md differs from the config's field descriptions: run scripts/config_reference.py"

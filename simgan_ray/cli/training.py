@@ -93,9 +93,10 @@ def train(
 ) -> None:
     """Train a refiner: validate the config, write it beside the run, train, export."""
     from simgan_ray.cluster import JobSpec
-    from simgan_ray.config import dump_config, load_config, parse_override
+    from simgan_ray.config import dump_config, load_config
     from simgan_ray.progress import ReportFollower
     from simgan_ray.train import DATA_CPUS, fit, preflight, worker_resources
+    from simgan_ray.yamlfiles import parse_override
 
     configure_output(verbose)
     overrides = dict(parse_override(s) for s in set_ or [])
@@ -160,8 +161,9 @@ def tune(
     import yaml
 
     from simgan_ray.cluster import JobSpec
-    from simgan_ray.config import dump_config, parse_override
+    from simgan_ray.config import dump_config
     from simgan_ray.tune import load_spec, preflight, run_sweep
+    from simgan_ray.yamlfiles import parse_override
 
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
     spec, base = load_spec(config, overrides, dict(parse_override(s) for s in set_ or []))

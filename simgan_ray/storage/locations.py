@@ -22,15 +22,19 @@ class S3Options:
     (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws, instance
     roles) on whichever machine opens the filesystem, so they never travel in configs or logs."""
 
-    endpoint_url: str | None = None  # e.g. "http://127.0.0.1:9000" for MinIO/moto/Ceph
+    endpoint_url: str | None = None
+    """an S3-compatible server, e.g. http://127.0.0.1:9000 for MinIO, Ceph or moto; null: AWS"""
     region: str | None = None
-    anonymous: bool = False  # public buckets: sign nothing
-    retries: int = 5  # attempts per request (AWS standard retry strategy: backoff with jitter)
-    # pyarrow: pyarrow's native S3 client (C++, the fast path); s3fs: s3fs (Python, through fsspec),
-    # e.g. where a proxy or a credential source only s3fs understands stands in the way.
+    """the bucket's region"""
+    anonymous: bool = False
+    """sign nothing (public buckets)"""
+    retries: int = 5
+    """attempts per request (AWS standard retry strategy: backoff with jitter)"""
     client: Literal["pyarrow", "s3fs"] = "pyarrow"
+    """`pyarrow`: pyarrow's native S3 client (C++, the fast path); `s3fs`: s3fs (Python, through
+    fsspec), where a proxy or a credential source only s3fs understands stands in the way"""
 
-    __pydantic_config__ = {"extra": "forbid"}
+    __pydantic_config__ = {"extra": "forbid", "use_attribute_docstrings": True}
 
     def __post_init__(self) -> None:
         # Messages start with "<field>: " so a config loader can name the field in full.
