@@ -86,7 +86,8 @@ def test_every_dry_run_changes_nothing(tmp_path, s3_server, digit_sets, labelled
     said = {" ".join(argv): result.stderr.strip().splitlines()[-1]
             for (argv, _), result in zip(runs, done, strict=True)}
     local = str(tmp_path / "outputs" / "simulate")
-    assert said[f"simulate --count 8 --out {local}/new --dry-run"].endswith(f"create {local}/new; nothing started")
+    new = said[f"simulate --count 8 --out {local}/new --dry-run"]
+    assert f"create {local}/new, on a local Ray (" in new and new.endswith("; nothing started")
     assert "replace" in said[f"simulate --count 8 --out {local}/own --dry-run --overwrite"]
     assert "holds files no simgan-ray command wrote" in said[f"simulate --count 8 --out {local}/users --dry-run "
                                                              "--overwrite"]
