@@ -205,4 +205,4 @@ def test_verbose_brings_rays_own_output_back(tmp_path):
     loud = run("simulate", "--count", "8", "--out", str(tmp_path / "b"), "--verbose")
     assert quiet.returncode == loud.returncode == 0
     assert "Started a local Ray instance" in loud.stderr and "Started a local Ray" not in quiet.stderr
-    assert quiet.stdout.startswith("wrote 8 images in 1 shards to ")
+    assert quiet.stdout.startswith("wrote 8 images in 1 shard to ")

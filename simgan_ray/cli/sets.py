@@ -31,6 +31,11 @@ from simgan_ray.cli.app import (
 from simgan_ray.errors import SimganError
 
 
+def _shards(manifest) -> str:
+    n = len(manifest.shards)
+    return f"{n} shard{'' if n == 1 else 's'}"
+
+
 def _set_summary(out: str, manifest) -> dict:
     return {"out": out, "count": manifest.count, "shape": manifest.shape, "shards": len(manifest.shards),
             "skipped": manifest.source.get("skipped", 0)}
@@ -72,7 +77,7 @@ def simulate(
         return end_dry_run(f"simulate {count} images into {plan}", cluster, address, locations={"--out": out})
     submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
     manifest = run_simulation(out, count, shard_size, seed, **options)
-    emit_result(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {out} "
+    emit_result(f"wrote {manifest.count} images in {_shards(manifest)} to {out} "
                 f"({len(manifest.source['fonts'])} fonts)", _set_summary(out, manifest), json_)
 
 
@@ -119,8 +124,8 @@ def ingest(
                         locations={"--src": src, "--out": out, "--labels": labels if labels != "sidecar" else None})
     submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
     manifest = run_ingest(src, out, target, shard_size, strict, s3_options(s3_endpoint), **options)
-    emit_result(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {len(manifest.shards)} shards "
-                f"to {out}", _set_summary(out, manifest), json_)
+    emit_result(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {_shards(manifest)} to {out}",
+                _set_summary(out, manifest), json_)
     if manifest.source["skipped"]:
         note(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
              f"first: {manifest.source['skipped_files'][0]}")
@@ -144,4 +149,4 @@ def fetch_mnist(
         plan = write_mnist_sets(out, cache, shard_size, s3_options(s3_endpoint), overwrite=overwrite, dry_run=True)
         return end_dry_run(f"fetch MNIST: {plan.describe()}")
     for split, m in write_mnist_sets(out, cache, shard_size, s3_options(s3_endpoint), overwrite=overwrite).items():
-        typer.echo(f"{split}: {m.count} images, {len(m.shards)} shards")
+        typer.echo(f"{split}: {m.count} images, {_shards(m)}")
