@@ -398,7 +398,7 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
                                              "finished shards are kept")
     assert len(list((tmp_path / "out" / "_done").glob("*.json"))) < 80
     again = subprocess.run(refine_args, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "already done" in again.stderr
+    assert again.returncode == 0 and "already done" in again.stdout
 
     # One command line for the first attempt and the retry (a RayJob's pod restarted, a spot node lost).
     train_args = [str(BIN), "train", "--storage", str(tmp_path / "runs"), "--name", "r", "--num-workers", "1",
