@@ -1,0 +1,136 @@
+"""Where the input path's time goes: each stage of feeding the training step, alone, in one run.
+
+For the digits shape (1 x 28 x 28) and the eye shape (1 x 35 x 55), on a set of N rendered images
+written as Parquet shards to local disk (object storage is measured in `stream.py`), each stage's
+throughput in images/s per core (one process, one thread, so the figures add up as costs):
+
+  read      pyarrow reads the shards' id and image columns (Parquet pages into Arrow buffers)
+  decode    PNG bytes -> uint8 (C, H, W) (what `data._read_shards` does per image)
+  reshape   the same pixels stored raw: bytes -> uint8 array (what decode would cost without PNG)
+  batch     uint8 (N, C, H, W) -> float tensors in [-1, 1] of 32, as the worker makes them
+  shuffle   the same through a 2,048-image shuffle buffer as Ray Data's local shuffle keeps one
+  ray       the whole Ray Data pipeline (one read task per shard, `iter_torch_batches` of 32) on a
+            local Ray with 1 CPU: per core, everything above plus Ray's own work
+  h2d       pinned host-to-device copy of a batch (only where torch sees a GPU)
+
+Last, for the eye shape: the cores needed to feed one H100 at 67,624 images/s (the eye SimGAN step
+measured in benchmarks/RESULTS.md) at the `ray` rate, and at the rate of the slowest stage alone.
+
+    .venv/bin/python benchmarks/stages.py --count 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from simgan_ray import data, ownership, shards  # noqa: E402
+from simgan_ray.runtime import start_local_ray  # noqa: E402
+
+H100_EYE_STEP = 67_624  # images/s of the eye SimGAN step on one H100 (benchmarks/RESULTS.md, GPU)
+SHAPES = {"digits": (1, 28, 28), "eye": (1, 35, 55)}
+
+
+def make_set(prefix: Path, shape: tuple[int, int, int], count: int) -> None:
+    """Smooth random images (a blurred noise field per image, so PNG compresses as on renders)."""
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (count, *shape), np.uint8).astype(np.float32)
+    smooth = (noise + np.roll(noise, 1, 2) + np.roll(noise, 1, 3) + np.roll(noise, (1, 1), (2, 3))) / 4
+    images, ids = smooth.astype(np.uint8), [f"bench-{i:06d}" for i in range(count)]
+    with ownership.claimed(str(prefix), "simulate") as out:  # a set of the benchmark's own, in a temp folder
+        written = [shards.write_shard(out, i, shards.make_table(ids[s:s + 5000], images[s:s + 5000],
+                                                                [None] * len(ids[s:s + 5000])))
+                   for i, s in enumerate(range(0, count, 5000))]
+        shards.write_manifest(out, shards.Manifest(kind="synthetic", count=count, shape=list(shape), shards=written))
+
+
+def rate(fn, n: int) -> float:
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+def stages(prefix: Path, shape: tuple[int, int, int], count: int) -> dict[str, float]:
+    manifest = shards.read_manifest(str(prefix))
+    paths = [str(prefix / s["name"]) for s in manifest.shards]
+    tables = []
+    out = {"read": rate(lambda: tables.extend(pq.read_table(p, columns=["id", "image"]) for p in paths), count)}
+    ids = [i for t in tables for i in t["id"].to_pylist()]
+    blobs = [b for t in tables for b in t["image"].to_pylist()]
+    images = []
+    out["decode"] = rate(lambda: images.append(data.decode_images(ids, blobs, list(shape))), count)
+    raw = [img.tobytes() for img in images[0]]
+    out["reshape"] = rate(lambda: [np.frombuffer(b, np.uint8).reshape(shape) for b in raw], count)
+    pixels = torch.from_numpy(images[0])
+    out["batch"] = rate(lambda: [data.unit_range(pixels[i:i + 32]) for i in range(0, count - 31, 32)], count)
+
+    def shuffled() -> None:  # a 2,048-image buffer: 32 in, 32 drawn at random, as a local shuffle does
+        rng, buffer = np.random.default_rng(0), []
+
+        def draw() -> None:
+            picks = []
+            for _ in range(32):  # swap-remove: O(1) per image
+                j = int(rng.integers(len(buffer)))
+                buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                picks.append(buffer.pop())
+            data.unit_range(pixels[picks])
+
+        for start in range(0, count, 32):
+            buffer.extend(range(start, min(start + 32, count)))
+            if len(buffer) >= 2048:
+                draw()
+        while len(buffer) >= 32:
+            draw()
+
+    out["shuffle"] = rate(shuffled, count)
+
+    def through_ray() -> None:
+        ds = data.image_dataset(str(prefix), manifest, shuffle_files=True, seed=0)
+        for _ in ds.iter_torch_batches(batch_size=32, drop_last=True):
+            pass
+
+    through_ray()  # a first pass starts Ray Data's workers
+    out["ray"] = rate(through_ray, count)
+    if torch.cuda.is_available():
+        batch = data.unit_range(pixels[:256]).pin_memory()
+        torch.cuda.synchronize()
+        out["h2d"] = rate(lambda: [batch.to("cuda", non_blocking=True) for _ in range(100)] and
+                          torch.cuda.synchronize(), 256 * 100)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=20_000)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    start_local_ray(1)  # one CPU: the `ray` row is per core, as the others
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, shape in SHAPES.items():
+            make_set(Path(tmp) / name, shape, args.count)
+            results[name] = stages(Path(tmp) / name, shape, args.count)
+    rows = list(results["digits"])
+    print(f"images/s per core, {args.count} images per shape, local disk, torch threads 1")
+    print("| stage | " + " | ".join(f"{n} {'x'.join(map(str, SHAPES[n]))}" for n in results) + " |")
+    print("| --- | " + " | ".join("---" for _ in results) + " |")
+    for row in rows:
+        print(f"| {row} | " + " | ".join(f"{results[n].get(row, float('nan')):,.0f}" for n in results) + " |")
+    eye = results["eye"]
+    slowest = min(("read", "decode", "batch"), key=eye.get)
+    print(f"cores to feed one H100 at {H100_EYE_STEP:,} eye images/s: {H100_EYE_STEP / eye['ray']:.1f} at the `ray` "
+          f"rate; {H100_EYE_STEP / eye[slowest]:.1f} if only its slowest stage ({slowest}) cost anything")
+
+
+if __name__ == "__main__":
+    main()
