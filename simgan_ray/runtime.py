@@ -57,8 +57,7 @@ def ensure_ray(min_cpus: float = 1) -> None:
     if ray.is_initialized():
         return
     if address := os.environ.get("RAY_ADDRESS"):
-        if address not in ("auto", "local") and not _ADDRESS.fullmatch(address):
-            raise SimganError(f"RAY_ADDRESS={address!r} is not HOST:PORT, ray://HOST:PORT, auto or local")
+        _check_form(address)
         if "://" in address and not address.startswith("ray://"):
             raise SimganError(f"RAY_ADDRESS={address} names a Ray Jobs API, which a driver cannot join: submit to it "
                               "with the CLI (it uses RAY_ADDRESS so), or unset it to run on a local Ray")
@@ -77,6 +76,11 @@ def ensure_ray(min_cpus: float = 1) -> None:
 
 # host:port or [ipv6]:port, optionally behind a scheme (ray://, or http:// for the Jobs API, refused below)
 _ADDRESS = re.compile(r"([a-z][a-z0-9+.-]*://)?([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):\d{1,5}/?")
+
+
+def _check_form(address: str) -> None:
+    if address not in ("auto", "local") and not _ADDRESS.fullmatch(address):
+        raise SimganError(f"RAY_ADDRESS={address!r} is not HOST:PORT, ray://HOST:PORT, auto or local")
 
 
 def _wait_for_answer(address: str, seconds: float = 5.0) -> None:
@@ -199,8 +203,7 @@ def plan_here(per_worker: dict[str, float], workers: int, what: str, spare_cpus:
     fit are refused as the run would refuse them."""
     per_worker = {k: v for k, v in per_worker.items() if v > 0}
     if address := os.environ.get("RAY_ADDRESS"):
-        if address not in ("auto", "local") and not _ADDRESS.fullmatch(address):
-            raise SimganError(f"RAY_ADDRESS={address!r} is not HOST:PORT, ray://HOST:PORT, auto or local")
+        _check_form(address)
         _wait_for_answer(address)
         return f"on the Ray at RAY_ADDRESS={address}"
     cores = os.cpu_count() or 1
