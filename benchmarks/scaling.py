@@ -62,7 +62,7 @@ def main() -> None:
             cfg = load_config(ROOT / "jobs" / "digits.yaml", {
                 "data.synthetic": f"{tmp}/synthetic", "data.real": f"{tmp}/real", "run.storage": f"{tmp}/runs",
                 "run.name": f"scale-{n}", "run.num_workers": n, "run.cpus_per_worker": args.threads,
-                "run.use_gpu": args.gpu, "batch_size": args.batch_size,
+                "run.gpus_per_worker": int(args.gpu), "batch_size": args.batch_size,
                 "schedule.pretrain_refiner_steps": 10, "schedule.pretrain_discriminator_steps": 10,
                 "schedule.steps": args.steps, "run.report_every": 20, "run.checkpoint_every": 1000,
             })

@@ -88,7 +88,7 @@ class Sets:
 
     def __init__(self, cfg, args, probe, device: torch.device) -> None:
         s3 = cfg.data.s3
-        key = probe.meta["label_key"]
+        key = probe.meta.label_key
         n = args.train_images
         self.syn_x, self.syn_y = load_set(cfg.data.synthetic, n, s3, key)
         self.pool_x, _ = load_set(cfg.data.real, max(n, args.real_images), s3, None)

@@ -10,6 +10,7 @@ use a cluster) or starts a local one; errors are `SimganError` with a one-line m
     run = sg.fit(cfg)                                # FitResult: run_uri, metrics, export_uri, ...
     refiner, meta = sg.load_export(run.export_uri)   # a torch module; sg.refine_images(refiner, uint8 NCHW)
     report = sg.run_evaluation(sg.EvalConfig(synthetic="data/digits/synthetic", refiner=run.run_uri, ...))
+    report.relative_error_reduction, report.test_error["refined"].mean   # EvalReport, report.json's fields
     sg.run_refine(sg.RefineJob(model=run.run_uri, input="data/digits/synthetic", output="runs/refined"))
 
 Names resolve on first use, so `import simgan_ray` stays cheap and a worker importing one module
@@ -31,11 +32,12 @@ if TYPE_CHECKING:
     from simgan_ray.errors import SimganError
     from simgan_ray.evaluate import EvalConfig
     from simgan_ray.evaluate import evaluate as run_evaluation
-    from simgan_ray.probe import ProbeSpec, build_probe
+    from simgan_ray.probe import ProbeInfo, ProbeSpec, build_probe
     from simgan_ray.refine import RefineJob, RefineSummary, load_refine_job
     from simgan_ray.refine import refine as run_refine
+    from simgan_ray.report import EvalReport, ReportedOn, Spread
     from simgan_ray.train import FitResult, fit
-    from simgan_ray.tune import TuneSpec, load_spec, run_sweep
+    from simgan_ray.tune import SweepResult, Trial, TuneSpec, load_spec, run_sweep
 
 # public name -> (module, attribute)
 _API = {
@@ -45,28 +47,40 @@ _API = {
     "fit": ("train", "fit"),
     "FitResult": ("train", "FitResult"),
     "ProbeSpec": ("probe", "ProbeSpec"),
+    "ProbeInfo": ("probe", "ProbeInfo"),
     "build_probe": ("probe", "build_probe"),
     "TuneSpec": ("tune", "TuneSpec"),
     "load_spec": ("tune", "load_spec"),
     "run_sweep": ("tune", "run_sweep"),
+    "SweepResult": ("tune", "SweepResult"),
+    "Trial": ("tune", "Trial"),
     "RefineJob": ("refine", "RefineJob"),
     "RefineSummary": ("refine", "RefineSummary"),
     "load_refine_job": ("refine", "load_refine_job"),
     "run_refine": ("refine", "refine"),
     "EvalConfig": ("evaluate", "EvalConfig"),
     "run_evaluation": ("evaluate", "evaluate"),
+    "EvalReport": ("report", "EvalReport"),
+    "ReportedOn": ("report", "ReportedOn"),
+    "Spread": ("report", "Spread"),
     "load_export": ("checkpoints", "load_export"),
     "refine_images": ("checkpoints", "refine_images"),
     "SimganError": ("errors", "SimganError"),
 }
 __all__ = [
     "EvalConfig",
+    "EvalReport",
     "FitResult",
+    "ProbeInfo",
     "ProbeSpec",
     "RefineJob",
     "RefineSummary",
+    "ReportedOn",
     "SimganError",
+    "Spread",
+    "SweepResult",
     "TrainConfig",
+    "Trial",
     "TuneSpec",
     "build_probe",
     "fit",

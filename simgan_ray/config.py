@@ -221,8 +221,8 @@ class RunConfig(Section):
     """the run's name"""
     num_workers: int = Field(2, ge=1)
     """Ray Train workers"""
-    use_gpu: bool = False
-    """one GPU per worker (NCCL); false: CPU (gloo)"""
+    gpus_per_worker: int = Field(0, ge=0, le=1)
+    """GPUs per worker: 1, one each (NCCL; each rank drives one device, so no fraction); 0: CPU (gloo)"""
     precision: Literal["fp32", "bf16"] = "fp32"
     """`bf16`: forward passes autocast to bfloat16, channels_last weights; weights, optimizer state,
     losses and history stay float32 (~2x the digits step on a CPU with AVX512-BF16, benchmarks/RESULTS.md)"""

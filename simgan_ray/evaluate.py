@@ -37,6 +37,7 @@ from simgan_ray.classifier import (
 from simgan_ray.data import load_set
 from simgan_ray.errors import SimganError
 from simgan_ray.ownership import Output
+from simgan_ray.report import EvalReport, ReportedOn, Spread, markdown
 from simgan_ray.runtime import ensure_ray, gather
 
 
@@ -92,12 +93,7 @@ def _two_sample(name: str, fake: np.ndarray, real: np.ndarray, seed: int, cfg: E
     return {"source": name, "heldout_accuracy": held_out, "pairs": n}
 
 
-def _mean_sd(values: list[float]) -> dict:
-    arr = np.array(values)
-    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "runs": values}
-
-
-def evaluate(cfg: EvalConfig, dry_run: bool = False) -> dict | ownership.Plan:
+def evaluate(cfg: EvalConfig, dry_run: bool = False) -> EvalReport | ownership.Plan:
     """Run the whole protocol; write report.json, report.md, samples.png and errors.png (and, for a
     training run's refiner, curves.png) to cfg.out (claimed:
     `ownership`). `dry_run`: the checks of the sets and the output only -> what the claim would do."""
@@ -151,100 +147,52 @@ def evaluate(cfg: EvalConfig, dry_run: bool = False) -> dict | ownership.Plan:
     runs = done[: len(refs)]
     realism = {r["source"]: r for r in done[len(refs):]}
 
-    errors = {name: _mean_sd([r["test_error"] for r in runs if r["source"] == name]) for name in sources}
+    errors = {name: Spread.of([r["test_error"] for r in runs if r["source"] == name]) for name in sources}
     ceiling = TaskNet(real_x.shape[1], cfg.num_classes if not regression else real_y.shape[1])
     ceiling.load_state_dict(next(r["state"] for r in runs if r["source"] == "real" and r["seed"] == 0))
     ceiling.eval()
     test_features = predict(ceiling, test_x, features=True)
-    err_a, err_b = errors["synthetic"]["mean"], errors["refined"]["mean"]
-    report = {
-        "inputs": {"synthetic": cfg.synthetic, "refined_from": refined_from, "real_train": cfg.real_train,
-                   "real_test": cfg.real_test, "real_pool": cfg.real_pool},
-        # Which set the errors are on (its manifest kind) and whether this is the final, test-set run.
-        "reported_on": {"kind": report_kind, "final": cfg.final},
-        "recipe": cfg.model_dump(include={"seeds", "train_images", "test_images", "epochs", "batch_size", "lr",
-                                          "label_key"}),
-        "counts": {"synthetic": len(syn_x), "real_train": len(real_x), "real_test": len(test_x),
-                   "real_pool": len(pool_x)},
-        "test_error": errors,
-        "relative_error_reduction": (err_a - err_b) / err_a if err_a > 0 else 0.0,
-        "two_sample_accuracy": {k: v["heldout_accuracy"] for k, v in realism.items()},
-        "frechet_distance": {
+    err_a, err_b = errors["synthetic"].mean, errors["refined"].mean
+    report = EvalReport(
+        inputs={"synthetic": cfg.synthetic, "refined_from": refined_from, "real_train": cfg.real_train,
+                "real_test": cfg.real_test, "real_pool": cfg.real_pool},
+        reported_on=ReportedOn(kind=report_kind, final=cfg.final),
+        recipe=cfg.model_dump(include={"seeds", "train_images", "test_images", "epochs", "batch_size", "lr",
+                                       "label_key"}),
+        counts={"synthetic": len(syn_x), "real_train": len(real_x), "real_test": len(test_x), "real_pool": len(pool_x)},
+        test_error=errors,
+        relative_error_reduction=(err_a - err_b) / err_a if err_a > 0 else 0.0,
+        two_sample_accuracy={k: v["heldout_accuracy"] for k, v in realism.items()},
+        frechet_distance={
             "synthetic": frechet_distance(predict(ceiling, syn_x, features=True), test_features),
             "refined": frechet_distance(predict(ceiling, ref_x, features=True), test_features),
         },
-        "label_preservation": {"synthetic": accuracy(ceiling, syn_x, syn_y),
-                               "refined": accuracy(ceiling, ref_x, ref_y)} if not regression else
-                              {"synthetic": _headline(_errors(ceiling, syn_x, syn_y, cfg.task)),
-                               "refined": _headline(_errors(ceiling, ref_x, ref_y, cfg.task))},
-        "classifier_seconds": sum(r["seconds"] for r in runs),
-        "task": cfg.task,
-    }
+        label_preservation={"synthetic": accuracy(ceiling, syn_x, syn_y),
+                            "refined": accuracy(ceiling, ref_x, ref_y)} if not regression else
+                           {"synthetic": _headline(_errors(ceiling, syn_x, syn_y, cfg.task)),
+                            "refined": _headline(_errors(ceiling, ref_x, ref_y, cfg.task))},
+        classifier_seconds=sum(r["seconds"] for r in runs),
+        task=cfg.task,
+    )
     if regression:  # every error measure, and which one the headline and label preservation use
         first = runs[0]["errors"]
-        report["error_measure"] = primary_error(first)
-        report["test_errors"] = {name: {k: _mean_sd([r["errors"][k] for r in runs if r["source"] == name])
-                                        for k in first} for name in sources}
+        report.error_measure = primary_error(first)
+        report.test_errors = {name: {k: Spread.of([r["errors"][k] for r in runs if r["source"] == name])
+                                     for k in first} for name in sources}
     with ownership.claimed(cfg.out, "evaluate", s3, inputs=inputs, overwrite=cfg.overwrite) as out:
         _write_report(cfg, out, report, syn_x, ref_x, test_x)
     return report
 
 
-def markdown(r: dict) -> str:
-    e = r["test_error"]
-    regression = r.get("task") == "regression"
-    measure = r.get("error_measure", "error")
-    unit = " deg" if measure == "angle_deg" else ""
-
-    seeds = r["recipe"]["seeds"]
-
-    def err(d: dict) -> str:  # one seed has no spread to show
-        if regression:
-            return f"{d['mean']:.3f}{unit}" + (f" +- {d['sd']:.3f}" if seeds > 1 else "")
-        return f"{100 * d['mean']:.2f}%" + (f" +- {100 * d['sd']:.2f}" if seeds > 1 else "")
-
-    def kept(v: float) -> str:
-        return f"{v:.3f}{unit}" if regression else f"{100 * v:.1f}%"
-
-    kind = r["reported_on"]["kind"]
-    spread = " (mean +- sd)" if seeds > 1 else ""
-    what = f"{kind} {measure}{spread}" if regression else f"{kind} error{spread}"
-    preserved = f"real-trained model's {measure} on it" if regression else "real-trained classifier accuracy on it"
-    paper = "paper, gaze: 11.2 -> 7.8 deg, 30.4%" if regression else "paper, gaze: 22.3%"
-    task_note = f"; regression of {r['recipe']['label_key']!r}" if regression else ""
-    return "\n".join([
-        "# SimGAN evaluation",
-        "",
-        f"Errors on `{r['inputs']['real_test']}` (kind {kind!r}, {r['counts']['real_test']} "
-        f"images{'; the final, test-set measurement' if r['reported_on']['final'] else ''}); "
-        f"{seeds} seed{'s' if seeds > 1 else ''} per row; {r['recipe']['epochs']} epochs on "
-        f"{r['counts']['synthetic']} images"
-        f"{task_note}.",
-        "",
-        f"| {'model' if regression else 'classifier'} trained on | {what} | two-sample accuracy vs real | "
-        f"Frechet distance to real | {preserved} |",
-        "| --- | --- | --- | --- | --- |",
-        f"| (a) raw synthetic | {err(e['synthetic'])} | {100 * r['two_sample_accuracy']['synthetic']:.1f}% | "
-        f"{r['frechet_distance']['synthetic']:.2f} | {kept(r['label_preservation']['synthetic'])} |",
-        f"| (b) refined synthetic | {err(e['refined'])} | {100 * r['two_sample_accuracy']['refined']:.1f}% | "
-        f"{r['frechet_distance']['refined']:.2f} | {kept(r['label_preservation']['refined'])} |",
-        f"| (c) real (ceiling) | {err(e['real'])} | | | |",
-        "",
-        f"**Relative error reduction, refined vs raw synthetic: {100 * r['relative_error_reduction']:.1f}%** "
-        f"({paper}).",
-        "",
-    ])
-
-
-def _write_report(cfg: EvalConfig, out: Output, report: dict, syn_x: np.ndarray, ref_x: np.ndarray,
+def _write_report(cfg: EvalConfig, out: Output, report: EvalReport, syn_x: np.ndarray, ref_x: np.ndarray,
                   test_x: np.ndarray) -> None:
     s3 = cfg.s3
     n = min(16, len(syn_x))
     rows = [("synthetic", syn_x[:n]), ("refined", ref_x[:n]), ("real test", test_x[:n])]
     regression = cfg.task == "regression"
-    unit, scale = (report.get("error_measure", ""), 1.0) if regression else ("%", 100.0)
-    files = {"report.json": json.dumps(report, indent=2).encode(), "report.md": markdown(report).encode(),
-             "samples.png": viz.image_grid(rows), "errors.png": viz.plot_errors(report["test_error"], unit, scale)}
+    unit, scale = (report.error_measure or "", 1.0) if regression else ("%", 100.0)
+    files = {"report.json": report.to_json().encode(), "report.md": markdown(report).encode(),
+             "samples.png": viz.image_grid(rows), "errors.png": viz.plot_errors(report.test_error, unit, scale)}
     if cfg.refiner is not None:  # a training run's curves, when the refiner came from one
         metrics_uri = storage.join(cfg.refiner, "metrics.jsonl")
         if storage.exists(metrics_uri, s3):

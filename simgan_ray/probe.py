@@ -4,6 +4,7 @@ its features on reference real images kept apart from the test set."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,22 @@ class ProbeSpec(Recipe):
 
 
 @dataclass
+class ProbeInfo:
+    """`build_probe`'s result, kept as probe.json beside the weights."""
+
+    format: str  # PROBE_FORMAT
+    channels: int
+    classes: int
+    label_key: str  # the labels the classifier learned
+    real_train: str  # the labelled real set it learned from
+    reference: str  # the real images whose feature statistics probe_fd compares with
+    train_images: int
+    heldout_images: int  # the last tenth of what was read, not trained on
+    heldout_error: float  # the classifier's error on them (a fraction)
+    reference_images: int
+
+
+@dataclass
 class Probe:
     """A real-data yardstick cheap enough to use during training: a classifier trained on real
     labelled images, and the mean / covariance of its features on reference real images kept
@@ -43,7 +60,7 @@ class Probe:
     net: TaskNet
     mu: torch.Tensor  # (128,)
     sigma: torch.Tensor  # (128, 128)
-    meta: dict
+    meta: ProbeInfo
 
     def score(self, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Frechet distance of `images`' features to the reference real features, and the classifier's
@@ -66,7 +83,7 @@ class Probe:
         return out
 
 
-def build_probe(cfg: ProbeSpec, dry_run: bool = False) -> dict | ownership.Plan:
+def build_probe(cfg: ProbeSpec, dry_run: bool = False) -> ProbeInfo | ownership.Plan:
     """Train the probe classifier on the first `cfg.train_images` of `cfg.real_train` less their
     last tenth (seed 0, the evaluation recipe), report its error on that tenth, take the reference
     feature statistics from the first `cfg.reference_images` of `cfg.reference`, and write probe.pt
@@ -87,16 +104,15 @@ def build_probe(cfg: ProbeSpec, dry_run: bool = False) -> dict | ownership.Plan:
         raise SimganError(f"{reference}: images of shape {list(ref.shape[1:])}, {real_train} has {list(x.shape[1:])}")
     net, fit = train_held_out(x, y, cfg.num_classes, 0, cfg, real_train)
     feats = torch.from_numpy(predict(net, ref, features=True)).double()
-    meta = {"format": PROBE_FORMAT, "channels": int(x.shape[1]), "classes": cfg.num_classes,
-            "label_key": cfg.label_key, "real_train": real_train, "reference": reference,
-            **fit, "reference_images": len(ref)}
+    info = ProbeInfo(format=PROBE_FORMAT, channels=int(x.shape[1]), classes=cfg.num_classes, label_key=cfg.label_key,
+                     real_train=real_train, reference=reference, **fit, reference_images=len(ref))
     with ownership.claimed(out, "probe", cfg.s3, overwrite=cfg.overwrite, inputs=inputs) as claim:
-        write_net(claim, "probe", net, meta, mu=feats.mean(0), sigma=torch.cov(feats.T))
-    return meta
+        write_net(claim, "probe", net, dataclasses.asdict(info), mu=feats.mean(0), sigma=torch.cov(feats.T))
+    return info
 
 
 def load_probe(uri: str, s3: S3Options) -> Probe:
     net, stats, meta = read_net(uri, "probe", "a probe", PROBE_FORMAT, s3,
                                 " (make or rebuild it with `simgan-ray probe`; format 1 took its reference "
                                 "statistics from the test set)")
-    return Probe(net, stats["mu"].double(), stats["sigma"].double(), meta)
+    return Probe(net, stats["mu"].double(), stats["sigma"].double(), ProbeInfo(**meta))

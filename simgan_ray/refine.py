@@ -27,6 +27,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -47,17 +48,30 @@ DONE_DIR = "_done"
 
 
 class RefineJob(Section):
-    model: Location  # a run directory (uses its export/) or an export directory
+    """`refine`: what it refines with, from where to where, and how."""
+
+    model: Location
+    """a training run (its export/ is used) or an export folder"""
     input: Location
+    """the synthetic set to refine"""
     output: Location
+    """where the refined set goes (claimed: `ownership`)"""
     batch_size: int = Field(256, ge=1)
-    concurrency: int = Field(1, ge=1)  # refiner actors
+    """images per refiner call"""
+    concurrency: int = Field(1, ge=1)
+    """refiner actors"""
     gpus_per_worker: float = Field(0.0, ge=0)
+    """GPUs per actor (0: CPU; a fraction shares a GPU between actors; bf16 autocast on a GPU)"""
     cpus_per_worker: float = Field(1.0, gt=0)
-    png: bool = False  # also write one PNG per image and a labels file
+    """CPUs per actor"""
+    format: Literal["parquet", "png"] = "parquet"
+    """parquet: shards and a manifest; png: also one PNG per image and a labels file per shard"""
     overwrite: bool = False
-    strict: bool = False  # a corrupt input image or label fails the job instead of being skipped
+    """replace another job's output at `output` (only what its record lists)"""
+    strict: bool = False
+    """a corrupt input image or label fails the job instead of being skipped"""
     s3: S3Options = S3Options()
+    """the S3 endpoint and credentials, when a location is s3://"""
 
 
 def load_refine_job(path: str | Path | None, overrides: dict) -> RefineJob:
@@ -134,7 +148,7 @@ class ShardRefiner:
         out = out.append_column("source_shard", pa.array([name] * len(keep), pa.string()))
         out = out.append_column("model", pa.array([self.model_id] * len(keep), pa.string()))
         files = {name: shards.encode_table(out)}
-        if job.png:
+        if job.format == "png":
             files.update(self._pngs(name, kept_ids, out["image"].to_pylist(), kept_labels))
         marker = {"rows_in": len(ids), "rows": len(keep), "skipped": bad.reasons,
                   "bytes": sum(len(b) for b in files.values())}
@@ -153,7 +167,7 @@ class ShardRefiner:
                 json.loads(label)
             except ValueError as e:
                 raise SimganError(f"image {image_id}: label is not JSON ({first_line(e)})") from None
-        if self.job.png:
+        if self.job.format == "png":
             file = shards.png_file_name(image_id)
             if file in files:
                 raise SimganError(f"image {image_id}: its PNG file name {file} is already that of image "
@@ -211,7 +225,7 @@ def plan(job: RefineJob) -> RefinePlan:
                           f"{export} was trained on {want}")
     data.check_shards(job.input, manifest, job.s3)
     model_id = model_hash(export, job.s3)
-    claim = _claim_options(job, {"input": job.input, "model": model_id, "png": job.png})
+    claim = _claim_options(job, {"input": job.input, "model": model_id, "png": job.format == "png"})
     output = ownership.plan(job.output, "refine", job.s3, **{k: v for k, v in claim.items() if k != "identity"})
     names = [s["name"] for s in manifest.shards]
     pending = names if output.action != "continue" else [n for n in names if not storage.exists(
@@ -272,7 +286,7 @@ def _refine(job: RefineJob, p: RefinePlan, out: Output) -> RefineSummary:
         raise SimganError(f"{job.output}: {rows_out} rows out + {len(skipped)} skipped + {lost} in corrupt shards != "
                           f"{manifest.count} rows in")
     written = [{"name": n, "rows": m["rows"]} for n, m in zip(names, markers, strict=True) if m["rows"]]
-    if job.png:
+    if job.format == "png":
         labels = b"".join(storage.read_bytes(storage.join(job.output, "png", "labels", n.removesuffix(".parquet")
                                                           + ".jsonl"), job.s3) for n in names)
         out.write({"labels.jsonl": labels})

@@ -67,9 +67,13 @@ def _check_history_memory(cfg: TrainConfig, shape: list[int]) -> None:
 DATA_CPUS = 1.0
 
 
+# The fields a refusal for want of resources names.
+RESOURCE_FIELDS = "run.num_workers, run.cpus_per_worker, run.gpus_per_worker"
+
+
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:
     """What one Ray Train worker of this run holds."""
-    return {"CPU": cfg.run.cpus_per_worker, "GPU": 1.0 if cfg.run.use_gpu else 0.0}
+    return {"CPU": cfg.run.cpus_per_worker, "GPU": float(cfg.run.gpus_per_worker)}
 
 
 @dataclass
@@ -235,8 +239,7 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
     # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     ensure_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)  # before the claim: nothing written if Ray fails
-    check_resources(worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
-                    spare_cpus=DATA_CPUS)
+    check_resources(worker_resources(cfg), cfg.run.num_workers, RESOURCE_FIELDS, spare_cpus=DATA_CPUS)
     with ownership.claimed(checked.run_uri, "train", cfg.data.s3, **checked.claim) as out:
         return _fit(cfg, checked, out, callbacks, resume_from)
 
@@ -266,7 +269,7 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
                            "output": out},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.run.num_workers,
-            use_gpu=cfg.run.use_gpu,
+            use_gpu=cfg.run.gpus_per_worker > 0,
             resources_per_worker=worker_resources(cfg),
         ),
         run_config=ray.train.RunConfig(

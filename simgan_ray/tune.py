@@ -22,6 +22,7 @@ import io
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,9 +40,9 @@ from simgan_ray.config import (
 )
 from simgan_ray.errors import SimganError, format_errors
 from simgan_ray.ownership import Output
-from simgan_ray.probe import ProbeSpec, build_probe, load_probe
+from simgan_ray.probe import ProbeInfo, ProbeSpec, build_probe, load_probe
 from simgan_ray.runtime import check_resources, ensure_ray
-from simgan_ray.train import DATA_CPUS, fit, worker_resources
+from simgan_ray.train import DATA_CPUS, RESOURCE_FIELDS, fit, worker_resources
 from simgan_ray.yamlfiles import read_yaml
 
 TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
@@ -199,7 +200,36 @@ def _trial(params: dict, base: dict, trials_storage: str, report_checkpoints: bo
         report(*final)
 
 
-def ensure_probe(spec: TuneSpec, base: TrainConfig) -> dict:
+@dataclass
+class Trial:
+    """One trial of a sweep, as a row of results.csv."""
+
+    trial: str  # Tune's trial id
+    status: str  # "ok" (ran every step), "stopped by ASHA at step N", or "error: ..."
+    run: str | None = None  # its (last) training run, under <sweep>/trials
+    step: int | None = None  # the last step it reported
+    metrics: dict[str, float | None] = field(default_factory=dict)  # the ranking metric and probe_label_acc
+    params: dict[str, Any] = field(default_factory=dict)  # its values of the searched fields
+
+    def row(self) -> dict[str, Any]:
+        return {"trial": self.trial, "run": self.run, "status": self.status, "step": self.step, **self.metrics,
+                **self.params}
+
+
+@dataclass
+class SweepResult:
+    """`run_sweep`'s result: the sweep's folder, every trial best first, the probe's own held-out error."""
+
+    out: str
+    trials: list[Trial]
+    probe_heldout_error: float
+
+    @property
+    def best(self) -> Trial:
+        return self.trials[0]
+
+
+def ensure_probe(spec: TuneSpec, base: TrainConfig) -> ProbeInfo:
     """The sweep's probe's record: loaded, or built from the spec's sets on the first sweep."""
     s3 = base.data.s3
     if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
@@ -220,9 +250,9 @@ def preflight(spec: TuneSpec, base: TrainConfig) -> str:
     built = storage.exists(storage.join(spec.probe.uri, "probe.json"), s3)
     if built:
         load_probe(spec.probe.uri, s3)
-    for field, source in (("probe.real_train", spec.probe.real_train), ("probe.reference", spec.probe.reference)):
+    for name, source in (("probe.real_train", spec.probe.real_train), ("probe.reference", spec.probe.reference)):
         if not built or storage.exists(source, s3):  # a probe built elsewhere need not have its sets here
-            shards.refuse_test_set(field, source, s3, "never ranks trials: the sweep selects by the probe (use dev and "
+            shards.refuse_test_set(name, source, s3, "never ranks trials: the sweep selects by the probe (use dev and "
                             "the real pool)")
     return out
 
@@ -232,19 +262,18 @@ def _claim_options(spec: TuneSpec, base: TrainConfig) -> dict:
             "refusal": "pick another name"}
 
 
-def run_sweep(spec: TuneSpec, base: TrainConfig) -> dict:
-    """Run the sweep in its claimed folder; write results.csv/.md, best.yaml and best/export. -> summary dict."""
+def run_sweep(spec: TuneSpec, base: TrainConfig) -> SweepResult:
+    """Run the sweep in its claimed folder; write results.csv/.md, best.yaml and best/export."""
     out = preflight(spec, base)
     # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
     # Before the claim: nothing is written where Ray cannot start.
     ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
-    check_resources(worker_resources(base), base.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
-                    spare_cpus=DATA_CPUS)
+    check_resources(worker_resources(base), base.run.num_workers, RESOURCE_FIELDS, spare_cpus=DATA_CPUS)
     with ownership.claimed(out, "tune", base.data.s3, **_claim_options(spec, base)) as claim:
         return _sweep(spec, base, claim)
 
 
-def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output) -> dict:
+def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output) -> SweepResult:
     from ray import tune
 
     s3, out = base.data.s3, claim.uri
@@ -277,44 +306,43 @@ def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output) -> dict:
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
     )
     results = tuner.fit()
-    rows = []
+    trials = []
     for result in results:
         if result.error is not None or not result.metrics:
-            rows.append({"trial": result.path.rsplit("/", 1)[-1], "status": f"error: {result.error}"})
+            trials.append(Trial(trial=result.path.rsplit("/", 1)[-1], status=f"error: {result.error}"))
             continue
         m = result.metrics
-        rows.append({"trial": m["trial_id"], "run": m["run"], "status": "ok", "step": m["step"],
-                     spec.metric: m.get(spec.metric),
-                     "probe_label_acc": m.get("probe_label_acc"),
-                     **{k: result.config[k] for k in spec.search}})
-    rows = rank(rows, spec, total)
-    if rows[0]["status"] != "ok" or rows[0].get(spec.metric) is None:
+        trials.append(Trial(trial=m["trial_id"], run=m["run"], status="ok", step=m["step"],
+                            metrics={k: m.get(k) for k in (spec.metric, "probe_label_acc")},
+                            params={k: result.config[k] for k in spec.search}))
+    trials = rank(trials, spec, total)
+    best = trials[0]  # among trials that ran to the end (they have an export)
+    if best.status != "ok" or best.metrics.get(spec.metric) is None:
         raise SimganError(f"{out}: no trial finished with {spec.metric}; see the trial logs under {out}")
-    best = rows[0]  # among trials that ran to the end (they have an export)
-    _write_results(claim, rows, spec)
-    best_cfg = with_overrides(base, {**{k: best[k] for k in spec.search},
-                                     "run.storage": trials_storage, "run.name": best["run"]})
-    best_export = storage.join(trials_storage, best["run"], "export")
+    _write_results(claim, trials, spec)
+    best_cfg = with_overrides(base, {**best.params, "run.storage": trials_storage, "run.name": best.run})
+    best_export = storage.join(trials_storage, best.run, "export")
     claim.write({"best.yaml": dump_config(best_cfg).encode(),
                  **{f"best/export/{name}": storage.read_bytes(storage.join(best_export, name), s3)
                     for name in ("refiner.pt", "refiner.json")}})
-    return {"out": out, "best": best, "trials": len(rows), "probe_heldout_error": probe_meta["heldout_error"]}
+    return SweepResult(out=out, trials=trials, probe_heldout_error=probe_meta.heldout_error)
 
 
-def rank(rows: list[dict], spec: TuneSpec, total: int) -> list[dict]:
+def rank(trials: list[Trial], spec: TuneSpec, total: int) -> list[Trial]:
     """Trials best first by `spec.metric` (`spec.mode`), among those that ran all `total` steps
     (they have an export); then those the scheduler stopped early, marked so whatever their metric
     (a score at an early rung is no finished run's), then failed ones, in the order given."""
-    for r in rows:
-        if r["status"] == "ok" and r["step"] < total:
-            r["status"] = f"stopped by {spec.scheduler.upper()} at step {r['step']}"
-    done = [r for r in rows if r["status"] == "ok" and r[spec.metric] is not None]
+    for t in trials:
+        if t.status == "ok" and t.step < total:
+            t.status = f"stopped by {spec.scheduler.upper()} at step {t.step}"
+    done = [t for t in trials if t.status == "ok" and t.metrics.get(spec.metric) is not None]
     sign = -1 if spec.mode == "max" else 1
-    done.sort(key=lambda r: sign * r[spec.metric])
-    return done + [r for r in rows if r not in done]
+    done.sort(key=lambda t: sign * t.metrics[spec.metric])
+    return done + [t for t in trials if t not in done]
 
 
-def _write_results(out: Output, rows: list[dict], spec: TuneSpec) -> None:
+def _write_results(out: Output, trials: list[Trial], spec: TuneSpec) -> None:
+    rows = [t.row() for t in trials]
     columns = ["trial", "run", "status", "step", spec.metric, "probe_label_acc", *spec.search]
     columns = list(dict.fromkeys(columns))
     buf = io.StringIO()

@@ -83,7 +83,7 @@ def plot_curves(metrics: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def plot_errors(errors: dict[str, dict], unit: str = "%", scale: float = 100.0) -> bytes:
+def plot_errors(errors: dict, unit: str = "%", scale: float = 100.0) -> bytes:
     """Bar chart of real-test error per training source: mean with sd bars, one dot per seed; each
     value times `scale`, in `unit` (a fraction as %, or a regression error as it is)."""
     import matplotlib
@@ -93,11 +93,11 @@ def plot_errors(errors: dict[str, dict], unit: str = "%", scale: float = 100.0) 
 
     names = list(errors)
     fig, ax = plt.subplots(figsize=(6, 4))
-    means = [scale * errors[n]["mean"] for n in names]
-    sds = [scale * errors[n]["sd"] for n in names]
+    means = [scale * errors[n].mean for n in names]
+    sds = [scale * errors[n].sd for n in names]
     ax.bar(names, means, yerr=sds, capsize=6, color=["#999999", "#4c72b0", "#55a868"][: len(names)])
     for i, n in enumerate(names):
-        ax.scatter([i] * len(errors[n]["runs"]), [scale * v for v in errors[n]["runs"]], color="black", s=12,
+        ax.scatter([i] * len(errors[n].runs), [scale * v for v in errors[n].runs], color="black", s=12,
                    zorder=3)
     ax.set_ylabel(f"error on the real test set ({unit})")
     ax.set_title("model trained on ...")

@@ -66,7 +66,7 @@ def train_func(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    if not cfg.run.use_gpu:
+    if not cfg.run.gpus_per_worker:
         torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
@@ -168,7 +168,7 @@ def _rank0_views(cfg: TrainConfig, out: Output, step: int) -> tuple[tuple | None
     that fails leaves it as of its last report."""
     probe = load_probe(cfg.probe.uri, cfg.data.s3) if cfg.probe.uri else None
     n = max(RunTracker.GRID, cfg.probe.images if probe else 0)
-    images, labels = load_set(cfg.data.synthetic, n, cfg.data.s3, probe.meta["label_key"] if probe else None)
+    images, labels = load_set(cfg.data.synthetic, n, cfg.data.s3, probe.meta.label_key if probe else None)
     scored = (probe, images[: cfg.probe.images], labels[: cfg.probe.images]) if probe else None
     return scored, RunTracker(cfg, out, images[: RunTracker.GRID], step)
 

@@ -90,6 +90,6 @@ def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_rea
         synthetic=digit_sets["synthetic"], real_train=labelled_real_sets["dev"], real_test=labelled_real_sets["val"],
         real_pool=digit_sets["real"], out=str(tmp_path / "eval"), refiner=run.run_uri,
         seeds=1, train_images=64, test_images=50, epochs=1, batch_size=32))
-    assert report["reported_on"] == {"kind": "val", "final": False}
+    assert isinstance(report, sg.EvalReport) and report.reported_on == sg.ReportedOn(kind="val", final=False)
     with pytest.raises(sg.SimganError, match="already holds a simgan-ray training run"):
         sg.fit(cfg)

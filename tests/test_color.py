@@ -43,7 +43,7 @@ def test_color_non_square_sets_train_refine_and_evaluate(ray_session, color_sets
     probe = str(tmp_path / "probe")
     meta = sg.build_probe(sg.ProbeSpec(real_train=color_sets["dev"], reference=color_sets["real"], out=probe,
                                        train_images=256, epochs=1, reference_images=128))
-    assert meta["channels"] == 3
+    assert meta.channels == 3
     cfg = sg.load_config(None, {
         "refiner.channels": 3, "refiner.features": 8, "refiner.blocks": 1,
         "discriminator.channels": 3, "discriminator.widths": [8, 8, 8, 8],
@@ -65,7 +65,8 @@ def test_color_non_square_sets_train_refine_and_evaluate(ray_session, color_sets
     assert grid.mode == "RGB" and sorted(read_events(run.run_uri)["samples"]) == [4, 8]
 
     out = tmp_path / "refined"
-    summary = sg.run_refine(sg.RefineJob(model=run.run_uri, input=color_sets["synthetic"], output=str(out), png=True))
+    summary = sg.run_refine(sg.RefineJob(model=run.run_uri, input=color_sets["synthetic"], output=str(out),
+                                         format="png"))
     assert summary.rows_out == 256 and shards.read_manifest(str(out)).shape == [3, 32, 40]
     pngs = sorted(p for p in out.rglob("*.png"))
     assert len(pngs) == 256 and Image.open(pngs[0]).size == (40, 32) and Image.open(pngs[0]).mode == "RGB"
@@ -77,6 +78,6 @@ def test_color_non_square_sets_train_refine_and_evaluate(ray_session, color_sets
         synthetic=color_sets["synthetic"], real_train=color_sets["dev"], real_test=color_sets["val"],
         real_pool=color_sets["real"], out=str(tmp_path / "eval"), refiner=run.run_uri,
         seeds=1, train_images=256, test_images=128, epochs=1, batch_size=64))
-    assert report["counts"] == {"synthetic": 256, "real_train": 256, "real_test": 128, "real_pool": 256}
-    assert all(0 <= report["test_error"][s]["mean"] <= 1 for s in ("synthetic", "refined", "real"))
+    assert report.counts == {"synthetic": 256, "real_train": 256, "real_test": 128, "real_pool": 256}
+    assert all(0 <= report.test_error[s].mean <= 1 for s in ("synthetic", "refined", "real"))
     assert json.loads((tmp_path / "eval" / "report.json").read_text())["task"] == "classification"

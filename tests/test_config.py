@@ -45,7 +45,7 @@ def test_job_specs_validate():
         else:
             load_config(job)
     eyes = load_config(ROOT / "jobs" / "eyes.yaml")  # the paper's gaze setting on 4 GPUs
-    assert (eyes.run.num_workers, eyes.batch_size * eyes.run.num_workers, eyes.run.use_gpu) == (4, 512, True)
+    assert (eyes.run.num_workers, eyes.batch_size * eyes.run.num_workers, eyes.run.gpus_per_worker) == (4, 512, 1)
     assert (eyes.refiner.features, eyes.refiner.blocks, eyes.discriminator.widths) == (64, 4, (96, 64, 32, 32))
 
 

@@ -112,9 +112,9 @@ def test_a_dry_run_says_where_it_would_run_and_refuses_what_the_run_would(digit_
     here = invoke(*args)
     assert here.exit_code == 0 and "on a local Ray (" in here.output, here.output
     if not torch.cuda.is_available():
-        gpu = invoke(*args, "--gpu")
+        gpu = invoke(*args, "--gpus-per-worker", "1")
         assert isinstance(gpu.exception, SimganError), gpu.output
-        assert "run.use_gpu" in str(gpu.exception) and "0 GPU" in str(gpu.exception)
+        assert "run.gpus_per_worker" in str(gpu.exception) and "0 GPU" in str(gpu.exception)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing answers there

@@ -15,6 +15,7 @@ from simgan_ray.errors import SimganError
 from simgan_ray.evaluate import EvalConfig, evaluate
 from simgan_ray.networks import Refiner, RefinerConfig
 from simgan_ray.probe import ProbeSpec, build_probe, load_probe
+from simgan_ray.report import EvalReport, ReportedOn
 from simgan_ray.train import preflight
 
 from .conftest import TINY
@@ -48,22 +49,22 @@ def test_evaluate_reports_table_realism_and_labels(ray_session, digit_sets, labe
                      refiner=export, **small())
     report = evaluate(cfg)
     for source in ("synthetic", "refined", "real"):
-        e = report["test_error"][source]
-        assert len(e["runs"]) == 2 and 0 <= e["mean"] <= 1 and e["sd"] >= 0
+        e = report.test_error[source]
+        assert len(e.runs) == 2 and 0 <= e.mean <= 1 and e.sd >= 0
     # From the per-seed errors, not the report's own means: (mean raw - mean refined) / mean raw.
-    raw, refined = (sum(report["test_error"][s]["runs"]) / 2 for s in ("synthetic", "refined"))
-    assert report["relative_error_reduction"] == pytest.approx((raw - refined) / raw)
-    runs = report["test_error"]["synthetic"]["runs"]
-    assert report["test_error"]["synthetic"]["sd"] == pytest.approx(abs(runs[0] - runs[1]) / 2 ** 0.5)
+    raw, refined = (sum(report.test_error[s].runs) / 2 for s in ("synthetic", "refined"))
+    assert report.relative_error_reduction == pytest.approx((raw - refined) / raw)
+    runs = report.test_error["synthetic"].runs
+    assert report.test_error["synthetic"].sd == pytest.approx(abs(runs[0] - runs[1]) / 2 ** 0.5)
     for key in ("two_sample_accuracy", "label_preservation"):
-        assert set(report[key]) == {"synthetic", "refined"}
-        assert all(0 <= v <= 1 for v in report[key].values())
-    assert report["frechet_distance"]["refined"] > 0
-    assert report["counts"] == {"synthetic": 256, "real_train": 256, "real_test": 200, "real_pool": 256}
-    assert report["reported_on"] == {"kind": "val", "final": False}  # choices are made on val
+        assert set(getattr(report, key)) == {"synthetic", "refined"}
+        assert all(0 <= v <= 1 for v in getattr(report, key).values())
+    assert report.frechet_distance["refined"] > 0
+    assert report.counts == {"synthetic": 256, "real_train": 256, "real_test": 200, "real_pool": 256}
+    assert report.reported_on == ReportedOn(kind="val", final=False)  # choices are made on val
     for name in ("report.json", "report.md", "samples.png", "errors.png"):
         assert (tmp_path / "rep" / name).exists()
-    assert json.loads((tmp_path / "rep" / "report.json").read_text())["test_error"] == report["test_error"]
+    assert EvalReport.from_json((tmp_path / "rep" / "report.json").read_text()) == report
     assert "Relative error reduction" in (tmp_path / "rep" / "report.md").read_text()
 
 
@@ -95,7 +96,7 @@ def test_final_evaluation_on_the_test_set_is_recorded(ray_session, digit_sets, l
                      real_test=labelled_real_sets["test"], real_pool=digit_sets["real"], out=str(tmp_path / "final"),
                      refiner=export, final=True, seeds=1, train_images=64, test_images=50, epochs=1, batch_size=32)
     report = evaluate(cfg)
-    assert report["reported_on"] == {"kind": "test", "final": True}
+    assert report.reported_on == ReportedOn(kind="test", final=True)
     assert "the final, test-set measurement" in (tmp_path / "final" / "report.md").read_text()
 
 
@@ -119,10 +120,11 @@ def test_probe_never_reads_the_test_set_and_scores(labelled_real_sets, digit_set
                     train_images=256, epochs=1, batch_size=64, reference_images=200)
     # Sweeps select by the probe: its reference is the real pool, its own error a held-out tenth of dev.
     meta = build_probe(cfg)
-    assert (meta["train_images"], meta["heldout_images"], meta["reference_images"]) == (231, 25, 200)
-    assert meta["reference"] == digit_sets["real"] and labelled_real_sets["test"] not in json.dumps(meta)
-    assert 0 <= meta["heldout_error"] <= 1
+    assert (meta.train_images, meta.heldout_images, meta.reference_images) == (231, 25, 200)
+    assert meta.reference == digit_sets["real"] and labelled_real_sets["test"] not in str(meta)
+    assert 0 <= meta.heldout_error <= 1
     probe = load_probe(str(tmp_path / "probe"), cfg.s3)
+    assert probe.meta == meta  # probe.json holds the result
     x, _ = load_set(digit_sets["real"], 200, cfg.s3, None)
     own = probe.score(x, np.zeros(len(x), np.int64))
     assert own["probe_fd"] == pytest.approx(0.0, abs=1e-3)  # the reference set against itself
@@ -180,14 +182,14 @@ def test_evaluate_regression_of_the_rotation(ray_session, digit_sets, rotation_s
                      real_test=rotation_sets["val"], real_pool=digit_sets["real"], out=str(tmp_path / "reg"),
                      refiner=export, task="regression", label_key="rotation", **small(epochs=20))
     report = evaluate(cfg)
-    assert report["task"] == "regression" and report["error_measure"] == "mae"
+    assert report.task == "regression" and report.error_measure == "mae"
     _, rotation = load_set(rotation_sets["val"], 200, cfg.s3, "rotation", regression=True)
     spread = float(np.abs(rotation - rotation.mean()).mean())  # the MAE of always guessing the mean
     for source in ("synthetic", "refined", "real"):
-        e = report["test_errors"][source]
-        assert set(e) == {"mae", "l2"} and e["mae"]["runs"] == report["test_error"][source]["runs"]
-    assert report["test_error"]["real"]["mean"] < spread  # it learned something
-    assert 0 <= report["label_preservation"]["synthetic"] < 2 * spread
+        e = report.test_errors[source]
+        assert set(e) == {"mae", "l2"} and e["mae"].runs == report.test_error[source].runs
+    assert report.test_error["real"].mean < spread  # it learned something
+    assert 0 <= report.label_preservation["synthetic"] < 2 * spread
     text = (tmp_path / "reg" / "report.md").read_text()
     assert "regression of 'rotation'" in text and "| (c) real (ceiling) |" in text
     with pytest.raises(SimganError, match="a number or a list of numbers 'font'"):

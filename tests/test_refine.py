@@ -55,7 +55,7 @@ def read_set(prefix: str, s3: S3Options, extra=("label", "source_shard", "model"
 def test_refine_keeps_rows_ids_labels_and_changes_images(setup):
     s3, bucket = setup["s3"], setup["bucket"]
     summary = refine(RefineJob(model=setup["model"], input=f"{bucket}/synthetic", output=f"{bucket}/refined",
-                               batch_size=32, png=True, s3=s3))
+                               batch_size=32, format="png", s3=s3))
     assert (summary.rows_in, summary.rows_out, summary.shards_done) == (300, 300, 30)
     assert summary.skipped_images == [] and summary.images_per_s > 0
     out = read_set(f"{bucket}/refined", s3)
@@ -73,7 +73,7 @@ def test_refine_keeps_rows_ids_labels_and_changes_images(setup):
     assert png[:4] == b"\x89PNG"
 
     again = refine(RefineJob(model=setup["model"], input=f"{bucket}/synthetic", output=f"{bucket}/refined",
-                             batch_size=32, png=True, s3=s3))
+                             batch_size=32, format="png", s3=s3))
     assert again.shards_done == 0 and again.shards_skipped == 30 and again.rows_out == 300
 
 
@@ -158,8 +158,8 @@ def test_bad_inputs_are_refused_before_anything_is_written(setup, tmp_path):
 def test_refine_job_file_resolves_defaults_file_then_options(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text("model: runs/x\ninput: s3://b/in\noutput: s3://b/out\nbatch_size: 64\n")
-    job = load_refine_job(path, {"batch_size": 16, "png": True})
-    assert (job.batch_size, job.png, job.concurrency) == (16, True, 1)  # option > file > default
+    job = load_refine_job(path, {"batch_size": 16, "format": "png"})
+    assert (job.batch_size, job.format, job.concurrency) == (16, "png", 1)  # option > file > default
     assert job.model == str(Path("runs/x").resolve()) and job.input == "s3://b/in"
     path.write_text("model: runs/x\ninput: s3://b/in\noutput: s3://b/out\nbatch_sise: 64\n")
     with pytest.raises(SimganError, match=r"job.yaml: batch_sise: Extra inputs are not permitted"):

@@ -66,7 +66,8 @@ def test_ids_never_become_paths_outside_the_output(ray_session, model, tmp_path)
     ids = [f"../../../../{escape}", "/etc/passwd", "sub/a.png", "..", "a\\b", "a.png", "a", "bad\0id"]
     raw_set(tmp_path / "in", ids, [json.dumps({"digit": i}) for i in range(len(ids))])
     before = tree(tmp_path / "in")
-    summary = refine(RefineJob(model=model, input=str(tmp_path / "in"), output=str(tmp_path / "out"), png=True))
+    summary = refine(RefineJob(model=model, input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                                 format="png"))
 
     assert not (tmp_path / "x").exists() and not escape.with_suffix(".png").exists()
     assert tree(tmp_path / "in") == before
@@ -116,7 +117,7 @@ def test_overwrite_deletes_only_what_refine_wrote(ray_session, model, digit_sets
 
     # An earlier job's output (PNGs too) plus one file of the user's: refused whole, nothing deleted.
     out = tmp_path / "out"
-    refine(RefineJob(model=model, input=digit_sets["synthetic"], output=str(out), png=True))
+    refine(RefineJob(model=model, input=digit_sets["synthetic"], output=str(out), format="png"))
     (out / "png" / "notes.md").write_text("mine")
     before = tree(out)
     with pytest.raises(SimganError, match="holds png/notes.md, which its record does not list: nothing was deleted"):
@@ -179,12 +180,12 @@ def test_resources_the_cluster_lacks_fail_fast_naming_them(ray_session, model, d
     with pytest.raises(SimganError, match=r"1 GPU each do not fit the local Ray .* no autoscaler"):
         refine(RefineJob(model=model, input=digit_sets["synthetic"], output=str(tmp_path / "o"), gpus_per_worker=1))
     cfg = load_config(None, {**TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
-                             "run.storage": str(tmp_path / "runs"), "run.use_gpu": True, "batch_size": 8})
-    with pytest.raises(SimganError, match=r"run.use_gpu: 2 worker\(s\) of 1 CPU, 1 GPU each do not fit"):
+                             "run.storage": str(tmp_path / "runs"), "run.gpus_per_worker": 1, "batch_size": 8})
+    with pytest.raises(SimganError, match=r"run.gpus_per_worker: 2 worker\(s\) of 1 CPU, 1 GPU each do not fit"):
         fit(cfg)
     # Workers holding every CPU of the session's Ray (4) would leave Ray Data's read tasks none: a
     # run that waits forever, were it not refused.
-    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"use_gpu": False, "num_workers": 4})})
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"gpus_per_worker": 0, "num_workers": 4})})
     with pytest.raises(SimganError, match=r"4 worker\(s\) of 1 CPU each leave less than 1 CPU for reading data "
                                           r"\(Ray Data's tasks\) in the local Ray \(4 CPU in all"):
         fit(cfg)

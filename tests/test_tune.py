@@ -7,7 +7,7 @@ import yaml
 from simgan_ray import checkpoints
 from simgan_ray.config import load_config
 from simgan_ray.errors import SimganError
-from simgan_ray.tune import load_spec, rank, run_sweep
+from simgan_ray.tune import Trial, load_spec, rank, run_sweep
 
 from .conftest import TINY
 
@@ -41,10 +41,10 @@ def test_two_trial_sweep_ranks_by_the_probe(ray_session, digit_sets, labelled_re
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 2 and rows[0]["status"] == "ok"
     # ASHA may prune the second trial at its first rung (step 4 of 8); finished trials rank first.
-    assert all(r["status"] == "ok" or r["status"] == "stopped by ASHA at step 4" for r in rows)
+    assert all(r["status"] == "ok" or r["status"] == "stopped by ASHA at step 4" for r in rows), rows
     fds = [float(r["probe_fd"]) for r in rows if r["status"] == "ok"]
     assert fds == sorted(fds)
-    assert summary["best"]["trial"] == rows[0]["trial"]
+    assert summary.best.trial == rows[0]["trial"] and len(summary.trials) == 2
     assert "| trial |" in (out / "results.md").read_text()
     best = load_config(out / "best.yaml")
     assert best.loss.lam == pytest.approx(float(rows[0]["loss.lam"]))
@@ -56,16 +56,16 @@ def test_two_trial_sweep_ranks_by_the_probe(ray_session, digit_sets, labelled_re
 
 def test_ranking_puts_finished_trials_first_whatever_a_pruned_one_scored(tmp_path, digit_sets, labelled_real_sets):
     spec, _ = load_spec(write_spec(tmp_path, digit_sets, labelled_real_sets))
-    rows = [{"trial": "a", "status": "ok", "step": 8, "probe_fd": 5.0},
-            {"trial": "pruned", "status": "ok", "step": 4, "probe_fd": 0.1},  # better, but at rung 4 of 8
-            {"trial": "failed", "status": "error: boom"},
-            {"trial": "b", "status": "ok", "step": 8, "probe_fd": 2.0}]
-    ranked = rank(rows, spec, total=8)
-    assert [r["trial"] for r in ranked] == ["b", "a", "pruned", "failed"]
-    assert ranked[2]["status"] == "stopped by ASHA at step 4"
+    trials = [Trial("a", "ok", step=8, metrics={"probe_fd": 5.0}),
+              Trial("pruned", "ok", step=4, metrics={"probe_fd": 0.1}),  # better, but at rung 4 of 8
+              Trial("failed", "error: boom"),
+              Trial("b", "ok", step=8, metrics={"probe_fd": 2.0})]
+    ranked = rank(trials, spec, total=8)
+    assert [t.trial for t in ranked] == ["b", "a", "pruned", "failed"]
+    assert ranked[2].status == "stopped by ASHA at step 4"
     maximise = spec.model_copy(update={"metric": "probe_label_acc", "mode": "max"})
-    rows = [{"trial": t, "status": "ok", "step": 8, "probe_label_acc": acc} for t, acc in (("lo", 0.2), ("hi", 0.9))]
-    assert [r["trial"] for r in rank(rows, maximise, total=8)] == ["hi", "lo"]
+    trials = [Trial(t, "ok", step=8, metrics={"probe_label_acc": acc}) for t, acc in (("lo", 0.2), ("hi", 0.9))]
+    assert [t.trial for t in rank(trials, maximise, total=8)] == ["hi", "lo"]
 
 
 def test_spec_errors_name_the_field(tmp_path, digit_sets, labelled_real_sets):
@@ -99,7 +99,7 @@ def test_pbt_sweep_restarts_trials_from_checkpoints(ray_session, digit_sets, lab
         steps = [m["step"] for m in map(json.loads, open(out / "trials" / row["run"] / "metrics.jsonl"))]
         assert steps == [4, 8]  # the history of the checkpoint it started from, then its own step
     refiner, meta = checkpoints.load_export(str(out / "best" / "export"))
-    assert meta["step"] == 8 and summary["best"]["run"] == rows[0]["run"]
+    assert meta["step"] == 8 and summary.best.run == rows[0]["run"]
 
 
 def test_pbt_spec_refuses_what_pbt_cannot_mutate(tmp_path, digit_sets, labelled_real_sets):

@@ -73,7 +73,7 @@ def refine(
 
     given = {"model": model, "input": input, "output": output, "batch_size": batch_size, "concurrency": concurrency,
              "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
-             "png": None if format_ is None else format_ == "png", "overwrite": overwrite, "strict": strict,
+             "format": None if format_ is None else format_.value, "overwrite": overwrite, "strict": strict,
              "s3": None if s3_endpoint is None else {"endpoint_url": s3_endpoint}}
     job = load_refine_job(config, {k: v for k, v in given.items() if v is not None})
     resolved = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
@@ -129,8 +129,9 @@ def evaluate(
     configure_output(verbose)
     from simgan_ray.cluster import JobSpec, command_argv
     from simgan_ray.config import from_options
-    from simgan_ray.evaluate import EvalConfig, markdown
+    from simgan_ray.evaluate import EvalConfig
     from simgan_ray.evaluate import evaluate as run_evaluate
+    from simgan_ray.report import markdown
 
     cfg = from_options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
                    out=out, refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes,

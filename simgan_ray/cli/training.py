@@ -60,8 +60,8 @@ def probe(
                         locations={"--real-train": real_train, "--reference": reference, "--out": out})
     submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
     meta = build_probe(spec)
-    typer.echo(f"probe written to {out}: its classifier's error on {meta['heldout_images']} held-out images of "
-          f"{real_train} is {100 * meta['heldout_error']:.2f}%; reference: {meta['reference_images']} images "
+    typer.echo(f"probe written to {out}: its classifier's error on {meta.heldout_images} held-out images of "
+          f"{real_train} is {100 * meta.heldout_error:.2f}%; reference: {meta.reference_images} images "
           f"of {reference}")
 
 
@@ -71,7 +71,7 @@ def train(
     storage: Annotated[str | None, typer.Option(help="run storage: local dir or s3://bucket/prefix")] = None,
     name: Annotated[str | None, typer.Option(help="run name; the run lives in <storage>/<name>")] = None,
     num_workers: Annotated[int | None, typer.Option(help="Ray Train workers")] = None,
-    gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="one GPU per worker (NCCL) or CPU (gloo)")] = None,
+    gpus_per_worker: Annotated[int | None, typer.Option(help="1: one GPU per worker (NCCL); 0: CPU (gloo) [0]")] = None,
     cpus_per_worker: Annotated[float | None, typer.Option(help="CPUs per worker (its torch threads on CPU)")] = None,
     seed: Annotated[int | None, typer.Option(help="the run's seed (initialisation, data order)")] = None,
     set_: Annotated[
@@ -95,13 +95,14 @@ def train(
     from simgan_ray.cluster import JobSpec
     from simgan_ray.config import dump_config, load_config
     from simgan_ray.progress import ReportFollower
-    from simgan_ray.train import DATA_CPUS, fit, preflight, worker_resources
+    from simgan_ray.train import DATA_CPUS, RESOURCE_FIELDS, fit, preflight, worker_resources
     from simgan_ray.yamlfiles import parse_override
 
     configure_output(verbose)
     overrides = dict(parse_override(s) for s in set_ or [])
     for key, value in (("run.storage", storage), ("run.name", name), ("run.num_workers", num_workers),
-                       ("run.use_gpu", gpu), ("run.cpus_per_worker", cpus_per_worker), ("seed", seed)):
+                       ("run.gpus_per_worker", gpus_per_worker), ("run.cpus_per_worker", cpus_per_worker),
+                       ("seed", seed)):
         if value is not None:
             overrides[key] = value
     cfg = load_config(config, overrides)
@@ -114,8 +115,7 @@ def train(
             f"{'resume' if checked.resumes else 'start'} run {checked.run_uri} on {cfg.run.num_workers} worker(s): "
             f"{checked.synthetic.count} synthetic and {checked.real.count} real {shape} images, "
             f"{cfg.schedule.total_steps} steps", cluster, address,
-            (worker_resources(cfg), cfg.run.num_workers, "run.num_workers, run.cpus_per_worker, run.use_gpu",
-             DATA_CPUS),
+            (worker_resources(cfg), cfg.run.num_workers, RESOURCE_FIELDS, DATA_CPUS),
             {"data.synthetic": cfg.data.synthetic, "data.real": cfg.data.real, "probe.uri": cfg.probe.uri,
              "run.storage": cfg.run.storage})
     submit_if_cluster(cluster, address, wait, lambda: JobSpec(
@@ -177,8 +177,8 @@ def tune(
         ["tune", "--config", "tune.yaml"], {"tune.yaml": yaml.safe_dump(resolved, sort_keys=False),
                                             "base.yaml": dump_config(base)}))
     summary = run_sweep(spec, base)
-    best = summary["best"]
-    typer.echo(f"best trial {best['trial']}: {spec.metric}={best[spec.metric]:.4g} with "
-          + ", ".join(f"{k}={best[k]}" for k in spec.search)
-          + f"; results in {summary['out']}/results.md, best config {summary['out']}/best.yaml, "
-          f"refiner {summary['out']}/best/export")
+    best = summary.best
+    typer.echo(f"best trial {best.trial}: {spec.metric}={best.metrics[spec.metric]:.4g} with "
+               + ", ".join(f"{k}={v}" for k, v in best.params.items())
+               + f"; results in {summary.out}/results.md, best config {summary.out}/best.yaml, "
+               f"refiner {summary.out}/best/export")
