@@ -29,7 +29,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray.networks import Refiner  # noqa: E402
+from simgan_ray.model.networks import Refiner  # noqa: E402
 
 # Dense bf16 tensor-core peak in TFLOP/s by a fragment of the device's name (vendor datasheets, SXM
 # parts unless named); the first fragment found wins, so the PCIe and NVL parts come before the SXM ones.

@@ -44,7 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray.networks import Refiner, RefinerConfig  # noqa: E402
+from simgan_ray.model.networks import Refiner, RefinerConfig  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_common import (  # noqa: E402
@@ -182,12 +182,13 @@ def gpu(args) -> None:
 def cpu(args) -> None:
     import ray
 
-    from simgan_ray import checkpoints, storage
-    from simgan_ray.config import load_config
-    from simgan_ray.refine import RefineJob, refine
-    from simgan_ray.runtime import start_local_ray
-    from simgan_ray.simulate import simulate
+    from simgan_ray import storage
+    from simgan_ray.apply.refine import RefineJob, refine
+    from simgan_ray.model.export import write_export
+    from simgan_ray.runtime.session import start_local_ray
+    from simgan_ray.sets.simulate import simulate
     from simgan_ray.storage import S3Options
+    from simgan_ray.training.config import load_config
     from tests.s3server import MotoServer, use_fake_credentials
 
     use_fake_credentials()
@@ -203,7 +204,7 @@ def cpu(args) -> None:
         torch.manual_seed(0)
         refiner = Refiner(cfg).eval()
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoints.write_export(Path(tmp), refiner, {"image_shape": [1, 28, 28]})
+            write_export(Path(tmp), refiner, {"image_shape": [1, 28, 28]})
             storage.copy_dir_to(tmp, f"{bucket}/model", s3)
 
         images = torch.randint(0, 256, (args.batch_size * 8, 1, 28, 28), dtype=torch.uint8)

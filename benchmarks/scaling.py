@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray.config import load_config  # noqa: E402
-from simgan_ray.runtime import start_local_ray  # noqa: E402
-from simgan_ray.simulate import simulate  # noqa: E402
-from simgan_ray.train import WORKER_ENV, fit  # noqa: E402
+from simgan_ray.runtime.session import start_local_ray  # noqa: E402
+from simgan_ray.sets.simulate import simulate  # noqa: E402
+from simgan_ray.training.config import load_config  # noqa: E402
+from simgan_ray.training.train import WORKER_ENV, fit  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_overhead import bare_group, in_memory_images  # noqa: E402

@@ -50,17 +50,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray import checkpoints, shards  # noqa: E402
-from simgan_ray.classifier import Recipe, accuracy, train_classifier, two_sample_accuracy  # noqa: E402
-from simgan_ray.config import load_config, with_overrides  # noqa: E402
-from simgan_ray.consistency import load_label_net  # noqa: E402
-from simgan_ray.data import load_set, unit_range  # noqa: E402
-from simgan_ray.errors import SimganError  # noqa: E402
-from simgan_ray.gan import make_gan, phase_table, run_step  # noqa: E402
-from simgan_ray.guard import CollapseGuard  # noqa: E402
-from simgan_ray.history import ImageHistory  # noqa: E402
-from simgan_ray.probe import load_probe  # noqa: E402
-from simgan_ray.yamlfiles import parse_override  # noqa: E402
+from simgan_ray.common.errors import SimganError  # noqa: E402
+from simgan_ray.common.yamlfiles import parse_override  # noqa: E402
+from simgan_ray.measures.classifier import Recipe, accuracy, train_classifier, two_sample_accuracy  # noqa: E402
+from simgan_ray.measures.probe import load_probe  # noqa: E402
+from simgan_ray.model.export import refine_images  # noqa: E402
+from simgan_ray.model.history import ImageHistory  # noqa: E402
+from simgan_ray.sets import shards  # noqa: E402
+from simgan_ray.sets.data import load_set, unit_range  # noqa: E402
+from simgan_ray.training import checkpoints  # noqa: E402
+from simgan_ray.training.config import load_config, with_overrides  # noqa: E402
+from simgan_ray.training.consistency import load_label_net  # noqa: E402
+from simgan_ray.training.gan import make_gan, phase_table, run_step  # noqa: E402
+from simgan_ray.training.guard import CollapseGuard  # noqa: E402
+from simgan_ray.training.metrics import score_gan  # noqa: E402
 
 QUICK = {"schedule.pretrain_refiner_steps": 4, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
          "schedule.warmup_steps": 2, "run.report_every": 4, "run.checkpoint_every": 4, "probe.images": 64}
@@ -119,7 +122,7 @@ def train_run(cfg, probe, sets: Sets, device: torch.device) -> tuple[torch.nn.Mo
         step += 1
         if step % every and step % cfg.run.checkpoint_every and step != total:
             continue
-        metrics = {"step": step, **probe.score_gan(gan, images, labels)}
+        metrics = {"step": step, **score_gan(probe, gan, images, labels)}
         if guard.collapsed(metrics, phase, device):
             step, kept = guard.rollback(gan, step, metrics)
             del reports[kept:]
@@ -179,7 +182,7 @@ def run_job(job: tuple) -> dict:
         cfg = load_config(args.config, {**dict(args.set), **overrides, "seed": seed})
         export, record = train_run(cfg, s["probe"], s["sets"], s["device"])
         trained = time.perf_counter()
-        refined = checkpoints.refine_images(export, s["sets"].syn_x)
+        refined = refine_images(export, s["sets"].syn_x)
         row.update(record, **val_scores(refined, s["sets"], s["recipe"], args.classifier_seeds, s["ceiling"],
                                         s["device"]))
         row.update(train_min=(trained - start) / 60, eval_min=(time.perf_counter() - trained) / 60)

@@ -1,20 +1,20 @@
 """Where the input path's time goes: each stage of feeding the training step, alone, in one run.
 
 For the digits shape (1 x 28 x 28) and the eye shape (1 x 35 x 55), on a set of N rendered images
-written as Parquet shards to local disk (object storage is measured in `stream.py`), each stage's
-throughput in images/s per core (one process, one thread, so the figures add up as costs):
+written as Parquet shards to local disk in both shard encodings (png; raw pixels, zstd; object
+storage is measured in `stream.py`), each stage's throughput in images/s per core (one process,
+one thread, so the figures add up as costs), and each encoding's bytes per image on disk:
 
-  read      pyarrow reads the shards' id and image columns (Parquet pages into Arrow buffers)
-  decode    PNG bytes -> uint8 (C, H, W) (what `data._read_shards` does per image)
-  reshape   the same pixels stored raw: bytes -> uint8 array (what decode would cost without PNG)
-  batch     uint8 (N, C, H, W) -> float tensors in [-1, 1] of 32, as the worker makes them
-  shuffle   the same through a 2,048-image shuffle buffer as Ray Data's local shuffle keeps one
-  ray       the whole Ray Data pipeline (one read task per shard, `iter_torch_batches` of 32) on a
-            local Ray with 1 CPU: per core, everything above plus Ray's own work
-  h2d       pinned host-to-device copy of a batch (only where torch sees a GPU)
+  read png / raw     pyarrow reads the shards' id and image columns (Parquet pages into Arrow buffers)
+  decode png / raw   image bytes -> uint8 (C, H, W), as `data._read_shards` does per image
+  batch              uint8 (N, C, H, W) -> float tensors in [-1, 1] of 32, as the worker makes them
+  shuffle            the same through a 2,048-image shuffle buffer as Ray Data's local shuffle keeps one
+  ray png / raw      the whole Ray Data pipeline (one read task per shard, `iter_torch_batches` of 32)
+                     on a local Ray with 1 CPU: per core, everything above plus Ray's own work
+  h2d                pinned host-to-device copy of a batch (only where torch sees a GPU)
 
 Last, for the eye shape: the cores needed to feed one H100 at 67,624 images/s (the eye SimGAN step
-measured in benchmarks/RESULTS.md) at the `ray` rate, and at the rate of the slowest stage alone.
+measured in benchmarks/RESULTS.md) at each encoding's `ray` rate.
 
     .venv/bin/python benchmarks/stages.py --count 20000
 """
@@ -34,14 +34,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray import data, ownership, shards  # noqa: E402
-from simgan_ray.runtime import start_local_ray  # noqa: E402
+from simgan_ray.runtime.session import start_local_ray  # noqa: E402
+from simgan_ray.sets import data, shards  # noqa: E402
+from simgan_ray.storage import ownership  # noqa: E402
 
 H100_EYE_STEP = 67_624  # images/s of the eye SimGAN step on one H100 (benchmarks/RESULTS.md, GPU)
 SHAPES = {"digits": (1, 28, 28), "eye": (1, 35, 55)}
 
 
-def make_set(prefix: Path, shape: tuple[int, int, int], count: int) -> None:
+def make_set(prefix: Path, shape: tuple[int, int, int], count: int, encoding: str) -> None:
     """Smooth random images (a blurred noise field per image, so PNG compresses as on renders)."""
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 255, (count, *shape), np.uint8).astype(np.float32)
@@ -49,9 +50,10 @@ def make_set(prefix: Path, shape: tuple[int, int, int], count: int) -> None:
     images, ids = smooth.astype(np.uint8), [f"bench-{i:06d}" for i in range(count)]
     with ownership.claimed(str(prefix), "simulate") as out:  # a set of the benchmark's own, in a temp folder
         written = [shards.write_shard(out, i, shards.make_table(ids[s:s + 5000], images[s:s + 5000],
-                                                                [None] * len(ids[s:s + 5000])))
+                                                                [None] * len(ids[s:s + 5000]), encoding), encoding)
                    for i, s in enumerate(range(0, count, 5000))]
-        shards.write_manifest(out, shards.Manifest(kind="synthetic", count=count, shape=list(shape), shards=written))
+        shards.write_manifest(out, shards.Manifest(kind="synthetic", count=count, shape=list(shape), shards=written,
+                                                   encoding=encoding))
 
 
 def rate(fn, n: int) -> float:
@@ -60,18 +62,41 @@ def rate(fn, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def stages(prefix: Path, shape: tuple[int, int, int], count: int) -> dict[str, float]:
+def codec(prefix: Path, shape: tuple[int, int, int], count: int, encoding: str) -> tuple[dict, np.ndarray]:
+    """The read and decode stages of one encoding's set, its bytes per image -> (rows, the images)."""
     manifest = shards.read_manifest(str(prefix))
     paths = [str(prefix / s["name"]) for s in manifest.shards]
+    out = {f"bytes/image {encoding}": sum(Path(p).stat().st_size for p in paths) / count}
     tables = []
-    out = {"read": rate(lambda: tables.extend(pq.read_table(p, columns=["id", "image"]) for p in paths), count)}
+    out[f"read {encoding}"] = rate(lambda: tables.extend(pq.read_table(p, columns=["id", "image"]) for p in paths),
+                                   count)
     ids = [i for t in tables for i in t["id"].to_pylist()]
     blobs = [b for t in tables for b in t["image"].to_pylist()]
     images = []
-    out["decode"] = rate(lambda: images.append(data.decode_images(ids, blobs, list(shape))), count)
-    raw = [img.tobytes() for img in images[0]]
-    out["reshape"] = rate(lambda: [np.frombuffer(b, np.uint8).reshape(shape) for b in raw], count)
-    pixels = torch.from_numpy(images[0])
+    out[f"decode {encoding}"] = rate(lambda: images.append(data.decode_images(ids, blobs, list(shape), encoding)),
+                                     count)
+    return out, images[0]
+
+
+def pipeline(prefix: Path, count: int) -> float:
+    """images/s of the whole Ray Data pipeline over the set at `prefix`, its second pass."""
+    manifest = shards.read_manifest(str(prefix))
+
+    def through_ray() -> None:
+        ds = data.image_dataset(str(prefix), manifest, shuffle_files=True, seed=0)
+        for _ in ds.iter_torch_batches(batch_size=32, drop_last=True):
+            pass
+
+    through_ray()  # a first pass starts Ray Data's workers
+    return rate(through_ray, count)
+
+
+def stages(root: Path, shape: tuple[int, int, int], count: int) -> dict[str, float]:
+    out = {}
+    for encoding in ("png", "raw"):
+        rows, images = codec(root / encoding, shape, count, encoding)
+        out.update(rows)
+    pixels = torch.from_numpy(images)
     out["batch"] = rate(lambda: [data.unit_range(pixels[i:i + 32]) for i in range(0, count - 31, 32)], count)
 
     def shuffled() -> None:  # a 2,048-image buffer: 32 in, 32 drawn at random, as a local shuffle does
@@ -93,14 +118,8 @@ def stages(prefix: Path, shape: tuple[int, int, int], count: int) -> dict[str, f
             draw()
 
     out["shuffle"] = rate(shuffled, count)
-
-    def through_ray() -> None:
-        ds = data.image_dataset(str(prefix), manifest, shuffle_files=True, seed=0)
-        for _ in ds.iter_torch_batches(batch_size=32, drop_last=True):
-            pass
-
-    through_ray()  # a first pass starts Ray Data's workers
-    out["ray"] = rate(through_ray, count)
+    for encoding in ("png", "raw"):
+        out[f"ray {encoding}"] = pipeline(root / encoding, count)
     if torch.cuda.is_available():
         batch = data.unit_range(pixels[:256]).pin_memory()
         torch.cuda.synchronize()
@@ -118,18 +137,18 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, shape in SHAPES.items():
-            make_set(Path(tmp) / name, shape, args.count)
+            for encoding in ("png", "raw"):
+                make_set(Path(tmp) / name / encoding, shape, args.count, encoding)
             results[name] = stages(Path(tmp) / name, shape, args.count)
     rows = list(results["digits"])
-    print(f"images/s per core, {args.count} images per shape, local disk, torch threads 1")
+    print(f"images/s per core (bytes/image: on disk), {args.count} images per shape, local disk, torch threads 1")
     print("| stage | " + " | ".join(f"{n} {'x'.join(map(str, SHAPES[n]))}" for n in results) + " |")
     print("| --- | " + " | ".join("---" for _ in results) + " |")
     for row in rows:
         print(f"| {row} | " + " | ".join(f"{results[n].get(row, float('nan')):,.0f}" for n in results) + " |")
     eye = results["eye"]
-    slowest = min(("read", "decode", "batch"), key=eye.get)
-    print(f"cores to feed one H100 at {H100_EYE_STEP:,} eye images/s: {H100_EYE_STEP / eye['ray']:.1f} at the `ray` "
-          f"rate; {H100_EYE_STEP / eye[slowest]:.1f} if only its slowest stage ({slowest}) cost anything")
+    print(f"cores to feed one H100 at {H100_EYE_STEP:,} eye images/s at the `ray` rate: "
+          f"{H100_EYE_STEP / eye['ray png']:.1f} from png shards, {H100_EYE_STEP / eye['ray raw']:.1f} from raw shards")
 
 
 if __name__ == "__main__":

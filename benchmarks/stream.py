@@ -35,13 +35,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray import data, shards, storage  # noqa: E402
-from simgan_ray.config import load_config  # noqa: E402
-from simgan_ray.gan import Gan, discriminator_update, make_gan, refiner_update  # noqa: E402
-from simgan_ray.history import ImageHistory  # noqa: E402
-from simgan_ray.runtime import start_local_ray  # noqa: E402
-from simgan_ray.simulate import simulate  # noqa: E402
+from simgan_ray import storage  # noqa: E402
+from simgan_ray.model.history import ImageHistory  # noqa: E402
+from simgan_ray.runtime.session import start_local_ray  # noqa: E402
+from simgan_ray.sets import data, shards  # noqa: E402
+from simgan_ray.sets.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
+from simgan_ray.training.config import load_config  # noqa: E402
+from simgan_ray.training.gan import Gan, discriminator_update, make_gan, refiner_update  # noqa: E402
 from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 

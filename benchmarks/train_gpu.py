@@ -1,4 +1,4 @@
-"""GPU path of training: the SimGAN step of `simgan_ray.gan` on one device, precision, kernels and
+"""GPU path of training: the SimGAN step of `simgan_ray.training.gan` on one device, precision, kernels and
 compilation side by side, as images/s and as a fraction of the device's dense bf16 peak FLOP/s.
 
 Models (paper): the eye-gaze refiner (1 x 35 x 55, 64 features, 4 ResNet blocks, 3x3 kernels,
@@ -48,10 +48,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray.gan import Gan, discriminator_update, refiner_update  # noqa: E402
-from simgan_ray.history import ImageHistory  # noqa: E402
-from simgan_ray.losses import LocalAdversarialLoss, SelfRegularization  # noqa: E402
-from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig  # noqa: E402
+from simgan_ray.model.history import ImageHistory  # noqa: E402
+from simgan_ray.model.losses import LocalAdversarialLoss, SelfRegularization  # noqa: E402
+from simgan_ray.model.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig  # noqa: E402
+from simgan_ray.training.gan import Gan, discriminator_update, refiner_update  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_common import (  # noqa: E402

@@ -1,7 +1,7 @@
 """Training overhead: the whole `simgan-ray train` path with one worker vs a bare PyTorch loop.
 
 One run, one machine, the same model, batch, schedule and thread count on both sides:
-  bare:  the SimGAN update functions of `simgan_ray.gan` (K_g R updates + K_d D updates per step,
+  bare:  the SimGAN update functions of `simgan_ray.training.gan` (K_g R updates + K_d D updates per step,
          history buffer included) in this process, on in-memory tensors: the ceiling
   ray:   `fit()`, i.e. Ray Train (1 worker) + Ray Data streaming the same images from Parquet
          shards on local disk + history buffer + metric reports + checkpoints
@@ -37,14 +37,14 @@ from torch.nn.parallel import DistributedDataParallel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray import data  # noqa: E402
-from simgan_ray.config import load_config  # noqa: E402
-from simgan_ray.gan import discriminator_update, make_gan, refiner_update  # noqa: E402
-from simgan_ray.history import ImageHistory  # noqa: E402
-from simgan_ray.runtime import free_port, start_local_ray  # noqa: E402
-from simgan_ray.simulate import simulate  # noqa: E402
+from simgan_ray.model.history import ImageHistory  # noqa: E402
+from simgan_ray.runtime.session import free_port, start_local_ray  # noqa: E402
+from simgan_ray.sets import data  # noqa: E402
+from simgan_ray.sets.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
-from simgan_ray.train import WORKER_ENV, fit  # noqa: E402
+from simgan_ray.training.config import load_config  # noqa: E402
+from simgan_ray.training.gan import discriminator_update, make_gan, refiner_update  # noqa: E402
+from simgan_ray.training.train import WORKER_ENV, fit  # noqa: E402
 
 
 def in_memory_images(root: str, manifest, n: int = 4096) -> torch.Tensor:

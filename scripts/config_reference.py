@@ -1,5 +1,5 @@
 """docs/config.md's table, made from the train config's own field descriptions (each field's
-docstring in simgan_ray/config.py, networks.py and storage/locations.py): one row per field, in the
+docstring in simgan_ray/training/config.py, networks.py and storage/locations.py): one row per field, in the
 config's order, with its default. tests/test_docs.py fails when the page and the code differ.
 
     .venv/bin/python scripts/config_reference.py    # rewrites the table in docs/config.md
@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from simgan_ray.config import TrainConfig  # noqa: E402
+from simgan_ray.training.config import TrainConfig  # noqa: E402
 
 PAGE = ROOT / "docs" / "config.md"
 BEGIN = "<!-- the table below is made by scripts/config_reference.py from the fields' descriptions -->"

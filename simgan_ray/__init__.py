@@ -14,8 +14,7 @@ use a cluster) or starts a local one; errors are `SimganError` with a one-line m
     sg.run_refine(sg.RefineJob(model=run.run_uri, input="data/digits/synthetic", output="runs/refined"))
 
 Names resolve on first use, so `import simgan_ray` stays cheap and a worker importing one module
-does not import the rest. (The jobs are not called train / refine / evaluate: those are the modules
-simgan_ray.train, .refine, .evaluate, which Python binds on the package once imported.)
+does not import the rest.
 """
 
 from __future__ import annotations
@@ -27,45 +26,45 @@ from typing import TYPE_CHECKING
 __version__ = metadata.version("simgan-ray")  # pyproject.toml's, as installed
 
 if TYPE_CHECKING:
-    from simgan_ray.checkpoints import load_export, refine_images
-    from simgan_ray.config import TrainConfig, load_config, with_overrides
-    from simgan_ray.errors import SimganError
-    from simgan_ray.evaluate import EvalConfig
-    from simgan_ray.evaluate import evaluate as run_evaluation
-    from simgan_ray.probe import ProbeInfo, ProbeSpec, build_probe
-    from simgan_ray.refine import RefineJob, RefineSummary, load_refine_job
-    from simgan_ray.refine import refine as run_refine
-    from simgan_ray.report import EvalReport, ReportedOn, Spread
-    from simgan_ray.train import FitResult, fit
-    from simgan_ray.tune import SweepResult, Trial, TuneSpec, load_spec, run_sweep
+    from simgan_ray.apply.evaluate import EvalConfig
+    from simgan_ray.apply.evaluate import evaluate as run_evaluation
+    from simgan_ray.apply.refine import RefineJob, RefineSummary, load_refine_job
+    from simgan_ray.apply.refine import refine as run_refine
+    from simgan_ray.apply.report import EvalReport, ReportedOn, Spread
+    from simgan_ray.common.errors import SimganError
+    from simgan_ray.measures.probe import ProbeInfo, ProbeSpec, build_probe
+    from simgan_ray.model.export import load_export, refine_images
+    from simgan_ray.sweeps.tune import SweepResult, Trial, TuneSpec, load_spec, run_sweep
+    from simgan_ray.training.config import TrainConfig, load_config, with_overrides
+    from simgan_ray.training.train import FitResult, fit
 
 # public name -> (module, attribute)
 _API = {
-    "TrainConfig": ("config", "TrainConfig"),
-    "load_config": ("config", "load_config"),
-    "with_overrides": ("config", "with_overrides"),
-    "fit": ("train", "fit"),
-    "FitResult": ("train", "FitResult"),
-    "ProbeSpec": ("probe", "ProbeSpec"),
-    "ProbeInfo": ("probe", "ProbeInfo"),
-    "build_probe": ("probe", "build_probe"),
-    "TuneSpec": ("tune", "TuneSpec"),
-    "load_spec": ("tune", "load_spec"),
-    "run_sweep": ("tune", "run_sweep"),
-    "SweepResult": ("tune", "SweepResult"),
-    "Trial": ("tune", "Trial"),
-    "RefineJob": ("refine", "RefineJob"),
-    "RefineSummary": ("refine", "RefineSummary"),
-    "load_refine_job": ("refine", "load_refine_job"),
-    "run_refine": ("refine", "refine"),
-    "EvalConfig": ("evaluate", "EvalConfig"),
-    "run_evaluation": ("evaluate", "evaluate"),
-    "EvalReport": ("report", "EvalReport"),
-    "ReportedOn": ("report", "ReportedOn"),
-    "Spread": ("report", "Spread"),
-    "load_export": ("checkpoints", "load_export"),
-    "refine_images": ("checkpoints", "refine_images"),
-    "SimganError": ("errors", "SimganError"),
+    "TrainConfig": ("training.config", "TrainConfig"),
+    "load_config": ("training.config", "load_config"),
+    "with_overrides": ("training.config", "with_overrides"),
+    "fit": ("training.train", "fit"),
+    "FitResult": ("training.train", "FitResult"),
+    "ProbeSpec": ("measures.probe", "ProbeSpec"),
+    "ProbeInfo": ("measures.probe", "ProbeInfo"),
+    "build_probe": ("measures.probe", "build_probe"),
+    "TuneSpec": ("sweeps.tune", "TuneSpec"),
+    "load_spec": ("sweeps.tune", "load_spec"),
+    "run_sweep": ("sweeps.tune", "run_sweep"),
+    "SweepResult": ("sweeps.tune", "SweepResult"),
+    "Trial": ("sweeps.tune", "Trial"),
+    "RefineJob": ("apply.refine", "RefineJob"),
+    "RefineSummary": ("apply.refine", "RefineSummary"),
+    "load_refine_job": ("apply.refine", "load_refine_job"),
+    "run_refine": ("apply.refine", "refine"),
+    "EvalConfig": ("apply.evaluate", "EvalConfig"),
+    "run_evaluation": ("apply.evaluate", "evaluate"),
+    "EvalReport": ("apply.report", "EvalReport"),
+    "ReportedOn": ("apply.report", "ReportedOn"),
+    "Spread": ("apply.report", "Spread"),
+    "load_export": ("model.export", "load_export"),
+    "refine_images": ("model.export", "refine_images"),
+    "SimganError": ("common.errors", "SimganError"),
 }
 __all__ = [
     "EvalConfig",

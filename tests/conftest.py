@@ -43,7 +43,8 @@ import numpy as np  # noqa: E402  (after the environment above)
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from simgan_ray import shards, simulate, storage  # noqa: E402
+from simgan_ray import storage  # noqa: E402
+from simgan_ray.sets import shards, simulate  # noqa: E402
 
 from .s3server import MotoServer, use_fake_credentials  # noqa: E402
 
@@ -165,16 +166,17 @@ def checkpoint_list(*names: str, latest: str | None = None) -> bytes:
                        "failed_validation_checkpoint_dir_names": []}).encode()
 
 
-def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int) -> shards.Manifest:
+def write_set(prefix, kind: str, images: np.ndarray, labels, shard_size: int, encoding: str = "png") -> shards.Manifest:
     """images: uint8 (n, C, H, W) -> a complete shard set (shards + manifest) at prefix, a user's."""
     ids = [f"{kind}-{i:06d}" for i in range(len(images))]
     out = UserFiles(prefix)
     written = [
         shards.write_shard(out, i, shards.make_table(ids[s : s + shard_size], images[s : s + shard_size],
-                                                     labels[s : s + shard_size]))
+                                                     labels[s : s + shard_size], encoding), encoding)
         for i, s in enumerate(range(0, len(images), shard_size))
     ]
-    manifest = shards.Manifest(kind=kind, count=len(images), shape=list(images.shape[1:]), shards=written)
+    manifest = shards.Manifest(kind=kind, count=len(images), shape=list(images.shape[1:]), shards=written,
+                               encoding=encoding)
     shards.write_manifest(out, manifest)
     return manifest
 
@@ -244,7 +246,7 @@ def ray_session():
     """One local Ray per test session (starting Ray costs seconds; a TorchTrainer, more)."""
     import ray
 
-    from simgan_ray.runtime import start_local_ray
+    from simgan_ray.runtime.session import start_local_ray
 
     start_local_ray(4)
     yield ray

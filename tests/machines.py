@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from simgan_ray.runtime import free_port
+from simgan_ray.runtime.session import free_port
 
 SSHD = "/usr/sbin/sshd"  # an absolute path: sshd re-executes itself
 

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from simgan_ray import storage
-from simgan_ray.runtime import free_port
+from simgan_ray.runtime.session import free_port
 from simgan_ray.storage import S3Options
 
 from .conftest import TINY

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from simgan_ray.runtime import free_port
+from simgan_ray.runtime.session import free_port
 
 # Fake credentials for the local server; set before any Ray worker starts so that workers
 # inherit them. Instance-metadata lookups are disabled so that nothing waits on a network call.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from simgan_ray.runtime import free_port
+from simgan_ray.runtime.session import free_port
 
 
 class TcpProxy:

@@ -10,17 +10,19 @@ import pytest
 import torch
 
 import simgan_ray as sg
-from simgan_ray import data
+from simgan_ray.model.export import load_export
+from simgan_ray.sets import data
 
 from .conftest import TINY
 
 
 def test_every_public_name_resolves_to_its_documented_object():
-    from simgan_ray import checkpoints, config, evaluate, refine, train
+    from simgan_ray.apply import evaluate, refine
+    from simgan_ray.training import config, train
 
     assert set(sg.__all__) == set(sg._API) and set(sg.__all__) <= set(dir(sg))
     assert (sg.fit, sg.run_refine, sg.run_evaluation) == (train.fit, refine.refine, evaluate.evaluate)
-    assert (sg.TrainConfig, sg.load_export) == (config.TrainConfig, checkpoints.load_export)
+    assert (sg.TrainConfig, sg.load_export) == (config.TrainConfig, load_export)
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         sg.nonsense  # noqa: B018
 

@@ -4,8 +4,8 @@ and that the same seed draws the same augmentation."""
 import pytest
 import torch
 
-from simgan_ray.augment import DiffAugment
-from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator
+from simgan_ray.model.augment import DiffAugment
+from simgan_ray.model.networks import DiscriminatorConfig, LocalDiscriminator
 
 
 def test_translation_shifts_whole_images_by_at_most_its_fraction():

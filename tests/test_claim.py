@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from simgan_ray import ownership, storage
-from simgan_ray.errors import SimganError
+from simgan_ray import storage
+from simgan_ray.common.errors import SimganError
+from simgan_ray.storage import ownership
 
 from .conftest import console, one_line_refusal, snapshot, users_set, write_set
 

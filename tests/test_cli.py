@@ -73,7 +73,7 @@ def test_a_run_inside_its_input_is_refused(tmp_path, digit_sets):
 def test_ray_address_names_where_to_submit_as_ray_tools_do(tmp_path):
     """RAY_ADDRESS=http://... (the Ray Jobs CLI's convention) is where commands are submitted, before
     --cluster; it never reaches a local ray.init (which cannot join a Jobs API)."""
-    from simgan_ray.runtime import free_port
+    from simgan_ray.runtime.session import free_port
 
     address = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     env = {**os.environ, "RAY_ADDRESS": address}
@@ -82,7 +82,7 @@ def test_ray_address_names_where_to_submit_as_ray_tools_do(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"note: RAY_ADDRESS={address} comes before --cluster" in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {address}: no Ray Jobs API there")
-    direct = subprocess.run([sys.executable, "-c", "from simgan_ray.runtime import ensure_ray; ensure_ray()"],
+    direct = subprocess.run([sys.executable, "-c", "from simgan_ray.runtime.session import ensure_ray; ensure_ray()"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert "RAY_ADDRESS=http://127.0.0.1" in direct.stderr and "names a Ray Jobs API" in direct.stderr
 
@@ -100,10 +100,10 @@ def test_a_cloud_cluster_without_its_sdk_is_one_line_naming_the_install(tmp_path
 
 
 def test_a_cluster_that_does_not_answer_is_one_line_within_the_bound():
-    from simgan_ray.runtime import free_port
+    from simgan_ray.runtime.session import free_port
 
     address = f"127.0.0.1:{free_port()}"  # a GCS address nothing listens on
-    code = ("from simgan_ray import runtime\nruntime._wait_for_answer.__defaults__ = (3.0,)\n"
+    code = ("from simgan_ray.runtime import session as runtime\nruntime._wait_for_answer.__defaults__ = (3.0,)\n"
             "runtime.ensure_ray()")
     start = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

@@ -13,8 +13,8 @@ import yaml
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from simgan_ray import storage
-from simgan_ray.cluster import auth_headers, dashboard_port, jobs_address, load_cluster
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
+from simgan_ray.runtime.cluster import auth_headers, dashboard_port, jobs_address, load_cluster
 from simgan_ray.storage import S3Options
 
 from .conftest import pinned_image
@@ -114,7 +114,8 @@ def test_aws_roles_allow_what_the_launcher_and_the_nodes_do():
 def test_on_the_head_of_onprem_workers_still_starting_are_waited_for(tmp_path, monkeypatch):
     """A job started right after `ray up cluster/onprem.yaml`, while the head's autoscaler is still
     setting up the workers: it waits for them (check_resources) instead of being refused."""
-    from simgan_ray import rayinternals, runtime
+    from simgan_ray.runtime import rayinternals
+    from simgan_ray.runtime import session as runtime
 
     bootstrap = tmp_path / "ray_bootstrap_config.yaml"  # what `ray up` leaves on the head, as --cluster resolves it
     bootstrap.write_text(yaml.safe_dump(load_cluster(ROOT / "cluster" / "onprem.yaml")))

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 import simgan_ray as sg
-from simgan_ray import shards
-from simgan_ray.data import load_set
-from simgan_ray.simulate import STYLES, default_font_dirs, discover_fonts, render_range
-from simgan_ray.tracking import read_events
+from simgan_ray.sets import shards
+from simgan_ray.sets.data import load_set
+from simgan_ray.sets.simulate import STYLES, default_font_dirs, discover_fonts, render_range
+from simgan_ray.training.tracking import read_events
 
 from .conftest import write_set
 

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from simgan_ray.config import dump_config, load_config
-from simgan_ray.errors import SimganError
-from simgan_ray.yamlfiles import parse_override
+from simgan_ray.common.errors import SimganError
+from simgan_ray.common.yamlfiles import parse_override
+from simgan_ray.training.config import dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,8 @@ def test_resolve_order_defaults_file_cli(tmp_path):
 def test_job_specs_validate():
     import yaml
 
-    from simgan_ray.refine import load_refine_job
-    from simgan_ray.tune import load_spec
+    from simgan_ray.apply.refine import load_refine_job
+    from simgan_ray.sweeps.tune import load_spec
 
     jobs = sorted((ROOT / "jobs").glob("*.yaml"))
     assert {j.name for j in jobs} >= {"digits.yaml", "digits-tune.yaml", "eyes.yaml", "refine-1m.yaml"}

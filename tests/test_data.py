@@ -1,8 +1,11 @@
+import hashlib
+import json
+
 import numpy as np
 import pytest
 
-from simgan_ray import data, shards
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
+from simgan_ray.sets import data, shards
 
 from .conftest import UserFiles, write_set
 
@@ -42,6 +45,27 @@ def test_decode_names_the_bad_image():
         data.decode_images(["c"], [b"not a png"], [1, 28, 28])
 
 
+def test_raw_shards_hold_the_same_pixels_and_a_bad_one_is_named(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (20, 3, 7, 9), dtype=np.uint8)
+    for encoding in ("png", "raw"):
+        write_set(tmp_path / encoding, "real", images, [None] * 20, 8, encoding)
+        manifest = shards.read_manifest(str(tmp_path / encoding))
+        assert manifest.encoding == encoding
+        _, read, _ = data.head_images(str(tmp_path / encoding), manifest, 20)
+        assert np.array_equal(read, images)
+    doc = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert doc["encoding"] == "raw"
+    # A set written before the field existed holds PNGs.
+    del doc["encoding"]
+    (tmp_path / "raw" / "manifest.json").write_text(json.dumps(doc))
+    assert shards.read_manifest(str(tmp_path / "raw")).encoding == "png"
+    (tmp_path / "raw" / "manifest.json").write_text(json.dumps({**doc, "encoding": "jpeg"}))
+    with pytest.raises(SimganError, match=r"manifest.json: encoding: Input should be 'png' or 'raw'"):
+        shards.read_manifest(str(tmp_path / "raw"))
+    with pytest.raises(SimganError, match=r"image c: cannot decode \(3 bytes, not the 189 raw pixels of 3x7x9\)"):
+        data.decode_images(["c"], [b"abc"], [3, 7, 9], "raw")
+
+
 def test_ray_dataset_streams_decoded_images(ray_session, digit_sets):
     manifest = shards.read_manifest(digit_sets["synthetic"])
     ds = data.image_dataset(digit_sets["synthetic"], manifest)
@@ -50,6 +74,16 @@ def test_ray_dataset_streams_decoded_images(ray_session, digit_sets):
     x = data.unit_range(batch["image"])
     assert x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
     assert ds.count() == 256
+
+
+def test_ray_dataset_streams_raw_shards_as_the_same_images(ray_session, digit_sets, tmp_path):
+    manifest = shards.read_manifest(digit_sets["synthetic"])
+    _, images, labels = data.head_images(digit_sets["synthetic"], manifest, 256)
+    write_set(tmp_path / "raw", "synthetic", images, labels, 64, "raw")
+    raw = shards.read_manifest(str(tmp_path / "raw"))
+    streamed = np.concatenate([b["image"] for b in data.image_dataset(str(tmp_path / "raw"), raw).iter_batches()])
+    key = lambda x: sorted(hashlib.sha256(i.tobytes()).hexdigest() for i in x)  # noqa: E731
+    assert streamed.shape == images.shape and key(streamed) == key(images)
 
 
 def test_corrupt_image_in_a_shard_is_skipped_and_counted_or_fatal_when_strict(ray_session, tmp_path):
@@ -80,7 +114,7 @@ def test_corrupt_image_in_a_shard_is_skipped_and_counted_or_fatal_when_strict(ra
 def test_idle_backoff_sleeps_only_while_nothing_changes(monkeypatch):
     from types import SimpleNamespace
 
-    from simgan_ray import rayinternals
+    from simgan_ray.runtime import rayinternals
 
     slept = []
     monkeypatch.setattr(rayinternals.time, "sleep", slept.append)
@@ -102,7 +136,7 @@ def test_idle_backoff_sleeps_only_while_nothing_changes(monkeypatch):
 
 
 def test_training_datasets_carry_the_idle_backoff(ray_session, digit_sets):
-    from simgan_ray.rayinternals import IdleBackoff
+    from simgan_ray.runtime.rayinternals import IdleBackoff
 
     manifest = shards.read_manifest(digit_sets["synthetic"])
     ds = data.image_dataset(digit_sets["synthetic"], manifest)

@@ -7,12 +7,13 @@ import ray
 import yaml
 from typer.testing import CliRunner
 
-from simgan_ray import checkpoints, ownership
 from simgan_ray.cli import app
-from simgan_ray.config import dump_config, load_config
-from simgan_ray.errors import SimganError
-from simgan_ray.networks import Refiner, RefinerConfig
-from simgan_ray.train import TRAIN_SNAPSHOT, fit, preflight
+from simgan_ray.common.errors import SimganError
+from simgan_ray.model.export import write_export
+from simgan_ray.model.networks import Refiner, RefinerConfig
+from simgan_ray.storage import ownership
+from simgan_ray.training.config import dump_config, load_config
+from simgan_ray.training.train import TRAIN_SNAPSHOT, fit, preflight
 
 from .conftest import TINY, checkpoint_list, fake_checkpoint
 
@@ -49,7 +50,7 @@ def test_train_dry_run_checks_everything_and_starts_nothing(digit_sets, tmp_path
 
 
 def test_refine_dry_run_checks_everything_and_writes_nothing(digit_sets, tmp_path, no_ray):
-    checkpoints.write_export(tmp_path / "export", Refiner(RefinerConfig(features=8, blocks=1)),
+    write_export(tmp_path / "export", Refiner(RefinerConfig(features=8, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     args = ["refine", "--dry-run", "--model", str(tmp_path / "export"), "--input", digit_sets["synthetic"],
             "--output", str(tmp_path / "out")]

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from simgan_ray import checkpoints, ownership, shards, storage
-from simgan_ray.config import dump_config, load_config
-from simgan_ray.networks import Refiner, RefinerConfig
+from simgan_ray import storage
+from simgan_ray.model.export import write_export
+from simgan_ray.model.networks import Refiner, RefinerConfig
+from simgan_ray.sets import shards
+from simgan_ray.storage import ownership
+from simgan_ray.training.config import dump_config, load_config
 
 from .conftest import TINY, console, snapshot, users_set
 
@@ -38,7 +41,7 @@ def commands(root: str, inputs: dict[str, str], tmp_path) -> dict[str, list[str]
 def test_every_dry_run_changes_nothing(tmp_path, s3_server, digit_sets, labelled_real_sets):
     s3 = storage.S3Options(endpoint_url=s3_server.endpoint)
     bucket = s3_server.make_bucket("simgan-dry")
-    checkpoints.write_export(tmp_path / "export", Refiner(RefinerConfig(features=4, blocks=1)),
+    write_export(tmp_path / "export", Refiner(RefinerConfig(features=4, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     (tmp_path / "pngs").mkdir()
     (tmp_path / "pngs" / "a.png").write_bytes(shards.encode_png(np.zeros((1, 28, 28), np.uint8)))

@@ -6,17 +6,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
-from simgan_ray import checkpoints
-from simgan_ray.classifier import frechet_distance
-from simgan_ray.config import load_config
-from simgan_ray.data import load_set
-from simgan_ray.errors import SimganError
-from simgan_ray.evaluate import EvalConfig, evaluate
-from simgan_ray.networks import Refiner, RefinerConfig
-from simgan_ray.probe import ProbeSpec, build_probe, load_probe
-from simgan_ray.report import EvalReport, ReportedOn
-from simgan_ray.train import preflight
+from simgan_ray.apply.evaluate import EvalConfig, evaluate
+from simgan_ray.apply.report import EvalReport, ReportedOn
+from simgan_ray.common.errors import SimganError
+from simgan_ray.measures.classifier import frechet_distance
+from simgan_ray.measures.probe import ProbeSpec, build_probe, load_probe
+from simgan_ray.model.export import write_export
+from simgan_ray.model.networks import Refiner, RefinerConfig
+from simgan_ray.sets.data import load_set
+from simgan_ray.training.config import load_config
+from simgan_ray.training.train import preflight
 
 from .conftest import TINY
 
@@ -35,7 +36,7 @@ def test_frechet_distance_by_hand():
 def export(tmp_path_factory):
     torch.manual_seed(1)
     d = tmp_path_factory.mktemp("export")
-    checkpoints.write_export(d, Refiner(RefinerConfig(features=4, blocks=1)), {"image_shape": [1, 28, 28]})
+    write_export(d, Refiner(RefinerConfig(features=4, blocks=1)), {"image_shape": [1, 28, 28]})
     return str(d)
 
 
@@ -46,8 +47,15 @@ def small(**kw) -> dict:
 def test_evaluate_reports_table_realism_and_labels(ray_session, digit_sets, labelled_real_sets, export, tmp_path):
     cfg = EvalConfig(synthetic=digit_sets["synthetic"], real_train=labelled_real_sets["dev"],
                      real_test=labelled_real_sets["val"], real_pool=digit_sets["real"], out=str(tmp_path / "rep"),
-                     refiner=export, **small())
+                     refiner=export, groups=["first=val-000000..val-000099", "second=val-000100..val-000199"],
+                     **small())
     report = evaluate(cfg)
+    # Two equal groups: each seed's error on the whole is the mean of its errors on the two.
+    assert report.groups == {"first": 100, "second": 100}
+    for source, whole in report.test_error.items():
+        halves = report.group_error["first"][source].runs, report.group_error["second"][source].runs
+        assert whole.runs == pytest.approx([(a + b) / 2 for a, b in zip(*halves, strict=True)])
+    assert "| second | 100 |" in (tmp_path / "rep" / "report.md").read_text()
     for source in ("synthetic", "refined", "real"):
         e = report.test_error[source]
         assert len(e.runs) == 2 and 0 <= e.mean <= 1 and e.sd >= 0
@@ -100,6 +108,22 @@ def test_final_evaluation_on_the_test_set_is_recorded(ray_session, digit_sets, l
     assert "the final, test-set measurement" in (tmp_path / "final" / "report.md").read_text()
 
 
+def test_evaluate_groups_by_label_field_and_refuses_bad_groups(ray_session, digit_sets, labelled_real_sets, export,
+                                                               tmp_path):
+    sets = {"synthetic": digit_sets["synthetic"], "real_train": labelled_real_sets["dev"],
+            "real_test": labelled_real_sets["val"], "real_pool": digit_sets["real"], "refiner": export}
+    report = evaluate(EvalConfig(**sets, out=str(tmp_path / "by-digit"), group_label="digit", **small(seeds=1)))
+    assert sorted(report.groups) == [str(d) for d in range(10)] and sum(report.groups.values()) == 200
+    with pytest.raises(ValidationError, match="'writers' is not NAME=FIRST..LAST"):
+        EvalConfig(**sets, out=str(tmp_path / "x"), groups=["writers"])
+    with pytest.raises(ValidationError, match="not both"):
+        EvalConfig(**sets, out=str(tmp_path / "x"), groups=["a=x..y"], group_label="digit")
+    with pytest.raises(SimganError, match="group later: none of the 200 test images"):
+        evaluate(EvalConfig(**sets, out=str(tmp_path / "x"), groups=["later=val-900000..val-999999"], **small()))
+    with pytest.raises(SimganError, match="has no label field 'font'"):
+        evaluate(EvalConfig(**sets, out=str(tmp_path / "y"), group_label="font", **small()))
+
+
 @pytest.mark.slow
 def test_evaluate_refuses_bad_requests(digit_sets, labelled_real_sets, export, tmp_path):
     base = {"synthetic": digit_sets["synthetic"], "real_train": labelled_real_sets["dev"],
@@ -142,7 +166,7 @@ def test_probe_never_reads_the_test_set_and_scores(labelled_real_sets, digit_set
 
 
 def test_regression_errors_by_hand():
-    from simgan_ray.classifier import primary_error, regression_errors
+    from simgan_ray.measures.classifier import primary_error, regression_errors
 
     y = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     pred = np.array([[2.0, 0.0, 0.0], [1.0, 1.0, 0.0]])  # the same direction; 45 degrees off
@@ -161,7 +185,7 @@ def test_regression_errors_by_hand():
 def rotation_sets(tmp_path_factory):
     """Renders of another simulator seed (dimmed) with their full annotations, as dev and val sets:
     a regression target the digit simulator labels (the rotation, degrees)."""
-    from simgan_ray import simulate
+    from simgan_ray.sets import simulate
 
     from .conftest import write_set
 

@@ -21,10 +21,10 @@ import torch
 from ray.train import TrainingFailedError
 
 from simgan_ray import storage
-from simgan_ray.config import load_config
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import S3Options
-from simgan_ray.train import TRAIN_SNAPSHOT, fit
+from simgan_ray.training.config import load_config
+from simgan_ray.training.train import TRAIN_SNAPSHOT, fit
 
 from .conftest import TINY
 from .tcpproxy import TcpProxy

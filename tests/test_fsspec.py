@@ -11,14 +11,15 @@ import urllib.request
 import numpy as np
 import pytest
 
-from simgan_ray import shards, storage
-from simgan_ray.config import load_config
-from simgan_ray.data import image_dataset, load_set
-from simgan_ray.refine import RefineJob, refine
-from simgan_ray.runtime import free_port
-from simgan_ray.simulate import simulate
+from simgan_ray import storage
+from simgan_ray.apply.refine import RefineJob, refine
+from simgan_ray.runtime.session import free_port
+from simgan_ray.sets import shards
+from simgan_ray.sets.data import image_dataset, load_set
+from simgan_ray.sets.simulate import simulate
 from simgan_ray.storage import S3Options
-from simgan_ray.train import fit
+from simgan_ray.training.config import load_config
+from simgan_ray.training.train import fit
 
 from .conftest import TINY
 

@@ -15,11 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from simgan_ray import data, shards, storage
-from simgan_ray.cluster import load_cluster
-from simgan_ray.config import load_config
-from simgan_ray.errors import SimganError
-from simgan_ray.refine import load_refine_job
+from simgan_ray import storage
+from simgan_ray.apply.refine import load_refine_job
+from simgan_ray.common.errors import SimganError
+from simgan_ray.runtime.cluster import load_cluster
+from simgan_ray.sets import data, shards
+from simgan_ray.training.config import load_config
 
 from .conftest import write_set
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gpu_common import OverTime, PaddedRefiner, time_cap  # noqa: E402
 
-from simgan_ray.networks import Refiner, RefinerConfig  # noqa: E402
+from simgan_ray.model.networks import Refiner, RefinerConfig  # noqa: E402
 
 # The project's dependencies that a GPU machine's own python lacks (it has torch, numpy, pyarrow,
 # PyYAML, Pillow, matplotlib): importing any of them there fails, so it fails here too.

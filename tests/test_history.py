@@ -1,6 +1,6 @@
 import torch
 
-from simgan_ray.history import ImageHistory
+from simgan_ray.model.history import ImageHistory
 
 
 def imgs(values):

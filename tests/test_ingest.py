@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from simgan_ray import shards
-from simgan_ray.data import head_images
-from simgan_ray.errors import SimganError
-from simgan_ray.ingest import Target, fit_image, ingest
+from simgan_ray.common.errors import SimganError
+from simgan_ray.sets import shards
+from simgan_ray.sets.data import head_images
+from simgan_ray.sets.ingest import Target, fit_image, ingest
 
 from .conftest import image_bytes
 

@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from simgan_ray import checkpoints, simulate
-from simgan_ray.networks import Refiner, RefinerConfig
+from simgan_ray.model.export import write_export
+from simgan_ray.model.networks import Refiner, RefinerConfig
+from simgan_ray.sets import simulate
 
 from .conftest import console, one_line_refusal, snapshot
 
@@ -22,7 +23,7 @@ def test_no_command_writes_into_what_it_reads(tmp_path, digit_sets, labelled_rea
     for name, prefix in (("synthetic", digit_sets["synthetic"]), ("real", digit_sets["real"]),
                          *labelled_real_sets.items()):
         shutil.copytree(prefix, data / name)
-    checkpoints.write_export(data / "export", Refiner(RefinerConfig(features=4, blocks=1)),
+    write_export(data / "export", Refiner(RefinerConfig(features=4, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     (data / "fonts").mkdir()
     fonts = simulate.discover_fonts(tuple(str(d) for d in simulate.default_font_dirs()))

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from simgan_ray import storage
-from simgan_ray.cluster import jobs_address
-from simgan_ray.runtime import free_port
+from simgan_ray.runtime.cluster import jobs_address
+from simgan_ray.runtime.session import free_port
 from simgan_ray.storage import S3Options
 
 from . import machines

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from simgan_ray import ownership, storage
-from simgan_ray.errors import SimganError
+from simgan_ray import storage
+from simgan_ray.common.errors import SimganError
+from simgan_ray.storage import ownership
 
 from .conftest import BIN, one_line_refusal, snapshot
 

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from simgan_ray.classifier import TaskNet
-from simgan_ray.losses import (
+from simgan_ray.measures.classifier import TaskNet
+from simgan_ray.model.losses import (
     REAL,
     REFINED,
     LabelConsistency,

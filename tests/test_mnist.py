@@ -3,9 +3,9 @@ import struct
 import numpy as np
 import pytest
 
-from simgan_ray import mnist, shards
-from simgan_ray.data import head_images
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
+from simgan_ray.sets import mnist, shards
+from simgan_ray.sets.data import head_images
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
+from simgan_ray.model.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 35, 55), (3, 17, 40), (3, 224, 224)])

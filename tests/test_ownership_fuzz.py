@@ -13,8 +13,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simgan_ray import ownership
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
+from simgan_ray.storage import ownership
 
 from .conftest import snapshot
 

@@ -1,4 +1,4 @@
-"""Each use of Ray's internals (simgan_ray/rayinternals.py), checked against the Ray installed: when
+"""Each use of Ray's internals (simgan_ray/runtime/rayinternals.py), checked against the Ray installed: when
 an upgrade moves one, the test names the use that broke."""
 
 import inspect
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from simgan_ray import rayinternals
+from simgan_ray.runtime import rayinternals
 
 ROOT = Path(__file__).resolve().parents[1]
 

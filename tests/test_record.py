@@ -8,8 +8,10 @@ import os
 
 import pytest
 
-from simgan_ray import ownership, storage
-from simgan_ray.errors import SimganError
+from simgan_ray import storage
+from simgan_ray.common.errors import SimganError
+from simgan_ray.model.export import write_export
+from simgan_ray.storage import ownership
 
 from .conftest import console, one_line_refusal, snapshot, users_set
 
@@ -87,10 +89,9 @@ def test_the_console_overwrites_its_own_output_only(tmp_path, s3_server):
 
 @pytest.mark.slow
 def test_refine_overwrite_dry_run_on_a_users_set_changes_nothing(tmp_path, digit_sets):
-    from simgan_ray import checkpoints
-    from simgan_ray.networks import Refiner, RefinerConfig
+    from simgan_ray.model.networks import Refiner, RefinerConfig
 
-    checkpoints.write_export(tmp_path / "export", Refiner(RefinerConfig(features=4, blocks=1)),
+    write_export(tmp_path / "export", Refiner(RefinerConfig(features=4, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     users_set(tmp_path / "set")
     before = snapshot(str(tmp_path))

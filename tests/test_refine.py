@@ -10,17 +10,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 
-from simgan_ray import checkpoints, ownership, shards, storage
-from simgan_ray.errors import SimganError
-from simgan_ray.networks import Refiner, RefinerConfig
-from simgan_ray.refine import RefineJob, load_refine_job, refine
-from simgan_ray.simulate import simulate
-from simgan_ray.storage import S3Options
+from simgan_ray import storage
+from simgan_ray.apply.refine import RefineJob, load_refine_job, refine
+from simgan_ray.common.errors import SimganError
+from simgan_ray.model.export import EXPORT_FORMAT, write_export
+from simgan_ray.model.networks import Refiner, RefinerConfig
+from simgan_ray.sets import data, shards
+from simgan_ray.sets.simulate import simulate
+from simgan_ray.storage import S3Options, ownership
 
 BIN = Path(sys.executable).with_name("simgan-ray")
 
@@ -33,7 +36,7 @@ def setup(ray_session, s3_server, tmp_path_factory):
     simulate(f"{bucket}/synthetic", count=300, shard_size=10, seed=11, s3=s3)
     torch.manual_seed(0)
     export = tmp_path_factory.mktemp("export")
-    checkpoints.write_export(export, Refiner(RefinerConfig(features=8, blocks=1)),
+    write_export(export, Refiner(RefinerConfig(features=8, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     storage.copy_dir_to(str(export), f"{bucket}/model/export", s3)
     return {"s3": s3, "bucket": bucket, "model": f"{bucket}/model", "endpoint": s3_server.endpoint,
@@ -75,6 +78,23 @@ def test_refine_keeps_rows_ids_labels_and_changes_images(setup):
     again = refine(RefineJob(model=setup["model"], input=f"{bucket}/synthetic", output=f"{bucket}/refined",
                              batch_size=32, format="png", s3=s3))
     assert again.shards_done == 0 and again.shards_skipped == 30 and again.rows_out == 300
+
+
+def test_refine_writes_raw_shards_and_a_raw_input_stays_raw(setup):
+    s3, bucket = setup["s3"], setup["bucket"]
+    refine(RefineJob(model=setup["model"], input=f"{bucket}/synthetic", output=f"{bucket}/refined-raw",
+                     batch_size=32, format="png", encoding="raw", s3=s3))
+    manifest = shards.read_manifest(f"{bucket}/refined-raw", s3)
+    assert manifest.encoding == "raw" and manifest.count == 300
+    ids, images, _ = data.head_images(f"{bucket}/refined-raw", manifest, 300, s3)
+    # The PNG files of --format png hold the same pixels as the raw shards.
+    for line in storage.read_bytes(f"{bucket}/refined-raw/labels.jsonl", s3).splitlines()[:5]:
+        row = json.loads(line)
+        png = shards.decode_png(storage.read_bytes(f"{bucket}/refined-raw/{row['file']}", s3))
+        assert np.array_equal(png, images[ids.index(row["id"])])
+    again = refine(RefineJob(model=setup["model"], input=f"{bucket}/refined-raw", output=f"{bucket}/twice",
+                             batch_size=32, s3=s3))
+    assert again.rows_out == 300 and shards.read_manifest(f"{bucket}/twice", s3).encoding == "raw"
 
 
 def test_interrupted_job_resumes_to_the_same_output(setup):
@@ -126,7 +146,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(setup, tmp_path):
     # A pickle posing as weights is refused by torch.load(weights_only=True).
     fake = tmp_path / "fake"
     fake.mkdir()
-    (fake / "refiner.json").write_text(json.dumps({"format": checkpoints.EXPORT_FORMAT,
+    (fake / "refiner.json").write_text(json.dumps({"format": EXPORT_FORMAT,
                                                    "refiner": RefinerConfig(features=8, blocks=1).to_dict()}))
 
     class Evil:
@@ -140,7 +160,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(setup, tmp_path):
         refine(RefineJob(model=str(fake), output=str(tmp_path / "o2"), **base))
     # Channels that do not match the refiner.
     rgb = tmp_path / "rgb"
-    checkpoints.write_export(rgb, Refiner(RefinerConfig(channels=3, features=4, blocks=1)),
+    write_export(rgb, Refiner(RefinerConfig(channels=3, features=4, blocks=1)),
                              {"image_shape": [3, 28, 28]})
     with pytest.raises(SimganError, match="images are 1x28x28 .* trained on 3x28x28"):
         refine(RefineJob(model=str(rgb), output=str(tmp_path / "o3"), **base))

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simgan_ray import checkpoints, shards
-from simgan_ray.errors import user_error
-from simgan_ray.networks import Refiner, RefinerConfig
-from simgan_ray.refine import RefineJob, refine
+from simgan_ray.apply.refine import RefineJob, refine
+from simgan_ray.common.errors import user_error
+from simgan_ray.model.export import write_export
+from simgan_ray.model.networks import Refiner, RefinerConfig
+from simgan_ray.sets import shards
 
 from .conftest import console, one_line_refusal, snapshot, write_set
 
@@ -41,7 +42,7 @@ def corrupt_set(prefix: Path) -> str:
 
 def test_a_corrupt_shard_is_named_with_strict_and_counted_without(tmp_path, ray_session):
     source = corrupt_set(tmp_path / "set")
-    checkpoints.write_export(tmp_path / "export", Refiner(RefinerConfig(features=4, blocks=1)),
+    write_export(tmp_path / "export", Refiner(RefinerConfig(features=4, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     job = {"model": str(tmp_path / "export"), "input": source, "batch_size": 32}
     with pytest.raises(Exception) as failed:  # noqa: PT011 (raised in a Ray actor, wrapped by Ray Data)
@@ -57,9 +58,9 @@ def test_a_corrupt_shard_is_named_with_strict_and_counted_without(tmp_path, ray_
 def test_training_reads_a_corrupt_shard_as_refine_does(ray_session, digit_sets, tmp_path):
     """Without data.strict the run finishes on the intact shard and lists the corrupt one once
     (however many epochs met it); with it, the read names the shard."""
-    from simgan_ray import data
-    from simgan_ray.config import load_config
-    from simgan_ray.train import fit
+    from simgan_ray.sets import data
+    from simgan_ray.training.config import load_config
+    from simgan_ray.training.train import fit
 
     from .conftest import TINY
 
@@ -90,7 +91,7 @@ def test_bad_files_and_places_are_one_line_and_write_nothing(tmp_path, digit_set
     (tmp_path / "labels.csv").write_text("file,digit\na.png,3\nb.png,NaN\n")
     (tmp_path / "pngs" / "a.json").write_text("[" * 20000 + "]" * 20000)
     (tmp_path / "pngs" / "b.json").write_text('{"digit": Infinity}')
-    checkpoints.write_export(tmp_path / "export", Refiner(RefinerConfig(features=4, blocks=1)),
+    write_export(tmp_path / "export", Refiner(RefinerConfig(features=4, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     with open(tmp_path / "export" / "refiner.pt", "r+b") as f:
         f.truncate(20 * 2**30)  # sparse: 20 GB that take no disk

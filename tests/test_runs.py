@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from simgan_ray import ownership
-from simgan_ray.config import dump_config, load_config
-from simgan_ray.errors import SimganError
-from simgan_ray.train import TRAIN_SNAPSHOT, preflight
+from simgan_ray.common.errors import SimganError
+from simgan_ray.storage import ownership
+from simgan_ray.training.config import dump_config, load_config
+from simgan_ray.training.train import TRAIN_SNAPSHOT, preflight
 
 from .conftest import TINY, checkpoint_list, console, fake_checkpoint, one_line_refusal, snapshot
 

@@ -10,15 +10,17 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from simgan_ray import checkpoints, shards, storage
-from simgan_ray.config import load_config
-from simgan_ray.data import check_training_sets, head_images
-from simgan_ray.errors import SimganError
-from simgan_ray.ingest import Target, ingest
-from simgan_ray.simulate import simulate
+from simgan_ray import storage
+from simgan_ray.common.errors import SimganError
+from simgan_ray.model.export import load_export
+from simgan_ray.sets import shards
+from simgan_ray.sets.data import check_training_sets, head_images
+from simgan_ray.sets.ingest import Target, ingest
+from simgan_ray.sets.simulate import simulate
 from simgan_ray.storage import S3Options
-from simgan_ray.tracking import read_events
-from simgan_ray.train import fit
+from simgan_ray.training.config import load_config
+from simgan_ray.training.tracking import read_events
+from simgan_ray.training.train import fit
 
 from .conftest import TINY, UserFiles, image_bytes
 from .s3server import FAKE_CREDENTIALS, MotoServer
@@ -66,7 +68,7 @@ def test_simulate_ingest_train_on_s3(ray_session, s3_server, tmp_path):
         shard = torch.load(io.BytesIO(storage.read_bytes(f"{latest}/history-rank{rank:05d}.pt", s3)),
                            weights_only=True)
         assert shard["history"]["capacity"] == 16 and len(shard["history"]["images"]) > 0
-    refiner, meta = checkpoints.load_export(f"{bucket}/runs/s3run/export", s3)
+    refiner, meta = load_export(f"{bucket}/runs/s3run/export", s3)
     assert meta["step"] == 12
     metrics = [json.loads(x) for x in storage.read_bytes(f"{bucket}/runs/s3run/metrics.jsonl", s3).splitlines()]
     assert [m["step"] for m in metrics] == [4, 8, 12]

@@ -18,14 +18,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from simgan_ray import checkpoints, cli, ownership, shards, storage
-from simgan_ray.config import load_config
-from simgan_ray.data import head_images
-from simgan_ray.errors import SimganError
-from simgan_ray.ingest import Target, ingest
-from simgan_ray.networks import Refiner, RefinerConfig
-from simgan_ray.refine import RefineJob, refine
-from simgan_ray.train import TRAIN_SNAPSHOT, fit
+from simgan_ray import cli, storage
+from simgan_ray.apply.refine import RefineJob, refine
+from simgan_ray.common.errors import SimganError
+from simgan_ray.model.export import load_export, write_export
+from simgan_ray.model.networks import Refiner, RefinerConfig
+from simgan_ray.sets import shards
+from simgan_ray.sets.data import head_images
+from simgan_ray.sets.ingest import Target, ingest
+from simgan_ray.storage import ownership
+from simgan_ray.training.config import load_config
+from simgan_ray.training.train import TRAIN_SNAPSHOT, fit
 
 from .conftest import TINY, UserFiles, write_set
 
@@ -42,7 +45,7 @@ def tree(root: Path) -> dict[str, str]:
 def model(tmp_path_factory) -> str:
     torch.manual_seed(0)
     export = tmp_path_factory.mktemp("model") / "export"
-    checkpoints.write_export(export, Refiner(RefinerConfig(features=4, blocks=1)),
+    write_export(export, Refiner(RefinerConfig(features=4, blocks=1)),
                              {"step": 0, "image_shape": [1, 28, 28]})
     return str(export)
 
@@ -204,7 +207,7 @@ def test_an_export_claiming_huge_sizes_is_refused_before_building_it(model, tmp_
         (bad / "refiner.json").write_text(json.dumps(meta))
         start = time.monotonic()
         with pytest.raises(SimganError, match=why):
-            checkpoints.load_export(str(bad))
+            load_export(str(bad))
         assert time.monotonic() - start < 5
 
 
@@ -362,7 +365,7 @@ def test_the_interrupt_line_comes_after_the_workers_open_progress_bars(monkeypat
     open bars after each line it prints: seen once on CI as a bar below the interrupt line."""
     from ray.experimental import tqdm_ray
 
-    from simgan_ray.runtime import exit_interrupted
+    from simgan_ray.runtime.session import exit_interrupted
 
     monkeypatch.setattr(tqdm_ray, "_manager", tqdm_ray._BarManager())  # this test's own bars
     monkeypatch.setattr("builtins.print", tqdm_ray.safe_print)  # as Ray patches it in a driver with bars

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from simgan_ray.probe import ProbeSpec, build_probe
+from simgan_ray.measures.probe import ProbeSpec, build_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 

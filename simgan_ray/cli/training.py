@@ -48,9 +48,9 @@ def probe(
 ) -> None:
     """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
     configure_output(verbose)
-    from simgan_ray.cluster import JobSpec, command_argv
-    from simgan_ray.config import from_options
-    from simgan_ray.probe import ProbeSpec, build_probe
+    from simgan_ray.common.settings import from_options
+    from simgan_ray.measures.probe import ProbeSpec, build_probe
+    from simgan_ray.runtime.cluster import JobSpec, command_argv
 
     spec = from_options(ProbeSpec, real_train=real_train, reference=reference, out=out, label_key=label_key,
                         num_classes=num_classes, train_images=train_images, reference_images=reference_images,
@@ -92,11 +92,11 @@ def train(
     json_: Json = False,
 ) -> None:
     """Train a refiner: validate the config, write it beside the run, train, export."""
-    from simgan_ray.cluster import JobSpec
-    from simgan_ray.config import dump_config, load_config
-    from simgan_ray.progress import ReportFollower
-    from simgan_ray.train import DATA_CPUS, RESOURCE_FIELDS, fit, preflight, worker_resources
-    from simgan_ray.yamlfiles import parse_override
+    from simgan_ray.common.yamlfiles import parse_override
+    from simgan_ray.runtime.cluster import JobSpec
+    from simgan_ray.runtime.progress import ReportFollower
+    from simgan_ray.training.config import dump_config, load_config
+    from simgan_ray.training.train import DATA_CPUS, RESOURCE_FIELDS, fit, preflight, worker_resources
 
     configure_output(verbose)
     overrides = dict(parse_override(s) for s in set_ or [])
@@ -145,6 +145,7 @@ def train(
 def tune(
     config: Annotated[Path, typer.Option(help="tune spec YAML (see jobs/digits-tune.yaml)")],
     name: Annotated[str | None, typer.Option(help="sweep name; results in <storage>/<name>")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the sweep <storage>/<name> where it stopped")] = False,
     num_samples: Annotated[int | None, typer.Option(help="trials")] = None,
     set_: Annotated[
         list[str] | None,
@@ -160,10 +161,10 @@ def tune(
     configure_output(verbose)
     import yaml
 
-    from simgan_ray.cluster import JobSpec
-    from simgan_ray.config import dump_config
-    from simgan_ray.tune import load_spec, preflight, run_sweep
-    from simgan_ray.yamlfiles import parse_override
+    from simgan_ray.common.yamlfiles import parse_override
+    from simgan_ray.runtime.cluster import JobSpec
+    from simgan_ray.sweeps.tune import load_spec, preflight, run_sweep
+    from simgan_ray.training.config import dump_config
 
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
     spec, base = load_spec(config, overrides, dict(parse_override(s) for s in set_ or []))
@@ -171,12 +172,12 @@ def tune(
          + (f"; base config:\n{dump_config(base)}" if verbose or dry_run else ""))
     if dry_run:
         return end_dry_run(f"sweep {spec.num_samples} trials ({spec.scheduler}, by {spec.metric}) into "
-                        f"{preflight(spec, base)}", cluster, address)
+                        f"{preflight(spec, base, resume)}", cluster, address)
     resolved = {**spec.model_dump(mode="json"), "base": "base.yaml", "overrides": {}}  # base holds the overrides
     submit_if_cluster(cluster, address, wait, lambda: JobSpec(
-        ["tune", "--config", "tune.yaml"], {"tune.yaml": yaml.safe_dump(resolved, sort_keys=False),
-                                            "base.yaml": dump_config(base)}))
-    summary = run_sweep(spec, base)
+        ["tune", "--config", "tune.yaml", *(["--resume"] if resume else [])],
+        {"tune.yaml": yaml.safe_dump(resolved, sort_keys=False), "base.yaml": dump_config(base)}))
+    summary = run_sweep(spec, base, resume)
     best = summary.best
     typer.echo(f"best trial {best.trial}: {spec.metric}={best.metrics[spec.metric]:.4g} with "
                + ", ".join(f"{k}={v}" for k, v in best.params.items())

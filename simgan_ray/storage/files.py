@@ -12,7 +12,7 @@ from typing import Literal
 
 import pyarrow.fs as pafs
 
-from simgan_ray.errors import SimganError, first_line
+from simgan_ray.common.errors import SimganError, first_line
 from simgan_ray.storage.locations import S3Options, check_writable, is_local, is_s3, local_path, resolve
 
 

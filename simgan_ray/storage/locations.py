@@ -11,7 +11,7 @@ from typing import Literal
 
 import pyarrow.fs as pafs
 
-from simgan_ray.errors import SimganError
+from simgan_ray.common.errors import SimganError
 
 _HOST = re.compile(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?")  # name or [IPv6], then :port
 

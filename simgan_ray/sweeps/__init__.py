@@ -1,0 +1,1 @@
+"""Sweeps: Ray Tune over training runs, ranked by the probe."""

@@ -1,0 +1,391 @@
+"""Hyperparameter sweeps: Ray Tune over Ray Train runs, ranked by a real-data metric.
+
+Each trial is a driver function that builds its own TorchTrainer (the Train V2 pattern, not the
+deprecated `Tuner(trainer)`); a Train callback forwards every report to the trial, which reports it
+to Tune. With ASHA, Tune stops the weaker trials early. With PBT, every Train checkpoint is also
+reported as the trial's Tune checkpoint: PBT restarts a weak trial from a strong trial's checkpoint
+with mutated hyperparameters, which `fit` resumes as a new Train run (`resume_from`).
+
+The ranking metric comes from the probe (see ProbeConfig): `probe_fd`, the Frechet distance of
+refined synthetic images to reference real images (kept apart from the test set, which the
+selection must not see) in the feature space of a classifier trained on real labelled images,
+reported at every training report.
+
+Outputs in <storage>/<name>/: results.csv and results.md (one row per trial, best first),
+best.yaml (the best trial's full train config) and best/export (its refiner).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+from ray.train import UserCallback
+
+from simgan_ray import storage
+from simgan_ray.common.errors import SimganError, format_errors
+from simgan_ray.common.yamlfiles import read_yaml
+from simgan_ray.measures.probe import ProbeInfo, ProbeSpec, build_probe, load_probe
+from simgan_ray.runtime.session import check_resources, ensure_ray
+from simgan_ray.sets import data, shards
+from simgan_ray.storage import ownership
+from simgan_ray.storage.ownership import Output
+from simgan_ray.training.config import (
+    Location,
+    Section,
+    TrainConfig,
+    dump_config,
+    load_config,
+    with_overrides,
+)
+from simgan_ray.training.train import DATA_CPUS, RESOURCE_FIELDS, fit, worker_resources
+
+TRIAL_DRIVER_CPU = 0.01  # the trial function only drives its TorchTrainer
+# Fields PBT may change when it restarts a trial from another's checkpoint: nothing that changes a
+# tensor's shape (network sizes, history capacity) or the data.
+PBT_MUTABLE = ("loss.lam", "optimizer_r.lr", "optimizer_d.lr", "schedule.k_g", "schedule.k_d")
+
+
+class Dist(Section):
+    """One search dimension: exactly one of the keys."""
+
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None  # [low, high)
+
+    @model_validator(mode="after")
+    def _one(self) -> Dist:
+        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+        if self.loguniform is not None and min(self.loguniform) <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        return self
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.choice is not None:
+            return tune.choice(self.choice)
+        if self.uniform is not None:
+            return tune.uniform(*self.uniform)
+        if self.loguniform is not None:
+            return tune.loguniform(*self.loguniform)
+        return tune.randint(*self.randint)
+
+
+class ProbeSource(Section):
+    uri: Location  # where the probe lives; built from the two sets below if missing
+    real_train: Location
+    reference: Location  # real images apart from the test set (digits: the real pool)
+    train_images: int = Field(10_000, ge=100)  # build_probe holds out a tenth, >= 10, for the probe's error
+    epochs: int = Field(3, ge=1)
+
+
+class TuneSpec(Section):
+    base: str  # train config YAML, relative to the spec file
+    overrides: dict[str, Any] = {}  # dotted train-config keys applied to every trial
+    search: dict[str, Dist]  # dotted train-config key -> distribution
+    probe: ProbeSource
+    scheduler: Literal["asha", "pbt"] = "asha"
+    metric: Literal["probe_fd", "probe_label_acc"] = "probe_fd"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int = Field(1, ge=1)  # >1 only where CPUs/GPUs for several runs exist
+    grace_period: int = Field(100, ge=1)  # steps every trial runs before ASHA may stop it
+    reduction_factor: int = Field(2, ge=2)
+    # PBT: every `perturbation_interval` steps, a trial in the bottom `quantile_fraction` restarts
+    # from a top trial's latest checkpoint with that trial's hyperparameters perturbed (x0.8 / x1.2)
+    # or, with `resample_probability`, drawn again from `search`.
+    perturbation_interval: int = Field(200, ge=1)
+    # synch: trials wait for each other at every perturbation (paused, resumed from checkpoints), so
+    # PBT compares the whole population even when the machine runs one trial at a time.
+    synch: bool = True
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    storage: Location = "runs"
+    name: str = Field("tune", pattern=r"^[A-Za-z0-9._-]+$")
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
+              base_overrides: dict[str, Any] | None = None) -> tuple[TuneSpec, TrainConfig]:
+    """The sweep spec (`overrides`: its own fields) and the base train config every trial starts
+    from: its file < the spec's `overrides` < `base_overrides` ({'dotted.key': value}, `tune --set`)."""
+    path = Path(path)
+    raw = read_yaml(path, "tune spec")
+    for key, value in (overrides or {}).items():
+        raw[key] = value
+    try:
+        spec = TuneSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SimganError(format_errors(str(path), e, model=TuneSpec)) from None
+    base = load_config(path.parent / spec.base,
+                       {**spec.overrides, **(base_overrides or {}), "probe.uri": spec.probe.uri})
+    for key, dist in spec.search.items():  # every searched key must be a valid train-config field
+        example = dist.choice[0] if dist.choice is not None else (dist.uniform or dist.loguniform or dist.randint)[0]
+        with_overrides(base, {key: example}, f"{path}: search.{key}")
+    if spec.scheduler == "pbt":
+        fixed = [key for key in spec.search if key not in PBT_MUTABLE]
+        if fixed:
+            raise SimganError(f"{path}: search.{fixed[0]}: PBT can only mutate {', '.join(PBT_MUTABLE)} "
+                              "mid-run; set the others in overrides or sweep them with scheduler: asha")
+        if base.run.checkpoint_every != base.run.report_every:
+            # PBT clones the checkpoint of a trial's latest report, so every report must carry one.
+            raise SimganError(f"{path}: scheduler pbt needs run.checkpoint_every == run.report_every "
+                              f"(got {base.run.checkpoint_every} and {base.run.report_every})")
+    return spec, base
+
+
+class _ForwardReports(UserCallback):
+    """Train callback (it runs in the Train controller actor): every report's metrics, plus the run
+    name, and its checkpoint go into a queue read by the trial function."""
+
+    def __init__(self, queue, run: str):
+        self.queue, self.run = queue, run
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        self.queue.put(({**metrics[0], "run": self.run}, checkpoint))
+
+
+def _trial(params: dict, base: dict, trials_storage: str, report_checkpoints: bool) -> None:
+    """One trial: the base config plus this trial's parameters, trained by `fit` in a thread while
+    this function reports each Train report to Tune (with a copy of its checkpoint for PBT).
+    Restarted by PBT, the trial resumes the checkpoint it was given as a new Train run; restarted
+    with its sweep (`run_sweep(resume=True)`), it resumes its own Train run from its latest checkpoint."""
+    from ray import tune
+    from ray.train import Checkpoint
+    from ray.util.queue import Queue
+
+    start = tune.get_checkpoint()  # None on a first start
+    trial_id = tune.get_context().get_trial_id()
+    name = trial_id if start is None else f"{trial_id}-{uuid.uuid4().hex[:6]}"
+    cfg = with_overrides(TrainConfig.model_validate(base), {**params, "run.storage": trials_storage, "run.name": name})
+    queue = Queue(actor_options={"num_cpus": 0})
+    forward = _ForwardReports(queue, name)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fit(cfg, callbacks=[forward], resume_from=start, resume="auto" if start is None else False)
+        except BaseException as e:  # re-raised below, in the trial's own thread
+            failure.append(e)
+        finally:
+            queue.put(None)
+
+    def report(metrics: dict, checkpoint) -> None:
+        if not (report_checkpoints and checkpoint is not None):
+            return tune.report(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            checkpoint.to_directory(d)
+            tune.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    thread = threading.Thread(target=run, name=f"fit-{name}", daemon=True)
+    thread.start()
+    final = None
+    while (item := queue.get()) is not None:
+        if item[0]["step"] >= cfg.schedule.total_steps:
+            final = item  # Tune stops the trial on its last step: report it once `fit` wrote the export
+        else:
+            report(*item)
+    thread.join()
+    queue.shutdown()
+    if failure:
+        raise failure[0]
+    if final is not None:
+        report(*final)
+
+
+@dataclass
+class Trial:
+    """One trial of a sweep, as a row of results.csv."""
+
+    trial: str  # Tune's trial id
+    status: str  # "ok" (ran every step), "stopped by ASHA at step N", or "error: ..."
+    run: str | None = None  # its (last) training run, under <sweep>/trials
+    step: int | None = None  # the last step it reported
+    metrics: dict[str, float | None] = field(default_factory=dict)  # the ranking metric and probe_label_acc
+    params: dict[str, Any] = field(default_factory=dict)  # its values of the searched fields
+
+    def row(self) -> dict[str, Any]:
+        return {"trial": self.trial, "run": self.run, "status": self.status, "step": self.step, **self.metrics,
+                **self.params}
+
+
+@dataclass
+class SweepResult:
+    """`run_sweep`'s result: the sweep's folder, every trial best first, the probe's own held-out error."""
+
+    out: str
+    trials: list[Trial]
+    probe_heldout_error: float
+
+    @property
+    def best(self) -> Trial:
+        return self.trials[0]
+
+
+def ensure_probe(spec: TuneSpec, base: TrainConfig) -> ProbeInfo:
+    """The sweep's probe's record: loaded, or built from the spec's sets on the first sweep."""
+    s3 = base.data.s3
+    if storage.exists(storage.join(spec.probe.uri, "probe.json"), s3):
+        return load_probe(spec.probe.uri, s3).meta
+    return build_probe(ProbeSpec(real_train=spec.probe.real_train, reference=spec.probe.reference, out=spec.probe.uri,
+                                 train_images=spec.probe.train_images, epochs=spec.probe.epochs, s3=s3))
+
+
+def preflight(spec: TuneSpec, base: TrainConfig, resume: bool = False) -> str:
+    """Every check of `run_sweep` that needs no Ray, writing nothing (`tune --dry-run`): the sweep's
+    folder holds no sweep (or, to `resume`, this sweep), the trials' data sets pass training's checks,
+    and the probe loads or the sets it would be built from are image sets. -> the sweep's folder."""
+    s3 = base.data.s3
+    out = storage.join(storage.normalize(spec.storage), spec.name)
+    if resume and (ownership.read_owner(out, s3) or {}).get("command") != "tune":
+        raise SimganError(f"{out}: no simgan-ray sweep to continue there")
+    ownership.plan(out, "tune", s3, **_claim_options(spec, base, resume))
+    data.check_training_sets(base.data.synthetic, base.data.real, base.refiner.channels,
+                             base.batch_size * base.run.num_workers, s3)
+    built = storage.exists(storage.join(spec.probe.uri, "probe.json"), s3)
+    if built:
+        load_probe(spec.probe.uri, s3)
+    for name, source in (("probe.real_train", spec.probe.real_train), ("probe.reference", spec.probe.reference)):
+        if not built or storage.exists(source, s3):  # a probe built elsewhere need not have its sets here
+            shards.refuse_test_set(name, source, s3, "never ranks trials: the sweep selects by the probe (use dev and "
+                            "the real pool)")
+    return out
+
+
+def _claim_options(spec: TuneSpec, base: TrainConfig, resume: bool) -> dict:
+    return {"inputs": {"data.synthetic": base.data.synthetic, "data.real": base.data.real, "probe.uri": spec.probe.uri},
+            "resume": resume, "refusal": "continue it with --resume, or pick another name"}
+
+
+def run_sweep(spec: TuneSpec, base: TrainConfig, resume: bool = False) -> SweepResult:
+    """Run the sweep in its claimed folder; write results.csv/.md, best.yaml and best/export. `resume`:
+    continue a sweep that was stopped (Tune's own state in the folder): finished trials are kept,
+    unfinished and errored ones go on, each training run from its latest checkpoint."""
+    out = preflight(spec, base, resume)
+    # Each running trial holds its workers' CPUs plus its driver's sliver; Ray Data needs one more.
+    # Before the claim: nothing is written where Ray cannot start.
+    ensure_ray(spec.max_concurrent_trials * (base.run.num_workers * base.run.cpus_per_worker + TRIAL_DRIVER_CPU))
+    check_resources(worker_resources(base), base.run.num_workers, RESOURCE_FIELDS, spare_cpus=DATA_CPUS)
+    with ownership.claimed(out, "tune", base.data.s3, **_claim_options(spec, base, resume)) as claim:
+        return _sweep(spec, base, claim, resume)
+
+
+def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output, resume: bool) -> SweepResult:
+    from ray import tune
+
+    s3, out = base.data.s3, claim.uri
+    _keep_spec(claim, spec, base, resume)
+    probe_meta = ensure_probe(spec, base)
+    fs, path = storage.resolve(storage.normalize(spec.storage), s3)
+    trials_storage = storage.join(out, "trials")
+    total = base.schedule.total_steps
+    if spec.scheduler == "pbt":
+        scheduler = tune.schedulers.PopulationBasedTraining(
+            time_attr="step", perturbation_interval=spec.perturbation_interval,
+            hyperparam_mutations={key: dist.to_tune() for key, dist in spec.search.items()},
+            quantile_fraction=spec.quantile_fraction, resample_probability=spec.resample_probability,
+            synch=spec.synch,
+        )
+    else:
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="step", max_t=total, grace_period=min(spec.grace_period, total),
+            reduction_factor=spec.reduction_factor,
+        )
+    trainable = tune.with_parameters(_trial, base=base.to_dict(), trials_storage=trials_storage,
+                                     report_checkpoints=spec.scheduler == "pbt")
+    # The workers hold the CPUs; Tune refuses an empty request, hence a sliver for the driver.
+    trainable = tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPU})
+    param_space = {key: dist.to_tune() for key, dist in spec.search.items()}
+    state = f"{path.rstrip('/')}/{spec.name}"  # Tune's experiment folder: the sweep's own
+    if resume:
+        if not tune.Tuner.can_restore(state, storage_filesystem=fs):
+            raise SimganError(f"{out}: no sweep state to continue (the sweep stopped before Tune saved any); "
+                              "start it under another name")
+        tuner = tune.Tuner.restore(state, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=param_space, storage_filesystem=fs)
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
+                                        num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials),
+            # PBT warns that keeping <= 2 checkpoints can delete one it is about to clone.
+            run_config=tune.RunConfig(name=spec.name, storage_path=path, storage_filesystem=fs, stop={"step": total},
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
+        )
+    results = tuner.fit()
+    trials = []
+    for result in results:
+        if result.error is not None or not result.metrics:
+            trials.append(Trial(trial=result.path.rsplit("/", 1)[-1], status=f"error: {result.error}"))
+            continue
+        m = result.metrics
+        trials.append(Trial(trial=m["trial_id"], run=m["run"], status="ok", step=m["step"],
+                            metrics={k: m.get(k) for k in (spec.metric, "probe_label_acc")},
+                            params={k: result.config[k] for k in spec.search}))
+    trials = rank(trials, spec, total)
+    best = trials[0]  # among trials that ran to the end (they have an export)
+    if best.status != "ok" or best.metrics.get(spec.metric) is None:
+        raise SimganError(f"{out}: no trial finished with {spec.metric}; see the trial logs under {out}")
+    _write_results(claim, trials, spec)
+    best_cfg = with_overrides(base, {**best.params, "run.storage": trials_storage, "run.name": best.run})
+    best_export = storage.join(trials_storage, best.run, "export")
+    claim.write({"best.yaml": dump_config(best_cfg).encode(),
+                 **{f"best/export/{name}": storage.read_bytes(storage.join(best_export, name), s3)
+                    for name in ("refiner.pt", "refiner.json")}})
+    return SweepResult(out=out, trials=trials, probe_heldout_error=probe_meta.heldout_error)
+
+
+def _keep_spec(claim: Output, spec: TuneSpec, base: TrainConfig, resume: bool) -> None:
+    """The sweep's resolved spec and base config, written beside its trials first (so that a sweep
+    stopped before any result is still this sweep's, to resume); a resume must bring the same."""
+    files = {"sweep.yaml": yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False).encode(),
+             "base.yaml": dump_config(base).encode()}
+    if resume:
+        changed = [name for name, text in files.items()
+                   if storage.exists(storage.join(claim.uri, name), base.data.s3)
+                   and storage.read_bytes(storage.join(claim.uri, name), base.data.s3) != text]
+        if changed:
+            raise SimganError(f"{claim.uri}: resuming with another spec than the sweep's ({', '.join(changed)} "
+                              "differ): give the spec it was started with")
+    claim.write(files)
+
+
+def rank(trials: list[Trial], spec: TuneSpec, total: int) -> list[Trial]:
+    """Trials best first by `spec.metric` (`spec.mode`), among those that ran all `total` steps
+    (they have an export); then those the scheduler stopped early, marked so whatever their metric
+    (a score at an early rung is no finished run's), then failed ones, in the order given."""
+    for t in trials:
+        if t.status == "ok" and t.step < total:
+            t.status = f"stopped by {spec.scheduler.upper()} at step {t.step}"
+    done = [t for t in trials if t.status == "ok" and t.metrics.get(spec.metric) is not None]
+    sign = -1 if spec.mode == "max" else 1
+    done.sort(key=lambda t: sign * t.metrics[spec.metric])
+    return done + [t for t in trials if t not in done]
+
+
+def _write_results(out: Output, trials: list[Trial], spec: TuneSpec) -> None:
+    rows = [t.row() for t in trials]
+    columns = ["trial", "run", "status", "step", spec.metric, "probe_label_acc", *spec.search]
+    columns = list(dict.fromkeys(columns))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+    def cell(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    out.write({"results.csv": buf.getvalue().encode(), "results.md": ("\n".join(lines) + "\n").encode()})
