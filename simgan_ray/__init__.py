@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from simgan_ray.common.errors import SimganError
     from simgan_ray.measures.probe import ProbeInfo, ProbeSpec, build_probe
     from simgan_ray.model.export import load_export, refine_images
-    from simgan_ray.sweeps.tune import SweepResult, Trial, TuneSpec, load_spec, run_sweep
+    from simgan_ray.sweeps.results import SweepResult, Trial
+    from simgan_ray.sweeps.tune import TuneSpec, load_spec, run_sweep
     from simgan_ray.training.config import TrainConfig, load_config, with_overrides
     from simgan_ray.training.train import FitResult, fit
 
@@ -51,8 +52,8 @@ _API = {
     "TuneSpec": ("sweeps.tune", "TuneSpec"),
     "load_spec": ("sweeps.tune", "load_spec"),
     "run_sweep": ("sweeps.tune", "run_sweep"),
-    "SweepResult": ("sweeps.tune", "SweepResult"),
-    "Trial": ("sweeps.tune", "Trial"),
+    "SweepResult": ("sweeps.results", "SweepResult"),
+    "Trial": ("sweeps.results", "Trial"),
     "RefineJob": ("apply.refine", "RefineJob"),
     "RefineSummary": ("apply.refine", "RefineSummary"),
     "load_refine_job": ("apply.refine", "load_refine_job"),

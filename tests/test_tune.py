@@ -9,7 +9,8 @@ import yaml
 
 from simgan_ray.common.errors import SimganError
 from simgan_ray.model.export import load_export
-from simgan_ray.sweeps.tune import Trial, load_spec, rank, run_sweep
+from simgan_ray.sweeps.results import Trial, rank, spearman
+from simgan_ray.sweeps.tune import load_spec, run_sweep
 from simgan_ray.training.config import load_config
 
 from .conftest import BIN, TINY
@@ -91,6 +92,13 @@ def test_a_sweep_stopped_part_way_continues_with_resume(digit_sets, labelled_rea
     assert fresh.returncode == 2 and "no simgan-ray sweep to continue there" in fresh.stderr
 
 
+def test_spearman_ranks_ties_and_needs_three_pairs():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 2], [5, 6, 7]) == pytest.approx(0.866, abs=1e-3)  # the tie shares rank 0.5
+    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+
+
 def test_ranking_puts_finished_trials_first_whatever_a_pruned_one_scored(tmp_path, digit_sets, labelled_real_sets):
     spec, _ = load_spec(write_spec(tmp_path, digit_sets, labelled_real_sets))
     trials = [Trial("a", "ok", step=8, metrics={"probe_fd": 5.0}),
@@ -124,8 +132,12 @@ def test_spec_errors_name_the_field(tmp_path, digit_sets, labelled_real_sets):
 def test_pbt_sweep_restarts_trials_from_checkpoints(ray_session, digit_sets, labelled_real_sets, tmp_path):
     # One trial at a time: synch PBT pauses each trial at step 4 and, once both got there, restarts
     # them from checkpoints; the bottom half from the top trial's checkpoint, with mutated values.
+    # Both finished trials are then evaluated on val and ranked by it (rank_by: val).
+    validation = {"real_train": labelled_real_sets["dev"], "real_test": labelled_real_sets["val"],
+                "real_pool": digit_sets["real"], "seeds": 1, "train_images": 128, "test_images": 100, "epochs": 1}
     path = write_spec(tmp_path, digit_sets, labelled_real_sets, scheduler="pbt", perturbation_interval=4,
-                      quantile_fraction=0.5, run={"num_workers": 1, "report_every": 4, "checkpoint_every": 4})
+                      quantile_fraction=0.5, run={"num_workers": 1, "report_every": 4, "checkpoint_every": 4},
+                      validation=validation, rank_by="val")
     spec, base = load_spec(path)
     summary = run_sweep(spec, base)
     out = tmp_path / "runs" / "sweep"
@@ -137,6 +149,12 @@ def test_pbt_sweep_restarts_trials_from_checkpoints(ray_session, digit_sets, lab
         assert steps == [4, 8]  # the history of the checkpoint it started from, then its own step
     refiner, meta = load_export(str(out / "best" / "export"))
     assert meta["step"] == 8 and summary.best.run == rows[0]["run"]
+    errors = [float(r["val_error"]) for r in rows]
+    assert errors == sorted(errors) and all(0 <= e <= 1 for e in errors)  # ranked by val error
+    assert summary.rank_correlation is None  # two trials: no rank correlation to speak of
+    assert "Rank correlation (Spearman) of probe_fd and val error" in (out / "results.md").read_text()
+    for row in rows:
+        assert (out / "val" / row["run"] / "report.json").exists()
 
 
 def test_pbt_spec_refuses_what_pbt_cannot_mutate(tmp_path, digit_sets, labelled_real_sets):

@@ -17,12 +17,9 @@ best.yaml (the best trial's full train config) and best/export (its refiner).
 
 from __future__ import annotations
 
-import csv
-import io
 import tempfile
 import threading
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +35,8 @@ from simgan_ray.runtime.session import check_resources, ensure_ray
 from simgan_ray.sets import data, shards
 from simgan_ray.storage import ownership
 from simgan_ray.storage.ownership import Output
+from simgan_ray.sweeps.results import SweepResult, Trial, by_val, rank, spearman, write_results
+from simgan_ray.sweeps.validate import Validation, validate_trials
 from simgan_ray.training.config import (
     Location,
     Section,
@@ -114,6 +113,16 @@ class TuneSpec(Section):
     resample_probability: float = Field(0.25, ge=0, le=1)
     storage: Location = "runs"
     name: str = Field("tune", pattern=r"^[A-Za-z0-9._-]+$")
+    # After the sweep, each finished trial evaluated on val (the evaluate protocol), reported beside its
+    # probe score with the rank correlation of the two; rank_by: val ranks the finished trials by it.
+    validation: Validation | None = None
+    rank_by: Literal["probe", "val"] = "probe"
+
+    @model_validator(mode="after")
+    def _val_ranking_needs_validation(self) -> TuneSpec:
+        if self.rank_by == "val" and self.validation is None:
+            raise ValueError("rank_by: val needs a validation section (the val set the trials are evaluated on)")
+        return self
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
@@ -202,35 +211,6 @@ def _trial(params: dict, base: dict, trials_storage: str, report_checkpoints: bo
         raise failure[0]
     if final is not None:
         report(*final)
-
-
-@dataclass
-class Trial:
-    """One trial of a sweep, as a row of results.csv."""
-
-    trial: str  # Tune's trial id
-    status: str  # "ok" (ran every step), "stopped by ASHA at step N", or "error: ..."
-    run: str | None = None  # its (last) training run, under <sweep>/trials
-    step: int | None = None  # the last step it reported
-    metrics: dict[str, float | None] = field(default_factory=dict)  # the ranking metric and probe_label_acc
-    params: dict[str, Any] = field(default_factory=dict)  # its values of the searched fields
-
-    def row(self) -> dict[str, Any]:
-        return {"trial": self.trial, "run": self.run, "status": self.status, "step": self.step, **self.metrics,
-                **self.params}
-
-
-@dataclass
-class SweepResult:
-    """`run_sweep`'s result: the sweep's folder, every trial best first, the probe's own held-out error."""
-
-    out: str
-    trials: list[Trial]
-    probe_heldout_error: float
-
-    @property
-    def best(self) -> Trial:
-        return self.trials[0]
 
 
 def ensure_probe(spec: TuneSpec, base: TrainConfig) -> ProbeInfo:
@@ -334,16 +314,24 @@ def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output, resume: bool) -> Sw
                             metrics={k: m.get(k) for k in (spec.metric, "probe_label_acc")},
                             params={k: result.config[k] for k in spec.search}))
     trials = rank(trials, spec, total)
-    best = trials[0]  # among trials that ran to the end (they have an export)
-    if best.status != "ok" or best.metrics.get(spec.metric) is None:
+    if trials[0].status != "ok" or trials[0].metrics.get(spec.metric) is None:
         raise SimganError(f"{out}: no trial finished with {spec.metric}; see the trial logs under {out}")
-    _write_results(claim, trials, spec)
+    correlation = None
+    if spec.validation is not None:
+        validate_trials(trials, spec.validation, base, out, trials_storage)
+        both = [t for t in trials if t.metrics.get("val_error") is not None]
+        correlation = spearman([t.metrics[spec.metric] for t in both], [t.metrics["val_error"] for t in both])
+        if spec.rank_by == "val":
+            trials = by_val(trials)
+    best = trials[0]  # among trials that ran to the end (they have an export)
+    write_results(claim, trials, spec, correlation)
     best_cfg = with_overrides(base, {**best.params, "run.storage": trials_storage, "run.name": best.run})
     best_export = storage.join(trials_storage, best.run, "export")
     claim.write({"best.yaml": dump_config(best_cfg).encode(),
                  **{f"best/export/{name}": storage.read_bytes(storage.join(best_export, name), s3)
                     for name in ("refiner.pt", "refiner.json")}})
-    return SweepResult(out=out, trials=trials, probe_heldout_error=probe_meta.heldout_error)
+    return SweepResult(out=out, trials=trials, probe_heldout_error=probe_meta.heldout_error,
+                       rank_correlation=correlation)
 
 
 def _keep_spec(claim: Output, spec: TuneSpec, base: TrainConfig, resume: bool) -> None:
@@ -359,33 +347,3 @@ def _keep_spec(claim: Output, spec: TuneSpec, base: TrainConfig, resume: bool) -
             raise SimganError(f"{claim.uri}: resuming with another spec than the sweep's ({', '.join(changed)} "
                               "differ): give the spec it was started with")
     claim.write(files)
-
-
-def rank(trials: list[Trial], spec: TuneSpec, total: int) -> list[Trial]:
-    """Trials best first by `spec.metric` (`spec.mode`), among those that ran all `total` steps
-    (they have an export); then those the scheduler stopped early, marked so whatever their metric
-    (a score at an early rung is no finished run's), then failed ones, in the order given."""
-    for t in trials:
-        if t.status == "ok" and t.step < total:
-            t.status = f"stopped by {spec.scheduler.upper()} at step {t.step}"
-    done = [t for t in trials if t.status == "ok" and t.metrics.get(spec.metric) is not None]
-    sign = -1 if spec.mode == "max" else 1
-    done.sort(key=lambda t: sign * t.metrics[spec.metric])
-    return done + [t for t in trials if t not in done]
-
-
-def _write_results(out: Output, trials: list[Trial], spec: TuneSpec) -> None:
-    rows = [t.row() for t in trials]
-    columns = ["trial", "run", "status", "step", spec.metric, "probe_label_acc", *spec.search]
-    columns = list(dict.fromkeys(columns))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-
-    def cell(v) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    out.write({"results.csv": buf.getvalue().encode(), "results.md": ("\n".join(lines) + "\n").encode()})
