@@ -45,8 +45,7 @@ from PIL import Image  # noqa: E402
 
 from simgan_ray import storage  # noqa: E402
 from simgan_ray.sets import shards, simulate  # noqa: E402
-
-from .s3server import MotoServer, use_fake_credentials  # noqa: E402
+from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 use_fake_credentials()  # before the session's Ray starts, so its workers inherit them
 

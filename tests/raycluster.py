@@ -20,8 +20,7 @@ from pathlib import Path
 from simgan_ray import storage
 from simgan_ray.runtime.session import free_port
 from simgan_ray.storage import S3Options
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def node_ports() -> list[str]:

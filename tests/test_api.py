@@ -12,8 +12,7 @@ import torch
 import simgan_ray as sg
 from simgan_ray.model.export import load_export
 from simgan_ray.sets import data
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def test_every_public_name_resolves_to_its_documented_object():

@@ -13,8 +13,7 @@ from simgan_ray.sets import shards
 from simgan_ray.sets.data import load_set
 from simgan_ray.sets.simulate import STYLES, default_font_dirs, discover_fonts, render_range
 from simgan_ray.training.tracking import read_events
-
-from .conftest import write_set
+from tests.conftest import write_set
 
 
 def _real_look(images: np.ndarray) -> np.ndarray:

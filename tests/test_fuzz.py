@@ -21,8 +21,7 @@ from simgan_ray.common.errors import SimganError
 from simgan_ray.runtime.cluster import load_cluster
 from simgan_ray.sets import data, shards
 from simgan_ray.training.config import load_config
-
-from .conftest import write_set
+from tests.conftest import write_set
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 KEYS = ["seed", "batch_size", "history_size", "refiner", "discriminator", "loss", "optimizer_r", "schedule", "data",

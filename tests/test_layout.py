@@ -39,6 +39,12 @@ def test_every_module_sits_in_a_layer_and_imports_only_downward():
     assert not upward, "\n".join(upward)
 
 
+def test_the_tests_mirror_the_layers():
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders and folders <= set(LAYERS)
+    assert not [p.name for p in (ROOT / "tests").glob("test_*.py") if p.stem[5:] in LAYERS]
+
+
 def test_the_module_map_lists_every_module():
     page = (ROOT / "docs" / "architecture.md").read_text()
     listed, folder = set(), None

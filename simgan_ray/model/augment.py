@@ -4,7 +4,7 @@ D sees every image it judges, real or refined, through the same random translati
 in its own updates and in R's adversarial term alike, so D cannot memorise the few real images it
 has seen and R still gets gradients through the augmentation. Both operations move or blank whole
 pixels, so each of D's patch logits still depends only on one window of D's receptive field (a
-shifted one): the patch loss stays local (tests/test_augment.py checks it).
+shifted one): the patch loss stays local (tests/model/test_augment.py checks it).
 
 Draws come from the augmenter's own generator, reseeded from (seed, step) before every step, so a
 resumed run augments exactly as an uninterrupted one would.

@@ -1,5 +1,5 @@
 """Every use of Ray's internals, in one place: what it is, the Ray version it was written against
-(2.60.0, pinned in pyproject.toml), and why no public API does. tests/test_rayinternals.py fails
+(2.60.0, pinned in pyproject.toml), and why no public API does. tests/runtime/test_rayinternals.py fails
 naming the use when a Ray upgrade moves one of them. Nothing else in the package imports a private
 Ray module or sets a private Ray attribute. Importing it imports Ray Data: modules the CLI
 imports at start import it where they use it.

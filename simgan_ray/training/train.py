@@ -323,7 +323,7 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
 
 def _leave_a_vanished_cwd(fallback: str) -> None:
     """chdir to `fallback` when the working directory no longer exists. Seen as a Ray Job's driver
-    (tests/test_cluster.py): its working directory, the job's unpacked working_dir, was gone by the
+    (tests/runtime/test_cluster.py): its working directory, the job's unpacked working_dir, was gone by the
     end of training, and importing torch.export calls os.getcwd(). Nothing relative can be meant then."""
     try:
         os.getcwd()

@@ -11,8 +11,7 @@ import pytest
 from simgan_ray import storage
 from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import ownership
-
-from .conftest import console, one_line_refusal, snapshot, users_set, write_set
+from tests.conftest import console, one_line_refusal, snapshot, users_set, write_set
 
 
 def test_a_claim_takes_a_new_or_empty_folder_and_refuses_anything_else(tmp_path):

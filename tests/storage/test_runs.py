@@ -12,8 +12,7 @@ from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import ownership
 from simgan_ray.training.config import dump_config, load_config
 from simgan_ray.training.train import TRAIN_SNAPSHOT, preflight
-
-from .conftest import TINY, checkpoint_list, console, fake_checkpoint, one_line_refusal, snapshot
+from tests.conftest import TINY, checkpoint_list, console, fake_checkpoint, one_line_refusal, snapshot
 
 
 @pytest.mark.slow

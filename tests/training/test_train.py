@@ -29,8 +29,7 @@ from simgan_ray.training.gan import (
 from simgan_ray.training.guard import CollapseGuard
 from simgan_ray.training.tracking import read_events
 from simgan_ray.training.train import fit
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def test_phase_table_order_and_alternation():

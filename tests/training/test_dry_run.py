@@ -14,8 +14,7 @@ from simgan_ray.model.networks import Refiner, RefinerConfig
 from simgan_ray.storage import ownership
 from simgan_ray.training.config import dump_config, load_config
 from simgan_ray.training.train import TRAIN_SNAPSHOT, fit, preflight
-
-from .conftest import TINY, checkpoint_list, fake_checkpoint
+from tests.conftest import TINY, checkpoint_list, fake_checkpoint
 
 
 @pytest.fixture

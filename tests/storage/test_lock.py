@@ -16,8 +16,7 @@ import pytest
 from simgan_ray import storage
 from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import ownership
-
-from .conftest import BIN, one_line_refusal, snapshot
+from tests.conftest import BIN, one_line_refusal, snapshot
 
 
 def lock_doc(**changes) -> bytes:

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import ownership
-
-from .conftest import snapshot
+from tests.conftest import snapshot
 
 COMMANDS = ("simulate", "ingest", "fetch-mnist", "probe", "evaluate", "train", "tune", "refine")
 NAMES = ("manifest.json", "shard-00000.parquet", "config.yaml", "holiday.png", "png/shard-00000/a.png",

@@ -10,10 +10,9 @@ import typer
 import yaml
 
 from simgan_ray.cli import app
+from tests.conftest import pinned_image
 
-from .conftest import pinned_image
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = ROOT / "cluster" / "kuberay" / "serviceaccount.yaml"
 MANIFESTS = sorted(p for p in (ROOT / "cluster" / "kuberay").glob("*.yaml") if p != ACCOUNT)
 def cluster_specs(doc: dict) -> dict:

@@ -12,8 +12,7 @@ from simgan_ray import storage
 from simgan_ray.common.errors import SimganError
 from simgan_ray.model.export import write_export
 from simgan_ray.storage import ownership
-
-from .conftest import console, one_line_refusal, snapshot, users_set
+from tests.conftest import console, one_line_refusal, snapshot, users_set
 
 
 def recorded_output(root: str, s3=storage.S3Options()) -> None:

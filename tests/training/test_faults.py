@@ -25,9 +25,8 @@ from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import S3Options
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import TRAIN_SNAPSHOT, fit
-
-from .conftest import TINY
-from .tcpproxy import TcpProxy
+from tests.conftest import TINY
+from tests.tcpproxy import TcpProxy
 
 BIN = Path(sys.executable).with_name("simgan-ray")
 

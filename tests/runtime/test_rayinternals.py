@@ -8,7 +8,7 @@ import yaml
 
 from simgan_ray.runtime import rayinternals
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_train_snapshot_is_ray_trains_checkpoint_list():

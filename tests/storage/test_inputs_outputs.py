@@ -13,8 +13,7 @@ import pytest
 from simgan_ray.model.export import write_export
 from simgan_ray.model.networks import Refiner, RefinerConfig
 from simgan_ray.sets import simulate
-
-from .conftest import console, one_line_refusal, snapshot
+from tests.conftest import console, one_line_refusal, snapshot
 
 
 @pytest.mark.slow

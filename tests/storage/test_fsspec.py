@@ -20,10 +20,9 @@ from simgan_ray.sets.simulate import simulate
 from simgan_ray.storage import S3Options
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import fit
+from tests.conftest import TINY
 
-from .conftest import TINY
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_s3fs_and_the_native_client_read_and_write_the_same_objects(ray_session, s3_server):

@@ -6,7 +6,7 @@ from simgan_ray.common.errors import SimganError
 from simgan_ray.common.yamlfiles import parse_override
 from simgan_ray.training.config import dump_config, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_paper_defaults():

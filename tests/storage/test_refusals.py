@@ -19,8 +19,7 @@ from simgan_ray.common.errors import user_error
 from simgan_ray.model.export import write_export
 from simgan_ray.model.networks import Refiner, RefinerConfig
 from simgan_ray.sets import shards
-
-from .conftest import console, one_line_refusal, snapshot, write_set
+from tests.conftest import console, one_line_refusal, snapshot, write_set
 
 
 def closed_port() -> int:

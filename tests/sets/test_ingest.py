@@ -6,8 +6,7 @@ from simgan_ray.common.errors import SimganError
 from simgan_ray.sets import shards
 from simgan_ray.sets.data import head_images
 from simgan_ray.sets.ingest import Target, fit_image, ingest
-
-from .conftest import image_bytes
+from tests.conftest import image_bytes
 
 
 def test_fit_modes_give_target_size():

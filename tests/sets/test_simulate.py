@@ -7,8 +7,7 @@ import pytest
 from simgan_ray.common.errors import SimganError
 from simgan_ray.sets import shards, simulate
 from simgan_ray.sets.data import head_images
-
-from .conftest import BIN
+from tests.conftest import BIN
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import pytest
 
 from simgan_ray.common.errors import SimganError
 from simgan_ray.sets import data, shards
-
-from .conftest import UserFiles, write_set
+from tests.conftest import UserFiles, write_set
 
 
 def test_unit_range_round_trip():

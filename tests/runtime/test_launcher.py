@@ -20,12 +20,11 @@ from simgan_ray import storage
 from simgan_ray.runtime.cluster import jobs_address
 from simgan_ray.runtime.session import free_port
 from simgan_ray.storage import S3Options
+from tests import machines
+from tests.raycluster import node_ports, two_node_run, upload_digit_sets
+from tests.s3server import FAKE_CREDENTIALS
 
-from . import machines
-from .raycluster import node_ports, two_node_run, upload_digit_sets
-from .s3server import FAKE_CREDENTIALS
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Not 127.0.0.1: `ray start` replaces that node address with the machine's routable one.
 HEAD, WORKER = "127.0.0.2", "127.0.0.3"
 WHY_NOT = machines.missing()

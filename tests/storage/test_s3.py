@@ -21,9 +21,8 @@ from simgan_ray.storage import S3Options
 from simgan_ray.training.config import load_config
 from simgan_ray.training.tracking import read_events
 from simgan_ray.training.train import fit
-
-from .conftest import TINY, UserFiles, image_bytes
-from .s3server import FAKE_CREDENTIALS, MotoServer
+from tests.conftest import TINY, UserFiles, image_bytes
+from tests.s3server import FAKE_CREDENTIALS, MotoServer
 
 
 def test_simulate_ingest_train_on_s3(ray_session, s3_server, tmp_path):

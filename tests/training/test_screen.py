@@ -12,7 +12,7 @@ import pytest
 
 from simgan_ray.measures.probe import ProbeSpec, build_probe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow  # worker processes

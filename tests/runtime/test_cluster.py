@@ -16,12 +16,11 @@ from simgan_ray import storage
 from simgan_ray.common.errors import SimganError
 from simgan_ray.runtime.cluster import auth_headers, dashboard_port, jobs_address, load_cluster
 from simgan_ray.storage import S3Options
+from tests.conftest import pinned_image
+from tests.raycluster import LocalCluster, two_node_run, upload_digit_sets
+from tests.s3server import FAKE_CREDENTIALS
 
-from .conftest import pinned_image
-from .raycluster import LocalCluster, two_node_run, upload_digit_sets
-from .s3server import FAKE_CREDENTIALS
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # The launcher configs: every cluster/*.yaml that is not a Kubernetes manifest (those live in cluster/kuberay/).

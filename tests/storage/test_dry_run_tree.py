@@ -17,8 +17,7 @@ from simgan_ray.model.networks import Refiner, RefinerConfig
 from simgan_ray.sets import shards
 from simgan_ray.storage import ownership
 from simgan_ray.training.config import dump_config, load_config
-
-from .conftest import TINY, console, snapshot, users_set
+from tests.conftest import TINY, console, snapshot, users_set
 
 
 def commands(root: str, inputs: dict[str, str], tmp_path) -> dict[str, list[str]]:

@@ -12,8 +12,7 @@ from simgan_ray.model.export import load_export
 from simgan_ray.sweeps.results import Trial, rank, spearman
 from simgan_ray.sweeps.tune import load_spec, run_sweep
 from simgan_ray.training.config import load_config
-
-from .conftest import BIN, TINY
+from tests.conftest import BIN, TINY
 
 
 def write_spec(tmp_path, digit_sets, labelled_real_sets, run=None, **extra) -> str:

@@ -18,8 +18,7 @@ from simgan_ray.model.networks import Refiner, RefinerConfig
 from simgan_ray.sets.data import load_set
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import preflight
-
-from .conftest import TINY
+from tests.conftest import TINY
 
 
 def test_frechet_distance_by_hand():
