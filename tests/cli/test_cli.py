@@ -166,7 +166,7 @@ def test_usage_errors_with_the_lowest_typer_the_range_allows(tmp_path):
 
     from packaging.requirements import Requirement
 
-    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
     (typer,) = [Requirement(d) for d in deps if Requirement(d).name == "typer"]
     lowest = next(s.version for s in typer.specifier if s.operator == ">=")
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(tmp_path),
