@@ -52,6 +52,16 @@ use_fake_credentials()  # before the session's Ray starts, so its workers inheri
 TINY = {"refiner.features": 8, "refiner.blocks": 1, "discriminator.widths": [8, 8, 8, 8]}
 
 
+def small_run(sets: dict, storage, name: str = "run", **fields) -> dict:
+    """The train-config overrides of a small run on `sets` ({"synthetic": ..., "real": ...}) under
+    `storage`: TINY networks, one worker, batches of 8, a history of 16, 2 + 2 pretraining steps and
+    8 adversarial ones. `fields`: dotted fields that differ, as **{"run.num_workers": 2}."""
+    return {**TINY, "data.synthetic": sets["synthetic"], "data.real": sets["real"], "run.storage": str(storage),
+            "run.name": name, "run.num_workers": 1, "batch_size": 8, "history_size": 16,
+            "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
+            **fields}
+
+
 # registry/simgan-ray:<package>-ray<Ray>-py<Python>-cu<CUDA>, as cluster/Dockerfile says to tag it.
 IMAGE = re.compile(r"[\w.-]+(/[\w.-]+)*/simgan-ray:(?P<package>[\d.]+)-ray(?P<ray>[\d.]+)-py311-cu(?P<cuda>\d+)")
 

@@ -12,7 +12,7 @@ import torch
 import simgan_ray as sg
 from simgan_ray.model.export import load_export
 from simgan_ray.sets import data
-from tests.conftest import TINY
+from tests.conftest import small_run
 
 
 def test_every_public_name_resolves_to_its_documented_object():
@@ -54,12 +54,9 @@ assert not any(m.startswith("simgan_ray") for m in sys.modules), "imported simga
 
 
 def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_real_sets, tmp_path):
-    cfg = sg.load_config(None, {
-        **TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
-        "run.storage": str(tmp_path), "run.name": "nb", "run.num_workers": 1, "batch_size": 8, "history_size": 16,
-        "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 4,
-        "refiner.dilation": 2,  # dilated convs in every portable format too
-    })
+    cfg = sg.load_config(None, small_run(digit_sets, tmp_path, "nb", **{
+        "schedule.steps": 4, "refiner.dilation": 2,  # dilated convs in every portable format too
+    }))
     assert isinstance(cfg, sg.TrainConfig)
     run = sg.fit(cfg)
     assert isinstance(run, sg.FitResult) and run.step == 8 and run.metrics[-1]["step"] == 8

@@ -20,7 +20,7 @@ from simgan_ray.sets.simulate import simulate
 from simgan_ray.storage import S3Options
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import fit
-from tests.conftest import TINY
+from tests.conftest import small_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,12 +68,8 @@ def http_sets(digit_sets):
 
 
 def test_train_and_refine_read_their_images_over_http(ray_session, http_sets, digit_sets, tmp_path):
-    cfg = load_config(None, {
-        **TINY, "data.synthetic": http_sets["synthetic"], "data.real": http_sets["real"],
-        "run.storage": str(tmp_path / "runs"), "run.name": "h", "run.num_workers": 1, "batch_size": 8,
-        "history_size": 16, "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2,
-        "schedule.steps": 2, "run.report_every": 2, "run.checkpoint_every": 6,
-    })
+    cfg = load_config(None, small_run(http_sets, tmp_path / "runs", "h", **{
+        "schedule.steps": 2, "run.report_every": 2, "run.checkpoint_every": 6}))
     run = fit(cfg)
     assert run.step == 6 and run.metrics[-1]["images_per_s"] > 0
     summary = refine(RefineJob(model=run.run_uri, input=http_sets["synthetic"], output=str(tmp_path / "out")))

@@ -19,7 +19,7 @@ from simgan_ray.common.errors import user_error
 from simgan_ray.model.export import write_export
 from simgan_ray.model.networks import Refiner, RefinerConfig
 from simgan_ray.sets import shards
-from tests.conftest import console, one_line_refusal, snapshot, write_set
+from tests.conftest import console, one_line_refusal, small_run, snapshot, write_set
 
 
 def closed_port() -> int:
@@ -61,14 +61,10 @@ def test_training_reads_a_corrupt_shard_as_refine_does(ray_session, digit_sets, 
     from simgan_ray.training.config import load_config
     from simgan_ray.training.train import fit
 
-    from .conftest import TINY
 
     source = corrupt_set(tmp_path / "set")
-    cfg = load_config(None, {**TINY, "data.synthetic": source, "data.real": digit_sets["real"],
-                             "run.storage": str(tmp_path), "run.name": "r", "run.num_workers": 1,
-                             "batch_size": 8, "history_size": 16, "schedule.pretrain_refiner_steps": 2,
-                             "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
-                             "run.report_every": 12, "run.checkpoint_every": 12})
+    cfg = load_config(None, small_run({"synthetic": source, "real": digit_sets["real"]}, tmp_path, "r",
+                                      **{"run.report_every": 12, "run.checkpoint_every": 12}))
     result = fit(cfg)  # 12 steps of 8 from 32 readable images: 3 passes over the synthetic set
     assert result.step == 12
     assert len(result.skipped) == 1 and "shard-00001.parquet: a corrupt Parquet shard" in result.skipped[0]

@@ -25,20 +25,17 @@ from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import S3Options
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import TRAIN_SNAPSHOT, fit
-from tests.conftest import TINY
+from tests.conftest import small_run
 from tests.tcpproxy import TcpProxy
 
 BIN = Path(sys.executable).with_name("simgan-ray")
 
 
 def settings(data: dict, storage_uri: str, name: str, steps: int, **extra) -> dict:
-    return {
-        **TINY, "data.synthetic": data["synthetic"], "data.real": data["real"],
-        "run.storage": storage_uri, "run.name": name, "run.num_workers": 2, "run.report_every": 10,
-        "run.checkpoint_every": 20, "batch_size": 8, "history_size": 32,
+    return small_run(data, storage_uri, name, **{
+        "run.num_workers": 2, "run.report_every": 10, "run.checkpoint_every": 20, "history_size": 32,
         "schedule.pretrain_refiner_steps": 10, "schedule.pretrain_discriminator_steps": 10, "schedule.steps": steps,
-        **extra,
-    }
+        **extra})
 
 
 def checkpoint_dirs(run_uri: str, s3: S3Options = S3Options()) -> list[str]:

@@ -29,7 +29,7 @@ from simgan_ray.training.gan import (
 from simgan_ray.training.guard import CollapseGuard
 from simgan_ray.training.tracking import read_events
 from simgan_ray.training.train import fit
-from tests.conftest import TINY
+from tests.conftest import TINY, small_run
 
 
 def test_phase_table_order_and_alternation():
@@ -307,15 +307,11 @@ def test_guard_rolls_back_a_two_worker_run_then_stops_it(ray_session, digit_sets
     probe = str(tmp_path / "probe")
     build_probe(ProbeSpec(real_train=labelled_real_sets["dev"], reference=digit_sets["real"], out=probe,
                           train_images=200, epochs=1, reference_images=100))
-    cfg = load_config(None, {
-        **TINY,
-        "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
-        "run.storage": str(tmp_path), "run.name": "g", "run.num_workers": 2, "run.report_every": 2,
-        "run.checkpoint_every": 2, "batch_size": 8, "history_size": 16,
-        "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 6,
+    cfg = load_config(None, small_run(digit_sets, tmp_path, "g", **{
+        "run.num_workers": 2, "run.report_every": 2, "run.checkpoint_every": 2, "schedule.steps": 6,
         "probe.uri": probe, "probe.images": 32, "guard.min_label_acc": 1.0, "guard.max_rollbacks": 1,
         "run.precision": "bf16", "loss.r1_gamma": 1.0,  # the bf16 and R1 paths under DDP, at no extra cost
-    })
+    }))
     from ray.train import TrainingFailedError
 
     with pytest.raises(TrainingFailedError, match=r"step 6: the refiner collapsed .* after 1 rollback"):
@@ -344,16 +340,12 @@ def test_run_with_label_consistency_spectral_norm_exports_its_best_report(ray_se
     probe = str(tmp_path / "probe")
     build_probe(ProbeSpec(real_train=labelled_real_sets["dev"], reference=digit_sets["real"], out=probe,
                           train_images=200, epochs=1, reference_images=100))
-    overrides = {
-        **TINY,
-        "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"],
-        "run.storage": str(tmp_path), "run.name": "c", "run.num_workers": 1, "run.report_every": 2,
-        "run.checkpoint_every": 4, "batch_size": 8, "history_size": 16,
-        "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 8,
-        "optimizer_r.lr": 0.01, "probe.uri": probe, "probe.images": 32, "probe.export": "best",
+    overrides = small_run(digit_sets, tmp_path, "c", **{
+        "run.report_every": 2, "run.checkpoint_every": 4, "optimizer_r.lr": 0.01,
+        "probe.uri": probe, "probe.images": 32, "probe.export": "best",
         "consistency.weight": 1.0, "consistency.images": 200, "consistency.epochs": 1,
         "discriminator.spectral_norm": True, "discriminator.scales": 2, "tracking.mlflow_uri": f"file://{tmp_path}/mlruns",
-    }
+    })
     first = fit(load_config(None, overrides))
     run = tmp_path / "c"
     label_net = json.loads((run / "consistency" / "net.json").read_text())
