@@ -185,8 +185,7 @@ def rotation_sets(tmp_path_factory):
     """Renders of another simulator seed (dimmed) with their full annotations, as dev and val sets:
     a regression target the digit simulator labels (the rotation, degrees)."""
     from simgan_ray.sets import simulate
-
-    from .conftest import write_set
+    from tests.conftest import write_set
 
     root = tmp_path_factory.mktemp("rotation")
     fonts = simulate.discover_fonts(tuple(str(d) for d in simulate.default_font_dirs()))

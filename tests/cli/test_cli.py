@@ -181,7 +181,7 @@ def test_usage_errors_with_the_lowest_typer_the_range_allows(tmp_path):
 def test_a_small_run_prints_one_line_per_report_and_its_result_alone_on_stdout(digit_sets, tmp_path):
     import json
 
-    from .conftest import TINY
+    from tests.conftest import TINY
 
     sets = [f"--set={k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in {
         **TINY, "data.synthetic": digit_sets["synthetic"], "data.real": digit_sets["real"], "batch_size": 8,

@@ -118,7 +118,7 @@ def test_ray_up_onprem_then_train_on_both_nodes_then_ray_down(tmp_path, s3_serve
             workers = json.loads(storage.read_bytes(f"{bucket}/runs/ray-up/workers.json", s3))
             assert sorted(nodes[w["node_id"]] for w in workers) == [HEAD, WORKER]  # one rank on each node
             # The shipped commands did it: the checkout on both machines, the venv first on their PATH.
-            assert (root / "worker" / "simgan-ray" / "simgan_ray" / "cluster.py").exists()
+            assert (root / "worker" / "simgan-ray" / "simgan_ray" / "runtime" / "cluster.py").exists()
             assert "simgan-ray/.venv/bin" in (root / "worker" / ".bashrc").read_text()
             # Token auth as shipped: the token on both machines; a request without it is refused.
             token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text()

@@ -92,7 +92,7 @@ def test_data_context_fields_and_executor_internals_idle_backoff_uses():
 
 
 def test_nothing_else_touches_ray_internals():
-    for path in (ROOT / "simgan_ray").glob("*.py"):
+    for path in (ROOT / "simgan_ray").rglob("*.py"):
         if path.name == "rayinternals.py":
             continue
         text = path.read_text()
