@@ -15,7 +15,7 @@ Prints images/s of each, peak RSS of the driver and of Ray's worker processes, a
 ratios (b)/(a) (goal >= 0.8), (b2)/(b) (what s3fs costs against the native client), ordered/default
 of (e) and (c)/(d) (goal >= 0.95).
 
-    .venv/bin/python benchmarks/stream.py --count 100000
+    .venv/bin/python benchmarks/stream.py --count 100000 [--encoding raw]
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ from simgan_ray.training.gan import Gan, discriminator_update, make_gan, refiner
 from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 
-def _decode_shard(uri: str, shape: list[int], endpoint: str) -> int:
+def _decode_shard(uri: str, shape: list[int], endpoint: str, encoding: str) -> int:
     import pyarrow.parquet as pq
 
     s3 = S3Options(endpoint_url=endpoint)
     fs, path = storage.resolve(uri, s3)
     table = pq.read_table(path, filesystem=fs, columns=["id", "image"])
-    images = data.decode_images(table["id"].to_pylist(), table["image"].to_pylist(), shape)
+    images = data.decode_images(table["id"].to_pylist(), table["image"].to_pylist(), shape, encoding)
     return len(images)  # the same work as the pipeline's decode step
 
 
@@ -61,7 +61,8 @@ def direct(prefix: str, manifest, endpoint: str) -> float:
     uris = shards.shard_uris(prefix, manifest)
     start = time.perf_counter()
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        n = sum(pool.map(_decode_shard, uris, [manifest.shape] * len(uris), [endpoint] * len(uris)))
+        n = sum(pool.map(_decode_shard, uris, [manifest.shape] * len(uris), [endpoint] * len(uris),
+                         [manifest.encoding] * len(uris)))
     return n / (time.perf_counter() - start)
 
 
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=5000)
     ap.add_argument("--batch-size", type=int, default=32, help="per update, as in jobs/digits.yaml")
     ap.add_argument("--train-steps", type=int, default=150)
+    ap.add_argument("--encoding", choices=["png", "raw"], default="png", help="how the shards hold each image")
     args = ap.parse_args()
 
     use_fake_credentials()
@@ -161,10 +163,10 @@ def main() -> None:
         s3 = S3Options(endpoint_url=server.endpoint)
         prefix = server.make_bucket("bench") + "/synthetic"
         t = time.perf_counter()
-        manifest = simulate(prefix, args.count, args.shard_size, seed=0, s3=s3)
+        manifest = simulate(prefix, args.count, args.shard_size, seed=0, s3=s3, encoding=args.encoding)
         sim_s = time.perf_counter() - t
         print(f"simulate: {args.count} images in {sim_s:.1f}s = {args.count / sim_s:.0f} images/s "
-              f"({len(manifest.shards)} shards, {os.cpu_count()} cores, into moto S3)")
+              f"({len(manifest.shards)} {args.encoding} shards, {os.cpu_count()} cores, into moto S3)")
 
         a = direct(prefix, manifest, server.endpoint)
         print(f"(a) pyarrow direct read+decode, {os.cpu_count()} processes: {a:,.0f} images/s")
