@@ -24,7 +24,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 
 from simgan_ray import storage
-from simgan_ray.apply.report import EvalReport, ReportedOn, Spread, markdown
+from simgan_ray.apply.report import EvalReport, ReportedOn, Spread, markdown, reduction
 from simgan_ray.common.errors import SimganError
 from simgan_ray.measures import viz
 from simgan_ray.measures.classifier import (
@@ -209,7 +209,6 @@ def evaluate(cfg: EvalConfig, dry_run: bool = False) -> EvalReport | ownership.P
     ceiling.load_state_dict(next(r["state"] for r in runs if r["source"] == "real" and r["seed"] == 0))
     ceiling.eval()
     test_features = predict(ceiling, test_x, features=True)
-    err_a, err_b = errors["synthetic"].mean, errors["refined"].mean
     report = EvalReport(
         inputs={"synthetic": cfg.synthetic, "refined_from": refined_from, "real_train": cfg.real_train,
                 "real_test": cfg.real_test, "real_pool": cfg.real_pool},
@@ -218,7 +217,7 @@ def evaluate(cfg: EvalConfig, dry_run: bool = False) -> EvalReport | ownership.P
                                        "label_key"}),
         counts={"synthetic": len(syn_x), "real_train": len(real_x), "real_test": len(test_x), "real_pool": len(pool_x)},
         test_error=errors,
-        relative_error_reduction=(err_a - err_b) / err_a if err_a > 0 else 0.0,
+        relative_error_reduction=reduction(errors),
         two_sample_accuracy={k: v["heldout_accuracy"] for k, v in realism.items()},
         frechet_distance={
             "synthetic": frechet_distance(predict(ceiling, syn_x, features=True), test_features),

@@ -24,6 +24,12 @@ class Spread:
         return cls(float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, list(values))
 
 
+def reduction(errors: dict[str, Spread]) -> float:
+    """(raw - refined) / raw of the mean errors of one test set or group ({source: Spread})."""
+    raw, refined = errors["synthetic"].mean, errors["refined"].mean
+    return (raw - refined) / raw if raw > 0 else 0.0
+
+
 @dataclass
 class ReportedOn:
     kind: str  # the test set's manifest kind: "val" while choosing, "test" for the one final measurement
@@ -53,10 +59,8 @@ class EvalReport:
     group_error: dict[str, dict[str, Spread]] = field(default_factory=dict)
 
     def reduction(self, group: str | None = None) -> float:
-        """(raw - refined) / raw of the mean errors, over the whole test set or one group."""
-        e = self.test_error if group is None else self.group_error[group]
-        raw, refined = e["synthetic"].mean, e["refined"].mean
-        return (raw - refined) / raw if raw > 0 else 0.0
+        """`reduction` over the whole test set or one group."""
+        return reduction(self.test_error if group is None else self.group_error[group])
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -49,8 +49,7 @@ def validate_trials(trials: list[Trial], validation: Validation, base: TrainConf
         report = evaluate(EvalConfig(
             synthetic=base.data.synthetic, refiner=storage.join(trials_storage, trial.run),
             out=storage.join(sweep, "val", trial.run), s3=base.data.s3,
-            **validation.model_dump(include={"real_train", "real_test", "real_pool", "seeds", "train_images",
-                                             "test_images", "epochs", "label_key", "num_classes"}),
+            **validation.model_dump(),  # every field of it is one of EvalConfig's
         ))
         trial.metrics["val_error"] = report.test_error["refined"].mean
         trial.metrics["val_reduction"] = report.relative_error_reduction
