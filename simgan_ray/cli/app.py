@@ -4,6 +4,11 @@ submits itself to a cluster. The commands register on `app` from their own modul
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import json
+import typing
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -75,47 +80,81 @@ def note(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def emit_result(text: str, summary: dict, as_json: bool) -> None:
-    """A command's result: stdout, as text or (`--json`) as one JSON object."""
-    import json
+@dataclasses.dataclass(frozen=True)
+class Common:
+    """The options every command shares, given to it as one argument by `shared`: where it runs (here, on
+    `--cluster` or at `--address`), whether it only checks (`--dry-run`) and how it prints."""
 
-    typer.echo(json.dumps(summary) if as_json else text)
+    s3_endpoint: str | None = None
+    cluster: Path | None = None
+    address: str | None = None
+    wait: bool = True
+    dry_run: bool = False
+    verbose: bool = False
+    json_: bool = False
+
+    def s3(self):
+        """--s3-endpoint as the storage layer's options (a bad URL is named as the option's)."""
+        from simgan_ray.storage import S3Options
+
+        try:
+            return S3Options(endpoint_url=self.s3_endpoint)
+        except ValueError as e:
+            raise SimganError(f"--s3-endpoint: {str(e).removeprefix('endpoint_url: ')}") from None
+
+    def emit(self, text: str, summary: dict) -> None:
+        """The command's result: stdout, as text or (`--json`) as one JSON object."""
+        typer.echo(json.dumps(summary) if self.json_ else text)
+
+    def submit_if_cluster(self, job) -> None:
+        """With --cluster or --address: submit `job()` (a JobSpec) there, follow it (--wait) and exit."""
+        from simgan_ray.runtime.cluster import submit_if_asked
+
+        submit_if_asked(self.cluster, self.address, self.wait, job, note)
+
+    def end_dry_run(self, what: str, needs: tuple[dict[str, float], int, str, float] = ({"CPU": 1}, 1, "", 0),
+                    locations: dict[str, str | None] | None = None) -> None:
+        """The end of a --dry-run: where the command would run, checked as far as can be without starting
+        or submitting anything (--cluster's file as `ray up` checks it, that the cluster's Jobs API
+        answers, the local paths its nodes would not see; or RAY_ADDRESS, or whether `needs` (per
+        worker, workers, the options asking, spare CPUs) fit a local Ray here), then what would run."""
+        from simgan_ray.runtime.cluster import load_cluster, plan_submission
+        from simgan_ray.runtime.session import plan_here
+
+        if self.cluster is not None:
+            load_cluster(self.cluster)
+        where = plan_submission(self.cluster, self.address, locations or {}, note) or plan_here(*needs)
+        note(f"dry run: {what}, {where}; nothing started")
 
 
-def configure_output(verbose: bool) -> None:
-    from simgan_ray.runtime.session import set_verbose
-
-    set_verbose(verbose)
-
-
-def submit_if_cluster(cluster: Path | None, address: str | None, wait: bool, job) -> None:
-    from simgan_ray.runtime.cluster import submit_if_asked
-
-    submit_if_asked(cluster, address, wait, job, note)
+# Each shared option: its typed declaration and its default (Common's).
+SHARED_OPTIONS = {"s3_endpoint": S3Endpoint, "cluster": Cluster, "address": Address, "wait": Wait,
+                  "dry_run": DryRun, "verbose": Verbose, "json_": Json}
 
 
-def end_dry_run(what: str, cluster: Path | None = None, address: str | None = None,
-             needs: tuple[dict[str, float], int, str, float] = ({"CPU": 1}, 1, "", 0),
-             locations: dict[str, str | None] | None = None) -> None:
-    """The end of a --dry-run: where the command would run, checked as far as can be without starting
-    or submitting anything (--cluster's file as `ray up` checks it, that the cluster's Jobs API
-    answers, the local paths its nodes would not see; or RAY_ADDRESS, or whether `needs` (per
-    worker, workers, the options asking, spare CPUs) fit a local Ray here), then what would run."""
-    from simgan_ray.runtime.cluster import load_cluster, plan_submission
-    from simgan_ray.runtime.session import plan_here
+def shared(*names: str):
+    """Give a typer command the shared options `names` (declared once, above; listed after its own
+    options in --help) as one `common: Common` argument, Ray's output already set by --verbose.
+    typer reads a command's options from its signature, so the wrapper shows the command's own
+    parameters plus these, and hands the command the rest."""
 
-    if cluster is not None:
-        load_cluster(cluster)
-    where = plan_submission(cluster, address, locations or {}, note) or plan_here(*needs)
-    note(f"dry run: {what}, {where}; nothing started")
+    def wrap(fn):
+        hints = typing.get_type_hints(fn, include_extras=True)  # the command module's string annotations, resolved
+        own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(fn).parameters.values()
+               if p.name != "common"]
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=SHARED_OPTIONS[n],
+                                   default=getattr(Common, n)) for n in names]
 
+        @functools.wraps(fn)
+        def command(**given):
+            common = Common(**{n: given.pop(n) for n in names})
+            from simgan_ray.runtime.session import set_verbose
 
-def s3_options(endpoint: str | None):
-    from simgan_ray.storage import S3Options
+            set_verbose(common.verbose)
+            return fn(**given, common=common)
 
-    try:
-        return S3Options(endpoint_url=endpoint)
-    except ValueError as e:
-        raise SimganError(f"--s3-endpoint: {str(e).removeprefix('endpoint_url: ')}") from None
+        command.__signature__ = inspect.Signature(own + extra)
+        command.__annotations__ = {p.name: p.annotation for p in own + extra}
+        return command
 
-
+    return wrap

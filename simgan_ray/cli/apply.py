@@ -10,28 +10,19 @@ import typer
 
 from simgan_ray.cli.app import (
     EVAL_LOCATIONS,
-    Address,
-    Cluster,
-    DryRun,
+    Common,
     ImageEncoding,
     ImageFormat,
-    Json,
     Overwrite,
-    S3Endpoint,
     Task,
-    Verbose,
-    Wait,
     app,
-    configure_output,
-    emit_result,
-    end_dry_run,
     note,
-    s3_options,
-    submit_if_cluster,
+    shared,
 )
 
 
 @app.command()
+@shared("s3_endpoint", "cluster", "address", "wait", "dry_run", "verbose", "json_")
 def refine(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(help="refine job YAML (see jobs/refine-1m.yaml); options override it")]
@@ -58,16 +49,10 @@ def refine(
     strict: Annotated[
         bool | None, typer.Option("--strict/--no-strict", help="fail on a corrupt input image instead of skipping it")
     ] = None,
-    s3_endpoint: S3Endpoint = None,
-    cluster: Cluster = None,
-    address: Address = None,
-    wait: Wait = True,
-    dry_run: DryRun = False,
-    verbose: Verbose = False,
-    json_: Json = False,
+    *,
+    common: Common,
 ) -> None:
     """Refine a whole image set with a trained refiner, resumably: finished shards are kept."""
-    configure_output(verbose)
     import yaml
 
     from simgan_ray.apply.refine import load_refine_job, plan
@@ -78,29 +63,30 @@ def refine(
              "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
              "format": None if format_ is None else format_.value,
              "encoding": None if encoding is None else encoding.value, "overwrite": overwrite, "strict": strict,
-             "s3": None if s3_endpoint is None else {"endpoint_url": s3_endpoint}}
+             "s3": None if common.s3_endpoint is None else {"endpoint_url": common.s3_endpoint}}
     job = load_refine_job(config, {k: v for k, v in given.items() if v is not None})
     resolved = yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False)
-    if verbose or dry_run:
+    if common.verbose or common.dry_run:
         note(f"# refine job\n{resolved}")
-    if dry_run:
+    if common.dry_run:
         p = plan(job)
-        return end_dry_run(f"refine {len(p.pending)} of {len(p.names)} shards ({p.manifest.count} images in all) of "
-                        f"{job.input} with {p.export}: {p.output.describe()}", cluster, address,
-                        ({"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker}, job.concurrency,
-                         "refine --concurrency, --cpus-per-worker, --gpus-per-worker", 0),
-                        {"--model": job.model, "--input": job.input, "--output": job.output})
-    submit_if_cluster(cluster, address, wait, lambda: JobSpec(
+        return common.end_dry_run(f"refine {len(p.pending)} of {len(p.names)} shards ({p.manifest.count} images in "
+                                  f"all) of {job.input} with {p.export}: {p.output.describe()}",
+                                  ({"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker}, job.concurrency,
+                                  "refine --concurrency, --cpus-per-worker, --gpus-per-worker", 0),
+                                  {"--model": job.model, "--input": job.input, "--output": job.output})
+    common.submit_if_cluster(lambda: JobSpec(
         ["refine", "--config", "refine.yaml"], {"refine.yaml": resolved}))
     s = run_refine(job)
-    emit_result(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
+    common.emit(f"refined {s.rows_out} of {s.rows_in} images into {s.output}: {s.shards_done} shards now, "
                 f"{s.shards_skipped} already done; {s.bytes_written / 1e6:.1f} MB written in {s.seconds:.1f}s "
                 f"({s.images_per_s:.0f} images/s); {len(s.skipped_images)} corrupt images skipped"
                 + (f"; {len(s.corrupt_shards)} corrupt shard(s) skipped, first: {s.corrupt_shards[0]}"
-                   if s.corrupt_shards else ""), {**dataclasses.asdict(s), "images_per_s": s.images_per_s}, json_)
+                if s.corrupt_shards else ""), {**dataclasses.asdict(s), "images_per_s": s.images_per_s})
 
 
 @app.command()
+@shared("s3_endpoint", "cluster", "address", "wait", "dry_run", "verbose")
 def evaluate(
     ctx: typer.Context,
     synthetic: Annotated[str, typer.Option(help="labelled synthetic set")],
@@ -125,15 +111,10 @@ def evaluate(
                                                           "the ids from FIRST to LAST; repeat for each group")] = None,
     group_label: Annotated[str | None, typer.Option(help="or: one group per value of this label field")] = None,
     overwrite: Overwrite = False,
-    s3_endpoint: S3Endpoint = None,
-    cluster: Cluster = None,
-    address: Address = None,
-    wait: Wait = True,
-    dry_run: DryRun = False,
-    verbose: Verbose = False,
+    *,
+    common: Common,
 ) -> None:
     """Table 1 on real data: classifiers trained on raw vs refined synthetic vs real, realism, labels."""
-    configure_output(verbose)
     from simgan_ray.apply.evaluate import EvalConfig
     from simgan_ray.apply.evaluate import evaluate as run_evaluate
     from simgan_ray.apply.report import markdown
@@ -143,11 +124,11 @@ def evaluate(
     cfg = from_options(EvalConfig, synthetic=synthetic, real_train=real_train, real_test=real_test, real_pool=real_pool,
                    out=out, refiner=refiner, refined=refined, label_key=label_key, num_classes=num_classes,
                    seeds=seeds, train_images=train_images, test_images=test_images, epochs=epochs, final=final,
-                   task=task.value, overwrite=overwrite, s3=s3_options(s3_endpoint), groups=groups or [],
+                   task=task.value, overwrite=overwrite, s3=common.s3(), groups=groups or [],
                    group_label=group_label)
-    if dry_run:
-        return end_dry_run(f"evaluate into {run_evaluate(cfg, dry_run=True).describe()}", cluster, address,
-                        locations={f"--{k.replace('_', '-')}": getattr(cfg, k) for k in EVAL_LOCATIONS})
-    submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
+    if common.dry_run:
+        return common.end_dry_run(f"evaluate into {run_evaluate(cfg, dry_run=True).describe()}",
+                                  locations={f"--{k.replace('_', '-')}": getattr(cfg, k) for k in EVAL_LOCATIONS})
+    common.submit_if_cluster(lambda: JobSpec(command_argv(ctx, note), {}))
     typer.echo(markdown(run_evaluate(cfg)))
     typer.echo(f"report: {out}/report.json, {out}/report.md, {out}/samples.png, {out}/errors.png")

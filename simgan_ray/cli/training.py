@@ -8,25 +8,16 @@ from typing import Annotated
 import typer
 
 from simgan_ray.cli.app import (
-    Address,
-    Cluster,
-    DryRun,
-    Json,
+    Common,
     Overwrite,
-    S3Endpoint,
-    Verbose,
-    Wait,
     app,
-    configure_output,
-    emit_result,
-    end_dry_run,
     note,
-    s3_options,
-    submit_if_cluster,
+    shared,
 )
 
 
 @app.command()
+@shared("s3_endpoint", "cluster", "address", "wait", "dry_run", "verbose")
 def probe(
     ctx: typer.Context,
     real_train: Annotated[str, typer.Option(help="labelled real set the probe classifier learns from")],
@@ -39,26 +30,21 @@ def probe(
     reference_images: Annotated[int, typer.Option(help="reference images")] = 10000,
     epochs: Annotated[int, typer.Option(help="epochs")] = 3,
     overwrite: Overwrite = False,
-    s3_endpoint: S3Endpoint = None,
-    cluster: Cluster = None,
-    address: Address = None,
-    wait: Wait = True,
-    dry_run: DryRun = False,
-    verbose: Verbose = False,
+    *,
+    common: Common,
 ) -> None:
     """Make the real-data probe that scores refiners during training and sweeps (probe.uri)."""
-    configure_output(verbose)
     from simgan_ray.common.settings import from_options
     from simgan_ray.measures.probe import ProbeSpec, build_probe
     from simgan_ray.runtime.cluster import JobSpec, command_argv
 
     spec = from_options(ProbeSpec, real_train=real_train, reference=reference, out=out, label_key=label_key,
                         num_classes=num_classes, train_images=train_images, reference_images=reference_images,
-                        epochs=epochs, overwrite=overwrite, s3=s3_options(s3_endpoint))
-    if dry_run:
-        return end_dry_run(f"probe into {build_probe(spec, dry_run=True).describe()}", cluster, address,
-                        locations={"--real-train": real_train, "--reference": reference, "--out": out})
-    submit_if_cluster(cluster, address, wait, lambda: JobSpec(command_argv(ctx, note), {}))
+                        epochs=epochs, overwrite=overwrite, s3=common.s3())
+    if common.dry_run:
+        return common.end_dry_run(f"probe into {build_probe(spec, dry_run=True).describe()}",
+                                  locations={"--real-train": real_train, "--reference": reference, "--out": out})
+    common.submit_if_cluster(lambda: JobSpec(command_argv(ctx, note), {}))
     meta = build_probe(spec)
     typer.echo(f"probe written to {out}: its classifier's error on {meta.heldout_images} held-out images of "
           f"{real_train} is {100 * meta.heldout_error:.2f}%; reference: {meta.reference_images} images "
@@ -66,6 +52,7 @@ def probe(
 
 
 @app.command()
+@shared("cluster", "address", "wait", "dry_run", "verbose", "json_")
 def train(
     config: Annotated[Path | None, typer.Option(help="YAML run config (see jobs/digits.yaml)")] = None,
     storage: Annotated[str | None, typer.Option(help="run storage: local dir or s3://bucket/prefix")] = None,
@@ -84,12 +71,8 @@ def train(
     allow_changes: Annotated[bool, typer.Option(help="resume with settings changed beyond steps, report and "
                                                      "checkpoint intervals and tracking (the refusal lists them)")]
     = False,
-    cluster: Cluster = None,
-    address: Address = None,
-    wait: Wait = True,
-    dry_run: DryRun = False,
-    verbose: Verbose = False,
-    json_: Json = False,
+    *,
+    common: Common,
 ) -> None:
     """Train a refiner: validate the config, write it beside the run, train, export."""
     from simgan_ray.common.yamlfiles import parse_override
@@ -98,7 +81,6 @@ def train(
     from simgan_ray.training.config import dump_config, load_config
     from simgan_ray.training.train import DATA_CPUS, RESOURCE_FIELDS, fit, preflight, worker_resources
 
-    configure_output(verbose)
     overrides = dict(parse_override(s) for s in set_ or [])
     for key, value in (("run.storage", storage), ("run.name", name), ("run.num_workers", num_workers),
                        ("run.gpus_per_worker", gpus_per_worker), ("run.cpus_per_worker", cpus_per_worker),
@@ -106,22 +88,22 @@ def train(
         if value is not None:
             overrides[key] = value
     cfg = load_config(config, overrides)
-    if verbose or dry_run:
+    if common.verbose or common.dry_run:
         note(f"# resolved config -> {cfg.run_uri}/config.yaml\n{dump_config(cfg)}")
-    if dry_run:
+    if common.dry_run:
         checked = preflight(cfg, resume="auto" if auto_resume else resume, allow_changes=allow_changes)
         shape = "x".join(map(str, checked.synthetic.shape))
-        return end_dry_run(
+        return common.end_dry_run(
             f"{'resume' if checked.resumes else 'start'} run {checked.run_uri} on {cfg.run.num_workers} worker(s): "
             f"{checked.synthetic.count} synthetic and {checked.real.count} real {shape} images, "
-            f"{cfg.schedule.total_steps} steps", cluster, address,
+            f"{cfg.schedule.total_steps} steps",
             (worker_resources(cfg), cfg.run.num_workers, RESOURCE_FIELDS, DATA_CPUS),
             {"data.synthetic": cfg.data.synthetic, "data.real": cfg.data.real, "probe.uri": cfg.probe.uri,
              "run.storage": cfg.run.storage})
-    submit_if_cluster(cluster, address, wait, lambda: JobSpec(
+    common.submit_if_cluster(lambda: JobSpec(
         ["train", "--config", "config.yaml", *(["--auto-resume"] if auto_resume else ["--resume"] if resume else []),
-         *(["--allow-changes"] if allow_changes else []), *(["--verbose"] if verbose else []),
-         *(["--json"] if json_ else [])],
+         *(["--allow-changes"] if allow_changes else []), *(["--verbose"] if common.verbose else []),
+         *(["--json"] if common.json_ else [])],
         {"config.yaml": dump_config(cfg)}))
     note(f"training {cfg.run_uri} ({cfg.schedule.total_steps} steps on {cfg.run.num_workers} worker(s); its config: "
          f"{cfg.run_uri}/config.yaml)")
@@ -132,16 +114,17 @@ def train(
         note(f"skipped {len(result.skipped)} corrupt item(s), listed in {result.run_uri}/skipped.txt; "
              f"first: {result.skipped[0]}")
     pictures = [f"{result.run_uri}/samples.png", f"{result.run_uri}/curves.png"]
-    emit_result(
+    common.emit(
         f"done: step {result.step}; export {result.export_uri}"
         + (f" (weights of step {result.export_step}, the lowest probe_fd)" if result.export_step != result.step else "")
         + f"; pictures {', '.join(pictures)}; last metrics "
         + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)),
         {"run": result.run_uri, "step": result.step, "export": result.export_uri, "export_step": result.export_step,
-         "pictures": pictures, "metrics": last, "skipped": len(result.skipped)}, json_)
+         "pictures": pictures, "metrics": last, "skipped": len(result.skipped)})
 
 
 @app.command()
+@shared("cluster", "address", "wait", "dry_run", "verbose")
 def tune(
     config: Annotated[Path, typer.Option(help="tune spec YAML (see jobs/digits-tune.yaml)")],
     name: Annotated[str | None, typer.Option(help="sweep name; results in <storage>/<name>")] = None,
@@ -151,14 +134,10 @@ def tune(
         list[str] | None,
         typer.Option("--set", metavar="FIELD=VALUE", help="override a field of the base train config (repeatable)"),
     ] = None,
-    cluster: Cluster = None,
-    address: Address = None,
-    wait: Wait = True,
-    dry_run: DryRun = False,
-    verbose: Verbose = False,
+    *,
+    common: Common,
 ) -> None:
     """Sweep train-config fields with ASHA or PBT, each trial a Ray Train run, ranked by the probe metric."""
-    configure_output(verbose)
     import yaml
 
     from simgan_ray.common.yamlfiles import parse_override
@@ -169,12 +148,12 @@ def tune(
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
     spec, base = load_spec(config, overrides, dict(parse_override(s) for s in set_ or []))
     note(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}"
-         + (f"; base config:\n{dump_config(base)}" if verbose or dry_run else ""))
-    if dry_run:
-        return end_dry_run(f"sweep {spec.num_samples} trials ({spec.scheduler}, by {spec.metric}) into "
-                        f"{preflight(spec, base, resume)}", cluster, address)
+         + (f"; base config:\n{dump_config(base)}" if common.verbose or common.dry_run else ""))
+    if common.dry_run:
+        return common.end_dry_run(f"sweep {spec.num_samples} trials ({spec.scheduler}, by {spec.metric}) into "
+                                  f"{preflight(spec, base, resume)}")
     resolved = {**spec.model_dump(mode="json"), "base": "base.yaml", "overrides": {}}  # base holds the overrides
-    submit_if_cluster(cluster, address, wait, lambda: JobSpec(
+    common.submit_if_cluster(lambda: JobSpec(
         ["tune", "--config", "tune.yaml", *(["--resume"] if resume else [])],
         {"tune.yaml": yaml.safe_dump(resolved, sort_keys=False), "base.yaml": dump_config(base)}))
     summary = run_sweep(spec, base, resume)
