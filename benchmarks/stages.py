@@ -8,9 +8,13 @@ one thread, so the figures add up as costs), and each encoding's bytes per image
   read png / raw     pyarrow reads the shards' id and image columns (Parquet pages into Arrow buffers)
   decode png / raw   image bytes -> uint8 (C, H, W), as `data._read_shards` does per image
   batch              uint8 (N, C, H, W) -> float tensors in [-1, 1] of 32, as the worker makes them
-  shuffle            the same through a 2,048-image shuffle buffer as Ray Data's local shuffle keeps one
+  shuffle            the same through the training worker's 5,000-image shuffle window (`sets/window.py`),
+                     in chunks of 512 as the worker takes them
   ray png / raw      the whole Ray Data pipeline (one read task per shard, `iter_torch_batches` of 32)
                      on a local Ray with 1 CPU: per core, everything above plus Ray's own work
+  ray raw, ...       the same from raw shards, rows shuffled over 5,000 images: by Ray Data's local
+                     shuffle (`iter_torch_batches(local_shuffle_buffer_size=...)`), or as the training
+                     worker draws its batches (chunks of 16 batches through its shuffle window)
   h2d                pinned host-to-device copy of a batch (only where torch sees a GPU)
 
 Last, for the eye shape: the cores needed to feed one H100 at 67,624 images/s (the eye SimGAN step
@@ -22,6 +26,7 @@ measured in benchmarks/RESULTS.md) at each encoding's `ray` rate.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -36,10 +41,13 @@ sys.path.insert(0, str(ROOT))
 
 from simgan_ray.runtime.session import start_local_ray  # noqa: E402
 from simgan_ray.sets import data, shards  # noqa: E402
+from simgan_ray.sets.window import ShuffleWindow  # noqa: E402
 from simgan_ray.storage import ownership  # noqa: E402
+from simgan_ray.training.worker import batches  # noqa: E402
 
 H100_EYE_STEP = 67_624  # images/s of the eye SimGAN step on one H100 (benchmarks/RESULTS.md, GPU)
 SHAPES = {"digits": (1, 28, 28), "eye": (1, 35, 55)}
+WINDOW = 5_000  # images shuffled over: the reference recipe's data.local_shuffle_buffer
 
 
 def make_set(prefix: Path, shape: tuple[int, int, int], count: int, encoding: str) -> None:
@@ -78,16 +86,26 @@ def codec(prefix: Path, shape: tuple[int, int, int], count: int, encoding: str) 
     return out, images[0]
 
 
-def pipeline(prefix: Path, count: int) -> float:
-    """images/s of the whole Ray Data pipeline over the set at `prefix`, its second pass."""
+def pipeline(prefix: Path, count: int, shuffle: str = "") -> float:
+    """images/s of the whole Ray Data pipeline over the set at `prefix`, its second pass, in batches
+    of 32: in the order read, through Ray Data's local shuffle (`shuffle="ray"`) or as the training
+    worker draws them, through its shuffle window (`"window"`, `training.worker.batches`), each of
+    5,000 images."""
     manifest = shards.read_manifest(str(prefix))
+    ds = data.image_dataset(str(prefix), manifest, shuffle_files=True, seed=0)
+    if shuffle == "window":  # the worker's own endless stream: count images a pass
+        stream = batches(ds.iterator(), 32, WINDOW, torch.device("cpu"), 0)
 
-    def through_ray() -> None:
-        ds = data.image_dataset(str(prefix), manifest, shuffle_files=True, seed=0)
-        for _ in ds.iter_torch_batches(batch_size=32, drop_last=True):
-            pass
+        def through_ray() -> None:
+            for _ in itertools.islice(stream, count // 32):
+                pass
+    else:
+        def through_ray() -> None:
+            for _ in ds.iter_torch_batches(batch_size=32, drop_last=True,
+                                           local_shuffle_buffer_size=WINDOW if shuffle == "ray" else None):
+                pass
 
-    through_ray()  # a first pass starts Ray Data's workers
+    through_ray()  # a first pass starts Ray Data's workers (and fills a window)
     return rate(through_ray, count)
 
 
@@ -99,27 +117,17 @@ def stages(root: Path, shape: tuple[int, int, int], count: int) -> dict[str, flo
     pixels = torch.from_numpy(images)
     out["batch"] = rate(lambda: [data.unit_range(pixels[i:i + 32]) for i in range(0, count - 31, 32)], count)
 
-    def shuffled() -> None:  # a 2,048-image buffer: 32 in, 32 drawn at random, as a local shuffle does
-        rng, buffer = np.random.default_rng(0), []
-
-        def draw() -> None:
-            picks = []
-            for _ in range(32):  # swap-remove: O(1) per image
-                j = int(rng.integers(len(buffer)))
-                buffer[j], buffer[-1] = buffer[-1], buffer[j]
-                picks.append(buffer.pop())
-            data.unit_range(pixels[picks])
-
-        for start in range(0, count, 32):
-            buffer.extend(range(start, min(start + 32, count)))
-            if len(buffer) >= 2048:
-                draw()
-        while len(buffer) >= 32:
-            draw()
+    def shuffled() -> None:  # chunks of 512 (the worker's: 16 batches of 32) through a 5,000-image window
+        window = ShuffleWindow(WINDOW, 0)
+        for start in range(0, count, 512):
+            images = window.push(pixels[start:start + 512])
+            [data.unit_range(images[i:i + 32]) for i in range(0, len(images) - 31, 32)]
 
     out["shuffle"] = rate(shuffled, count)
     for encoding in ("png", "raw"):
         out[f"ray {encoding}"] = pipeline(root / encoding, count)
+    out["ray raw, Ray Data's local shuffle"] = pipeline(root / "raw", count, "ray")
+    out["ray raw, shuffle window"] = pipeline(root / "raw", count, "window")
     if torch.cuda.is_available():
         batch = data.unit_range(pixels[:256]).pin_memory()
         torch.cuda.synchronize()

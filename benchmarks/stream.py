@@ -9,7 +9,8 @@ One run, one machine, one moto S3 server on loopback holding N synthetic images:
   (e) split:   the same pipeline through the streaming split the training workers read (2 no-op
                consumers), by default and with `data.preserve_order: true` (what the exact reruns
                cost), alternated twice
-  (c) train:   the same pipeline feeding the real SimGAN update step (2 R + 1 D updates per step)
+  (c) train:   the same pipeline feeding the real SimGAN update step (2 R + 1 D updates per step), drawn
+               as a training worker draws its batches (`training.worker.batches`: a 5,000-image shuffle window)
   (d) memory:  the same update step on in-memory tensors
 Prints images/s of each, peak RSS of the driver and of Ray's worker processes, and last the
 ratios (b)/(a) (goal >= 0.8), (b2)/(b) (what s3fs costs against the native client), ordered/default
@@ -43,6 +44,7 @@ from simgan_ray.sets.simulate import simulate  # noqa: E402
 from simgan_ray.storage import S3Options  # noqa: E402
 from simgan_ray.training.config import load_config  # noqa: E402
 from simgan_ray.training.gan import Gan, discriminator_update, make_gan, refiner_update  # noqa: E402
+from simgan_ray.training.worker import batches  # noqa: E402
 from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 
@@ -108,14 +110,6 @@ def train_steps(gan: Gan, batches, steps: int, batch_size: int) -> float:
         refiner_update(gan, next(batches), True)
         discriminator_update(gan, next(batches), next(batches))
     return steps * 4 * batch_size / (time.perf_counter() - start)
-
-
-def endless(ds, batch_size: int, shuffle_buffer: int):
-    """(b, C, H, W) batches from the pipeline, pass after pass, as the training workers read them."""
-    while True:
-        for batch in ds.iter_torch_batches(batch_size=batch_size, drop_last=True,
-                                           local_shuffle_buffer_size=shuffle_buffer):
-            yield data.unit_range(batch["image"])
 
 
 def ray_worker_private_mb() -> float:
@@ -200,7 +194,8 @@ def main() -> None:
 
         train_ds = data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=1)
         train_ds.context.execution_options.resource_limits = ExecutionResources(cpu=max(1, os.cpu_count() - 1))
-        stream = endless(train_ds, args.batch_size, args.batch_size * 8)
+        # The training worker's own stream: chunks of 16 batches through its 5,000-image shuffle window.
+        stream = batches(train_ds.iterator(), args.batch_size, 5000, torch.device("cpu"), 0)
         train_steps(fresh_gan(cfg), stream, 5, args.batch_size)  # warm-up
         c = train_steps(fresh_gan(cfg), stream, args.train_steps, args.batch_size)
         stream.close()  # ends the pipeline's iterator while Ray is still up

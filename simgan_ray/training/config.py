@@ -102,7 +102,8 @@ class DataConfig(Section):
     shuffle_files: bool = True
     """a new shard order on every pass over a set, reproducible from `seed`"""
     local_shuffle_buffer: int = Field(0, ge=0)
-    """images mixed per worker before batching, seeded per rank and pass; 0: off"""
+    """each worker's shuffle window, in images: every batch is drawn at random from the last N images
+    the worker read (seeded per rank; `sets/window.py`); 0: batches in the order read"""
     preserve_order: bool = False
     """Ray Data hands blocks out in a fixed order: the streaming split deals them to the workers by
     count, not to whichever asks first, so a rerun on the same machine with the same worker count

@@ -9,7 +9,6 @@ R, D, both optimizers and R's average from rank 0, its own history shard from ev
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import socket
@@ -25,6 +24,7 @@ from simgan_ray.model.history import ImageHistory
 from simgan_ray.runtime.rayinternals import quiet_train_reports
 from simgan_ray.sets import data
 from simgan_ray.sets.data import load_set
+from simgan_ray.sets.window import ShuffleWindow
 from simgan_ray.storage.ownership import Output
 from simgan_ray.training import checkpoints
 from simgan_ray.training.config import TrainConfig
@@ -36,20 +36,18 @@ from simgan_ray.training.metrics import MetricWindow, Stopwatch, check_finite, s
 from simgan_ray.training.tracking import RunTracker
 
 
-def _cycle(shard, batch_size: int, shuffle_buffer: int, device: torch.device, seed: int, fetch: int = 16):
-    """Endless (b, C, H, W) float batches from this rank's shard; a new epoch when exhausted; the
-    local shuffle of pass p seeded by seed + p.
+def batches(shard, batch_size: int, window: int, device: torch.device, seed: int, fetch: int = 16):
+    """Endless (b, C, H, W) float batches from this rank's shard, pass after pass, drawn through a
+    shuffle window of `window` images seeded by `seed` (0: in the order read).
 
     Ray Data hands over `fetch` batches at a time and they are sliced here: its cost per handed
     batch is fixed (tens of ms through the streaming split on a loaded machine), which a small
     batch of small images would pay at every update. A pass's remainder carries over to the next."""
-    carry = None
-    for p in itertools.count():
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size * fetch, drop_last=False, device=device,
-            local_shuffle_buffer_size=shuffle_buffer or None, local_shuffle_seed=(seed + p) % 2**32,
-        ):
-            images = batch["image"] if carry is None else torch.cat([carry, batch["image"]])
+    mixer, carry = ShuffleWindow(window, seed), None
+    while True:
+        for batch in shard.iter_torch_batches(batch_size=batch_size * fetch, drop_last=False, device=device):
+            images = mixer.push(batch["image"])
+            images = images if carry is None else torch.cat([carry, images])
             full = len(images) // batch_size * batch_size
             for start in range(0, full, batch_size):
                 yield data.unit_range(images[start : start + batch_size])
@@ -92,8 +90,8 @@ def train_func(loop_config: dict) -> None:
     waiting = Stopwatch()
     seed = cfg.seed * 100_003 + rank * 1009
     buffer = cfg.data.local_shuffle_buffer
-    synthetic = waiting.wrap(_cycle(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device, seed))
-    real = waiting.wrap(_cycle(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device, seed + 1))
+    synthetic = waiting.wrap(batches(ray.train.get_dataset_shard("synthetic"), cfg.batch_size, buffer, device, seed))
+    real = waiting.wrap(batches(ray.train.get_dataset_shard("real"), cfg.batch_size, buffer, device, seed + 1))
     table, total = phase_table(cfg.schedule), cfg.schedule.total_steps
     window = MetricWindow()
     guard.snapshot(gan, run.step, len(run.metrics_log))
