@@ -99,7 +99,10 @@ class TuneSpec(Section):
     metric: Literal["probe_fd", "probe_label_acc"] = "probe_fd"
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(8, ge=1)
-    max_concurrent_trials: int = Field(1, ge=1)  # >1 only where CPUs/GPUs for several runs exist
+    # Trials at once. On a local Ray their workers share the cores where they exceed them (logical CPUs
+    # may); ASHA compares a trial at a rung with those that reached it before, so one at a time the
+    # first trial never stops early.
+    max_concurrent_trials: int = Field(1, ge=1)
     grace_period: int = Field(100, ge=1)  # steps every trial runs before ASHA may stop it
     reduction_factor: int = Field(2, ge=2)
     # PBT: every `perturbation_interval` steps, a trial in the bottom `quantile_fraction` restarts
