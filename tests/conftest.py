@@ -49,7 +49,9 @@ from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 use_fake_credentials()  # before the session's Ray starts, so its workers inherit them
 
-TINY = {"refiner.features": 8, "refiner.blocks": 1, "discriminator.widths": [8, 8, 8, 8]}
+# The smallest networks; and no portable formats at the end of a run (seconds each: the tests that
+# load TorchScript, torch.export or ONNX turn them back on).
+TINY = {"refiner.features": 8, "refiner.blocks": 1, "discriminator.widths": [8, 8, 8, 8], "run.portable_export": False}
 
 
 def small_run(sets: dict, storage, name: str = "run", **fields) -> dict:

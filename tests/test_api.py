@@ -55,7 +55,8 @@ assert not any(m.startswith("simgan_ray") for m in sys.modules), "imported simga
 
 def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_real_sets, tmp_path):
     cfg = sg.load_config(None, small_run(digit_sets, tmp_path, "nb", **{
-        "schedule.steps": 4, "refiner.dilation": 2,  # dilated convs in every portable format too
+        "schedule.steps": 4, "run.portable_export": True,
+        "refiner.dilation": 2,  # dilated convs in every portable format too
     }))
     assert isinstance(cfg, sg.TrainConfig)
     run = sg.fit(cfg)

@@ -208,6 +208,10 @@ class RunConfig(Section):
     """checkpoints kept"""
     max_failures: int = Field(0, ge=0)
     """worker failures survived by restarting from the last checkpoint"""
+    portable_export: bool = True
+    """the export also holds the refiner as TorchScript, a torch.export program and ONNX, each loadable
+    without simgan_ray (seconds at the end of a run); off: refiner.pt and refiner.json only, which is
+    what `refine`, `evaluate`, a sweep's validation and the Python API load"""
 
 
 class TrainConfig(Section):

@@ -126,7 +126,8 @@ def _check_resumed(uri: str, cfg: TrainConfig, allow_changes: bool) -> None:
 # Anything else (data, losses, history, workers, the seed, ...) changes what the checkpoint's state
 # means: --allow-changes.
 SAFE_TO_CHANGE = ("schedule.steps", "run.report_every", "run.checkpoint_every", "run.keep_checkpoints",
-                  "run.max_failures", "run.storage", "run.name", "optimizer_r.lr", "optimizer_d.lr", "tracking.")
+                  "run.max_failures", "run.portable_export", "run.storage", "run.name", "optimizer_r.lr",
+                  "optimizer_d.lr", "tracking.")
 
 
 def _changes(saved: dict, cfg: TrainConfig) -> dict[str, tuple]:
@@ -313,7 +314,8 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
         shutil.copytree(d / EXPORT_DIR, tmp, dirs_exist_ok=True)
         refiner, export_meta = load_export(tmp)
         _leave_a_vanished_cwd(tmp)
-        write_portable(Path(tmp), refiner, export_meta)
+        if cfg.run.portable_export:
+            write_portable(Path(tmp), refiner, export_meta)
         out.write({f"{EXPORT_DIR}/{p.relative_to(tmp)}": p.read_bytes()
                    for p in sorted(Path(tmp).rglob("*")) if p.is_file()})
     _write_pictures(out, cfg, syn, real, refiner, metrics)
