@@ -147,10 +147,10 @@ def tune(
 
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}
     spec, base = load_spec(config, overrides, dict(parse_override(s) for s in set_ or []))
-    note(f"# sweep {spec.name}: {spec.num_samples} trials over {', '.join(spec.search)}"
+    note(f"# sweep {spec.name}: {spec.trials} trials over {', '.join(spec.search)}"
          + (f"; base config:\n{dump_config(base)}" if common.verbose or common.dry_run else ""))
     if common.dry_run:
-        return common.end_dry_run(f"sweep {spec.num_samples} trials ({spec.scheduler}, by {spec.metric}) into "
+        return common.end_dry_run(f"sweep {spec.trials} trials ({spec.scheduler}, by {spec.metric}) into "
                                   f"{preflight(spec, base, resume)}")
     resolved = {**spec.model_dump(mode="json"), "base": "base.yaml", "overrides": {}}  # base holds the overrides
     common.submit_if_cluster(lambda: JobSpec(

@@ -17,6 +17,7 @@ best.yaml (the best trial's full train config) and best/export (its refiner).
 
 from __future__ import annotations
 
+import math
 import tempfile
 import threading
 import uuid
@@ -56,16 +57,17 @@ PBT_MUTABLE = ("loss.lam", "optimizer_r.lr", "optimizer_d.lr", "schedule.k_g", "
 class Dist(Section):
     """One search dimension: exactly one of the keys."""
 
-    choice: list[Any] | None = None
+    grid: list[Any] | None = Field(None, min_length=1)  # every value: each combination of the grid keys is a trial
+    choice: list[Any] | None = Field(None, min_length=1)  # one value drawn at random per trial
     uniform: tuple[float, float] | None = None
     loguniform: tuple[float, float] | None = None
     randint: tuple[int, int] | None = None  # [low, high)
 
     @model_validator(mode="after")
     def _one(self) -> Dist:
-        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        given = [k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of choice, uniform, loguniform, randint")
+            raise ValueError("give exactly one of grid, choice, uniform, loguniform, randint")
         if self.loguniform is not None and min(self.loguniform) <= 0:
             raise ValueError("loguniform bounds must be > 0")
         return self
@@ -73,6 +75,8 @@ class Dist(Section):
     def to_tune(self):
         from ray import tune
 
+        if self.grid is not None:
+            return tune.grid_search(self.grid)
         if self.choice is not None:
             return tune.choice(self.choice)
         if self.uniform is not None:
@@ -98,7 +102,7 @@ class TuneSpec(Section):
     scheduler: Literal["asha", "pbt"] = "asha"
     metric: Literal["probe_fd", "probe_label_acc"] = "probe_fd"
     mode: Literal["min", "max"] = "min"
-    num_samples: int = Field(8, ge=1)
+    num_samples: int = Field(8, ge=1)  # trials drawn; with grid keys, times over the whole grid
     # Trials at once. On a local Ray their workers share the cores where they exceed them (logical CPUs
     # may); ASHA compares a trial at a rung with those that reached it before, so one at a time the
     # first trial never stops early.
@@ -120,6 +124,11 @@ class TuneSpec(Section):
     # probe score with the rank correlation of the two; rank_by: val ranks the finished trials by it.
     validation: Validation | None = None
     rank_by: Literal["probe", "val"] = "probe"
+
+    @property
+    def trials(self) -> int:
+        """How many trials the sweep runs: num_samples, times the grid's combinations."""
+        return self.num_samples * math.prod(len(d.grid) for d in self.search.values() if d.grid is not None)
 
     @model_validator(mode="after")
     def _val_ranking_needs_validation(self) -> TuneSpec:
@@ -143,9 +152,12 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None,
     base = load_config(path.parent / spec.base,
                        {**spec.overrides, **(base_overrides or {}), "probe.uri": spec.probe.uri})
     for key, dist in spec.search.items():  # every searched key must be a valid train-config field
-        example = dist.choice[0] if dist.choice is not None else (dist.uniform or dist.loguniform or dist.randint)[0]
+        example = (dist.grid or dist.choice or dist.uniform or dist.loguniform or dist.randint)[0]
         with_overrides(base, {key: example}, f"{path}: search.{key}")
     if spec.scheduler == "pbt":
+        if grid := [key for key, dist in spec.search.items() if dist.grid is not None]:
+            raise SimganError(f"{path}: search.{grid[0]}: PBT perturbs values drawn from a distribution; give "
+                              "choice, uniform, loguniform or randint, or sweep a grid with scheduler: asha")
         fixed = [key for key in spec.search if key not in PBT_MUTABLE]
         if fixed:
             raise SimganError(f"{path}: search.{fixed[0]}: PBT can only mutate {', '.join(PBT_MUTABLE)} "

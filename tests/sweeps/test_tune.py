@@ -124,7 +124,27 @@ def test_spec_errors_name_the_field(tmp_path, digit_sets, labelled_real_sets):
         load_spec(path)
     spec["search"] = {"loss.lam": {"choice": [1], "uniform": [0, 1]}}
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(SimganError, match="exactly one of choice"):
+    with pytest.raises(SimganError, match="exactly one of grid, choice"):
+        load_spec(path)
+
+
+def test_a_grid_runs_every_combination(tmp_path, digit_sets, labelled_real_sets):
+    path = write_spec(tmp_path, digit_sets, labelled_real_sets, num_samples=2)
+    spec = yaml.safe_load(open(path))
+    spec["search"] = {"loss.lam": {"grid": [0.05, 0.07]}, "batch_size": {"grid": [8, 16, 32]},
+                      "optimizer_r.lr": {"choice": [0.001, 0.0003]}}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    loaded, _ = load_spec(path)
+    assert loaded.trials == 2 * 2 * 3  # num_samples times over the grid
+    assert loaded.search["batch_size"].to_tune() == {"grid_search": [8, 16, 32]}
+    spec["search"]["batch_size"] = {"grid": []}
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SimganError, match="search.batch_size.grid"):
+        load_spec(path)
+    spec["search"] = {"loss.lam": {"grid": [0.05, 0.07]}}
+    spec.update(scheduler="pbt", overrides={"run.report_every": 4})
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(SimganError, match="search.loss.lam: PBT perturbs values drawn from a distribution"):
         load_spec(path)
 
 
