@@ -12,9 +12,10 @@ one thread, so the figures add up as costs), and each encoding's bytes per image
                      in chunks of 512 as the worker takes them
   ray png / raw      the whole Ray Data pipeline (one read task per shard, `iter_torch_batches` of 32)
                      on a local Ray with 1 CPU: per core, everything above plus Ray's own work
-  ray raw, ...       the same from raw shards, rows shuffled over 5,000 images: by Ray Data's local
-                     shuffle (`iter_torch_batches(local_shuffle_buffer_size=...)`), or as the training
-                     worker draws its batches (chunks of 16 batches through its shuffle window)
+  ray raw, ...       the same from raw shards as a training worker draws its batches of 32 (chunks of
+                     16 batches, sliced), rows shuffled over 5,000 images by Ray Data's local shuffle
+                     (`iter_torch_batches(local_shuffle_buffer_size=...)`, the workers' path before) or
+                     by the worker's own shuffle window (`training.worker.batches`)
   h2d                pinned host-to-device copy of a batch (only where torch sees a GPU)
 
 Last, for the eye shape: the cores needed to feed one H100 at 67,624 images/s (the eye SimGAN step
@@ -88,9 +89,10 @@ def codec(prefix: Path, shape: tuple[int, int, int], count: int, encoding: str) 
 
 def pipeline(prefix: Path, count: int, shuffle: str = "") -> float:
     """images/s of the whole Ray Data pipeline over the set at `prefix`, its second pass, in batches
-    of 32: in the order read, through Ray Data's local shuffle (`shuffle="ray"`) or as the training
-    worker draws them, through its shuffle window (`"window"`, `training.worker.batches`), each of
-    5,000 images."""
+    of 32: as Ray Data batches them (`shuffle=""`), or as a training worker draws them, chunks of
+    16 batches sliced, rows shuffled over 5,000 images by Ray Data's local shuffle (`"ray"`, the
+    workers' path before their own window) or by the worker's shuffle window (`"window"`,
+    `training.worker.batches`)."""
     manifest = shards.read_manifest(str(prefix))
     ds = data.image_dataset(str(prefix), manifest, shuffle_files=True, seed=0)
     if shuffle == "window":  # the worker's own endless stream: count images a pass
@@ -99,10 +101,13 @@ def pipeline(prefix: Path, count: int, shuffle: str = "") -> float:
         def through_ray() -> None:
             for _ in itertools.islice(stream, count // 32):
                 pass
+    elif shuffle == "ray":
+        def through_ray() -> None:
+            for chunk in ds.iter_torch_batches(batch_size=512, local_shuffle_buffer_size=WINDOW, local_shuffle_seed=0):
+                [data.unit_range(chunk["image"][i:i + 32]) for i in range(0, len(chunk["image"]) - 31, 32)]
     else:
         def through_ray() -> None:
-            for _ in ds.iter_torch_batches(batch_size=32, drop_last=True,
-                                           local_shuffle_buffer_size=WINDOW if shuffle == "ray" else None):
+            for _ in ds.iter_torch_batches(batch_size=32, drop_last=True):
                 pass
 
     through_ray()  # a first pass starts Ray Data's workers (and fills a window)
