@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lint and the whole test suite (CPU only; starts its own local Ray, moto S3 servers and, as root,
-# SSH "machines" on loopback): ~45 min on 2 cores (README). --quick: lint and the tests that start
+# SSH "machines" on loopback): ~41 min on 2 cores (README). --quick: lint and the tests that start
 # no Ray, server or process and fetch nothing (-m "not slow and not network"), in a few minutes.
 # Other arguments go to pytest.
 set -euo pipefail
