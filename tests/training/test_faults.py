@@ -88,59 +88,42 @@ def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets,
     assert_complete(str(run), result.metrics, 320, 300)
 
 
-def test_killed_driver_then_resume_on_s3(s3_server, digit_sets, tmp_path):
-    """A run on S3 storage; local storage: test_a_damaged_newest_checkpoint_is_skipped_on_resume."""
+@pytest.mark.slow
+def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_server, digit_sets, tmp_path):
+    """The console script on S3 storage, killed with its local Ray once two checkpoints are committed,
+    then its newest checkpoint cut short (a crash or a full disk while it was written): --resume goes
+    on from the newest intact one, saying so, to the same end, every report once."""
     s3 = S3Options(endpoint_url=s3_server.endpoint)
     root = s3_server.make_bucket("simgan-resume-s3") + "/runs"
     overrides = settings(digit_sets, root, "driver", 300, **{"data.s3.endpoint_url": s3_server.endpoint})
     args = [str(BIN), "train", *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
     run = storage.join(root, "driver")
-    # Its own process group: the kill takes the CLI and the local Ray it started down together.
-    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Killed once a checkpoint is committed (listed in Train's snapshot), not just uploaded.
     snapshot = storage.join(run, TRAIN_SNAPSHOT)
-    wait_for(lambda: storage.exists(snapshot, s3) or proc.poll() is not None, "a first committed checkpoint")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert checkpoint_dirs(run, s3) and not storage.exists(storage.join(run, "export", "refiner.pt"), s3)
 
-    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed at step" in done.stdout + done.stderr and "done: step 320" in done.stdout
-    metrics = [json.loads(line) for line in storage.read_bytes(storage.join(run, "metrics.jsonl"), s3).splitlines()]
-    assert_complete(run, metrics, 320, 300, s3)
-
-
-@pytest.mark.slow
-def test_a_damaged_newest_checkpoint_is_skipped_on_resume(digit_sets, tmp_path):
-    """The driver killed, then its newest committed checkpoint cut short (a crash or a full disk while
-    it was written): --resume goes on from the newest intact one, saying so, to the same end."""
-    root = str(tmp_path / "runs")
-    overrides = settings(digit_sets, root, "cut", 300)
-    args = [str(BIN), "train", *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
-    snapshot = tmp_path / "runs" / "cut" / TRAIN_SNAPSHOT
-
-    def committed() -> list[dict]:
+    def committed() -> list[dict]:  # Train's record of the checkpoints it registered, oldest first
         try:
-            doc = json.loads(snapshot.read_text())
-        except (OSError, ValueError):
+            doc = json.loads(storage.read_bytes(snapshot, s3))
+        except (SimganError, OSError, ValueError):
             return []
         return [r for _, r in sorted(zip(doc["checkpoint_report_indices"], doc["checkpoint_results"], strict=True),
                                      key=lambda p: p[0])]
 
+    # Its own process group: the kill takes the CLI and the local Ray it started down together.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: len(committed()) >= 2 or proc.poll() is not None, "two committed checkpoints")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert not storage.exists(storage.join(run, "export", "refiner.pt"), s3)
     newest = committed()[-1]["checkpoint_dir_name"]
-    state = tmp_path / "runs" / "cut" / newest / "state.pt"
-    state.write_bytes(state.read_bytes()[:1000])
+    state = storage.join(run, newest, "state.pt")
+    storage.write_bytes(state, storage.read_bytes(state, s3)[:1000], s3)
+
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"checkpoint {newest} is damaged (state.pt: " in done.stderr and "done: step 320" in done.stdout
-    run = str(tmp_path / "runs" / "cut")
-    metrics = [json.loads(line) for line in storage.read_bytes(storage.join(run, "metrics.jsonl")).splitlines()]
-    assert_complete(run, metrics, 320, 300)
+    assert f"checkpoint {newest} is damaged (state.pt: " in done.stderr and "resumed at step" in done.stderr
+    assert "done: step 320" in done.stdout
+    metrics = [json.loads(line) for line in storage.read_bytes(storage.join(run, "metrics.jsonl"), s3).splitlines()]
+    assert_complete(run, metrics, 320, 300, s3)
 
 
 def test_s3_outage_during_training_loses_nothing(ray_session, s3_server, digit_sets, tmp_path):
