@@ -73,7 +73,7 @@ def refine(
         return common.end_dry_run(f"refine {len(p.pending)} of {len(p.names)} shards ({p.manifest.count} images in "
                                   f"all) of {job.input} with {p.export}: {p.output.describe()}",
                                   ({"CPU": job.cpus_per_worker, "GPU": job.gpus_per_worker}, job.concurrency,
-                                  "refine --concurrency, --cpus-per-worker, --gpus-per-worker", 0),
+                                   "refine --concurrency, --cpus-per-worker, --gpus-per-worker", 0),
                                   {"--model": job.model, "--input": job.input, "--output": job.output})
     common.submit_if_cluster(lambda: JobSpec(
         ["refine", "--config", "refine.yaml"], {"refine.yaml": resolved}))
@@ -82,7 +82,7 @@ def refine(
                 f"{s.shards_skipped} already done; {s.bytes_written / 1e6:.1f} MB written in {s.seconds:.1f}s "
                 f"({s.images_per_s:.0f} images/s); {len(s.skipped_images)} corrupt images skipped"
                 + (f"; {len(s.corrupt_shards)} corrupt shard(s) skipped, first: {s.corrupt_shards[0]}"
-                if s.corrupt_shards else ""), {**dataclasses.asdict(s), "images_per_s": s.images_per_s})
+                   if s.corrupt_shards else ""), {**dataclasses.asdict(s), "images_per_s": s.images_per_s})
 
 
 @app.command()
