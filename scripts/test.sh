@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Lint and the whole test suite (CPU only; starts its own local Ray, moto S3 servers and, as root,
-# SSH "machines" on loopback): ~41 min on 2 cores (README). --quick: lint and the tests that start
-# no Ray, server or process and fetch nothing (-m "not slow and not network"), in a few minutes.
-# Other arguments go to pytest.
+# SSH "machines" on loopback) in one pytest worker per core (pytest-xdist): README says how long on
+# 2 cores, docs/install.md where the time goes.
+# --quick: lint and the tests that start no Ray, server or process and fetch nothing
+# (-m "not slow and not network"), in a few minutes. Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 if [ "${1:-}" = "--quick" ]; then
   shift
-  exec .venv/bin/python -m pytest -m "not slow and not network" "$@"
+  exec .venv/bin/python -m pytest -n auto --dist worksteal -m "not slow and not network" "$@"
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n auto --dist worksteal "$@"

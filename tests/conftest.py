@@ -9,6 +9,7 @@ Ray, so that this process and everything it starts inherit them; `leaves_no_ray_
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
@@ -30,11 +31,16 @@ def _state(path: Path) -> tuple | None:
 
 
 # Where Ray would keep its files and token without the settings below (Ray 2.60: RAY_TMPDIR, else
-# TMPDIR, else /tmp; ray._common.utils.get_default_ray_temp_dir).
-_RAY_STATE = [Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray" / "ray_current_cluster",
+# TMPDIR, else /tmp; ray._common.utils.get_default_ray_temp_dir). Found once, by the process pytest
+# started: its xdist workers inherit the settings below and must check the same places.
+os.environ.setdefault("SIMGAN_TESTS_RAY_DEFAULT_TMP",
+                      os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp")
+_RAY_STATE = [Path(os.environ["SIMGAN_TESTS_RAY_DEFAULT_TMP"]) / "ray" / "ray_current_cluster",
               Path.home() / ".ray" / "auth_token"]
 _BEFORE = {path: _state(path) for path in _RAY_STATE}
+# Each process its own (pytest's and each xdist worker's): two workers' Rays never share files.
 RAY_TMP = Path(tempfile.mkdtemp(prefix="sgray", dir="/tmp"))  # short: Ray's socket paths go under it
+atexit.register(shutil.rmtree, RAY_TMP, True)  # also where no session fixture runs (xdist's controller)
 (RAY_TMP / "auth_token").write_text(uuid.uuid4().hex + uuid.uuid4().hex)
 os.environ.update(RAY_TMPDIR=str(RAY_TMP), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TMP / "auth_token"))
 os.environ.pop("RAY_AUTH_TOKEN", None)

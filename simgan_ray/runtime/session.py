@@ -63,7 +63,11 @@ def ensure_ray(min_cpus: float = 1) -> None:
             raise SimganError(f"RAY_ADDRESS={address} names a Ray Jobs API, which a driver cannot join: submit to it "
                               "with the CLI (it uses RAY_ADDRESS so), or unset it to run on a local Ray")
         _wait_for_answer(address)
-        ray.init(**_init_options())
+        try:
+            ray.init(**_init_options())
+        except ConnectionError as e:  # something answers there, but no Ray that lets this process join
+            raise SimganError(f"RAY_ADDRESS={address}: could not join the Ray there ({first_line(e)}); is it a Ray "
+                              "of another auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH)?") from None
     else:
         start_local_ray(max(os.cpu_count() or 1, math.ceil(min_cpus) + 1))
     from simgan_ray.runtime import rayinternals  # imports Ray: at use

@@ -131,6 +131,15 @@ def test_a_bad_ray_address_is_one_line_within_seconds_and_claims_nothing(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+def test_a_ray_of_another_token_is_one_line_and_claims_nothing(ray_session, tmp_path):
+    (tmp_path / "token").write_text("0" * 64)
+    done = console("simulate", "--count", "4", "--out", str(tmp_path / "out"),
+                   env={"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+                        "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token")})
+    one_line_refusal(done, "RAY_ADDRESS=", "could not join the Ray there", "auth token")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 256 KiB tmpfs (root only, where mounting is allowed), unmounted after."""
