@@ -279,6 +279,8 @@ def run_sweep(spec: TuneSpec, base: TrainConfig, resume: bool = False) -> SweepR
 def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output, resume: bool) -> SweepResult:
     from ray import tune
 
+    from simgan_ray.sweeps.asha import ReplayedASHA  # imports Ray Tune: at use
+
     s3, out = base.data.s3, claim.uri
     _keep_spec(claim, spec, base, resume)
     probe_meta = ensure_probe(spec, base)
@@ -293,10 +295,8 @@ def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output, resume: bool) -> Sw
             synch=spec.synch,
         )
     else:
-        scheduler = tune.schedulers.ASHAScheduler(
-            time_attr="step", max_t=total, grace_period=min(spec.grace_period, total),
-            reduction_factor=spec.reduction_factor,
-        )
+        scheduler = ReplayedASHA(trials_storage, s3, time_attr="step", max_t=total,
+                                 grace_period=min(spec.grace_period, total), reduction_factor=spec.reduction_factor)
     trainable = tune.with_parameters(_trial, base=base.to_dict(), trials_storage=trials_storage,
                                      report_checkpoints=spec.scheduler == "pbt")
     # The workers hold the CPUs; Tune refuses an empty request, hence a sliver for the driver.
