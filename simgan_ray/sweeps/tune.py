@@ -36,6 +36,7 @@ from simgan_ray.runtime.session import check_resources, ensure_ray
 from simgan_ray.sets import data, shards
 from simgan_ray.storage import ownership
 from simgan_ray.storage.ownership import Output
+from simgan_ray.sweeps.asha import ReplayedASHA
 from simgan_ray.sweeps.results import SweepResult, Trial, by_val, rank, spearman, write_results
 from simgan_ray.sweeps.validate import Validation, validate_trials
 from simgan_ray.training.config import (
@@ -278,8 +279,6 @@ def run_sweep(spec: TuneSpec, base: TrainConfig, resume: bool = False) -> SweepR
 
 def _sweep(spec: TuneSpec, base: TrainConfig, claim: Output, resume: bool) -> SweepResult:
     from ray import tune
-
-    from simgan_ray.sweeps.asha import ReplayedASHA  # imports Ray Tune: at use
 
     s3, out = base.data.s3, claim.uri
     _keep_spec(claim, spec, base, resume)
