@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
+xdist=(-n auto --dist worksteal)  # one pytest worker per core
 if [ "${1:-}" = "--quick" ]; then
   shift
-  exec .venv/bin/python -m pytest -n auto --dist worksteal -m "not slow and not network" "$@"
+  exec .venv/bin/python -m pytest "${xdist[@]}" -m "not slow and not network" "$@"
 fi
-exec .venv/bin/python -m pytest -n auto --dist worksteal "$@"
+exec .venv/bin/python -m pytest "${xdist[@]}" "$@"

@@ -90,5 +90,6 @@ def test_train_refine_evaluate_from_python(ray_session, digit_sets, labelled_rea
         real_pool=digit_sets["real"], out=str(tmp_path / "eval"), refiner=run.run_uri,
         seeds=1, train_images=64, test_images=50, epochs=1, batch_size=32))
     assert isinstance(report, sg.EvalReport) and report.reported_on == sg.ReportedOn(kind="val", final=False)
+    assert (tmp_path / "eval" / "curves.png").read_bytes()[:4] == b"\x89PNG"  # the run's curves, beside the report
     with pytest.raises(sg.SimganError, match="already holds a simgan-ray training run"):
         sg.fit(cfg)

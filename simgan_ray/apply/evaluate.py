@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 
-from simgan_ray import storage
 from simgan_ray.apply.report import EvalReport, ReportedOn, Spread, markdown, reduction
 from simgan_ray.common.errors import SimganError
 from simgan_ray.measures import viz
@@ -39,6 +38,7 @@ from simgan_ray.measures.classifier import (
     two_sample_accuracy,
 )
 from simgan_ray.model.export import load_export, refine_images, resolve_export
+from simgan_ray.runtime.progress import read_reports
 from simgan_ray.runtime.session import ensure_ray, gather
 from simgan_ray.sets import shards
 from simgan_ray.sets.data import head_columns, load_set
@@ -253,8 +253,6 @@ def _write_report(cfg: EvalConfig, out: Output, report: EvalReport, syn_x: np.nd
     files = {"report.json": report.to_json().encode(), "report.md": markdown(report).encode(),
              "samples.png": viz.image_grid(rows), "errors.png": viz.plot_errors(report.test_error, unit, scale)}
     if cfg.refiner is not None:  # a training run's curves, when the refiner came from one
-        metrics_uri = storage.join(cfg.refiner, "metrics.jsonl")
-        if storage.exists(metrics_uri, s3):
-            metrics = [json.loads(line) for line in storage.read_bytes(metrics_uri, s3).splitlines()]
+        if metrics := read_reports(cfg.refiner, s3):
             files["curves.png"] = viz.plot_curves(metrics)
     out.write(files)

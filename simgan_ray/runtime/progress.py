@@ -60,6 +60,15 @@ def report_line(m: dict, total: int, elapsed: float, per_step: float | None) -> 
     return f"{done} {m['phase']} | {_clock(elapsed)} elapsed, {eta} | {speed} | {numbers}"
 
 
+def read_reports(run_uri: str, s3) -> list[dict]:
+    """A training run's reports so far, oldest first, from its live record `<run>/metrics.jsonl`
+    (training.tracking writes it whole at every report); [] before the first."""
+    log = storage.join(run_uri, "metrics.jsonl")
+    if not storage.exists(log, s3):
+        return []
+    return [json.loads(line) for line in storage.read_bytes(log, s3).decode().splitlines() if line]
+
+
 class ReportFollower:
     """Prints a training run's reports to stderr as they land in its live record (`<run>/metrics.jsonl`,
     local or object storage, read every `every_s` seconds in a thread while the run goes): one
@@ -67,7 +76,7 @@ class ReportFollower:
     earlier reports are not printed again), and a note when the collapse guard rolls the run back."""
 
     def __init__(self, run_uri: str, total: int, s3, every_s: float = 2.0) -> None:
-        self.uri, self.total, self.s3, self.every_s = storage.join(run_uri, "metrics.jsonl"), total, s3, every_s
+        self.run_uri, self.total, self.s3, self.every_s = run_uri, total, s3, every_s
         self.start = time.monotonic()
         self.last_step: int | None = None
         self.first: tuple[int, float] | None = None  # (step, time) of this attempt's first report
@@ -87,9 +96,7 @@ class ReportFollower:
 
     def _read(self) -> list[dict]:
         try:
-            if not storage.exists(self.uri, self.s3):
-                return []
-            return [json.loads(line) for line in storage.read_bytes(self.uri, self.s3).decode().splitlines() if line]
+            return read_reports(self.run_uri, self.s3)
         except (OSError, ValueError, SimganError):  # caught mid-write or storage blinked: the next poll reads it
             return []
 

@@ -8,11 +8,10 @@ the rungs, so a resumed sweep stops the trials an uninterrupted one would have s
 
 from __future__ import annotations
 
-import json
-
 from ray.tune.schedulers import AsyncHyperBandScheduler
 
 from simgan_ray import storage
+from simgan_ray.runtime.progress import read_reports
 from simgan_ray.storage import S3Options
 
 
@@ -26,11 +25,5 @@ class ReplayedASHA(AsyncHyperBandScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        for report in self.reports(trial.trial_id):  # none for a new trial
+        for report in read_reports(storage.join(self.trials_storage, trial.trial_id), self.s3):  # none for a new trial
             self.on_trial_result(tune_controller, trial, report)  # records each rung's first score; no action taken
-
-    def reports(self, trial_id: str) -> list[dict]:
-        log = storage.join(self.trials_storage, trial_id, "metrics.jsonl")
-        if not storage.exists(log, self.s3):
-            return []
-        return [json.loads(line) for line in storage.read_bytes(log, self.s3).decode().splitlines() if line.strip()]
