@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -101,6 +102,24 @@ def autoscaler_running() -> bool:
     from ray.experimental.internal_kv import _internal_kv_get
 
     return bool(is_autoscaler_v2(fetch_from_server=True) or _internal_kv_get("__autoscaling_status"))
+
+
+# Ray Train V2 settings its driver passes on to the controller and the workers (ENV_VARS_TO_PROPAGATE
+# in ray/train/v2/_internal/constants.py), read from the driver's environment when a run starts.
+TRAIN_DRIVER_ENV = {
+    # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # A worker's report waits in a queue of one until the controller polls the workers, every
+    # 2 s by default: a run reporting more often than that stalls its step at every report.
+    # Polled every 0.25 s, a report holds the step for at most that long.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+}
+
+
+def set_train_driver_env() -> None:
+    """TRAIN_DRIVER_ENV in this (the driver's) process, where the user has not set them."""
+    for name, value in TRAIN_DRIVER_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def quiet_train_reports() -> None:

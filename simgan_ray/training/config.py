@@ -201,7 +201,8 @@ class RunConfig(Section):
     cpus_per_worker: PositiveFloat = 1.0
     """CPUs reserved per worker (also its torch threads on a CPU)"""
     report_every: int = Field(10, ge=1)
-    """steps between metric reports"""
+    """steps between metric reports (each holds the step until Ray Train's controller takes it: up to
+    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 0.25 s unless set)"""
     checkpoint_every: int = Field(100, ge=1)
     """steps between checkpoints (and always at the last step)"""
     keep_checkpoints: int = Field(3, ge=1)

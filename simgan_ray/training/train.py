@@ -243,8 +243,7 @@ def fit(cfg: TrainConfig, resume: bool | Literal["auto"] = False, callbacks: lis
     ray.train.Checkpoint of another run, e.g. the one PBT clones) starts this new run from that state.
     `allow_changes`: resume with fields changed beyond SAFE_TO_CHANGE."""
     checked = preflight(cfg, resume, allow_changes)
-    # Workers' print() goes straight to the driver's console instead of twice via Train's logger.
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    rayinternals.set_train_driver_env()
     ensure_ray(cfg.run.num_workers * cfg.run.cpus_per_worker)  # before the claim: nothing written if Ray fails
     check_resources(worker_resources(cfg), cfg.run.num_workers, RESOURCE_FIELDS, spare_cpus=DATA_CPUS)
     with ownership.claimed(checked.run_uri, "train", cfg.data.s3, **checked.claim) as out:

@@ -59,6 +59,16 @@ def test_failure_signal_handler_switch_is_where_the_driver_reads_it():
         "disable_failure_signal_handler: the core worker no longer reads it"
 
 
+def test_the_train_driver_env_is_what_train_passes_on_and_reads():
+    from ray.train.v2._internal import constants
+
+    from simgan_ray.runtime.rayinternals import TRAIN_DRIVER_ENV
+
+    assert set(TRAIN_DRIVER_ENV) <= constants.ENV_VARS_TO_PROPAGATE, "TRAIN_DRIVER_ENV: no longer passed on"
+    assert constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR == "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    assert constants.ENABLE_PRINT_PATCH_ENV_VAR == "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
+
 def test_autoscaler_records_are_where_autoscaler_running_looks():
     import ray._private.ray_constants as ray_constants
     from ray.autoscaler.v2.utils import is_autoscaler_v2

@@ -36,33 +36,13 @@ def write_spec(tmp_path, digit_sets, labelled_real_sets, run=None, **extra) -> s
     return str(tmp_path / "tune.yaml")
 
 
-def test_two_trial_sweep_ranks_by_the_probe(ray_session, digit_sets, labelled_real_sets, tmp_path):
-    spec, base = load_spec(write_spec(tmp_path, digit_sets, labelled_real_sets))
-    assert base.refiner.features == TINY["refiner.features"]
-    summary = run_sweep(spec, base)
-    out = tmp_path / "runs" / "sweep"
-    rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 2 and rows[0]["status"] == "ok"
-    # ASHA may prune the second trial at its first rung (step 4 of 8); finished trials rank first.
-    assert all(r["status"] == "ok" or r["status"] == "stopped by ASHA at step 4" for r in rows), rows
-    fds = [float(r["probe_fd"]) for r in rows if r["status"] == "ok"]
-    assert fds == sorted(fds)
-    assert summary.best.trial == rows[0]["trial"] and len(summary.trials) == 2
-    assert "| trial |" in (out / "results.md").read_text()
-    best = load_config(out / "best.yaml")
-    assert best.loss.lam == pytest.approx(float(rows[0]["loss.lam"]))
-    refiner, meta = load_export(str(out / "best" / "export"))
-    assert meta["step"] == 8
-    with pytest.raises(SimganError, match="already holds a simgan-ray sweep: continue it with --resume, or pick "
-                                          "another name"):
-        run_sweep(spec, base)
-
-
 @pytest.mark.slow  # the console script, its own local Ray
-def test_a_sweep_stopped_part_way_continues_with_resume(digit_sets, labelled_real_sets, tmp_path):
+def test_a_sweep_stopped_part_way_continues_with_resume_and_ranks_by_the_probe(digit_sets, labelled_real_sets,
+                                                                               tmp_path):
     # Two trials of 20 steps, one at a time; ASHA prunes nothing (its first rung is the last step).
     path = write_spec(tmp_path, digit_sets, labelled_real_sets, grace_period=20, max_concurrent_trials=1,
                       run={"num_workers": 1, "report_every": 2, "checkpoint_every": 4})
+    assert load_spec(path)[1].refiner.features == TINY["refiner.features"]
     base = yaml.safe_load((tmp_path / "base.yaml").read_text())
     base["schedule"]["steps"] = 16
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
@@ -86,6 +66,14 @@ def test_a_sweep_stopped_part_way_continues_with_resume(digit_sets, labelled_rea
     for row in rows:
         steps = [m["step"] for m in map(json.loads, open(out / "trials" / row["run"] / "metrics.jsonl"))]
         assert steps == list(range(2, 21, 2)), steps
+    # Ranked by the probe: the best trial's config and export beside the table.
+    fds = [float(r["probe_fd"]) for r in rows]
+    assert fds == sorted(fds) and "| trial |" in (out / "results.md").read_text()
+    assert load_config(out / "best.yaml").loss.lam == pytest.approx(float(rows[0]["loss.lam"]))
+    assert load_export(str(out / "best" / "export"))[1]["step"] == 20
+    twice = subprocess.run([str(BIN), "tune", "--config", path], capture_output=True, text=True, timeout=120)
+    assert twice.returncode == 2 and ("already holds a simgan-ray sweep: continue it with --resume, or pick another "
+                                      "name") in twice.stderr, twice.stderr
     fresh = subprocess.run([str(BIN), "tune", "--config", path, "--resume", "--name", "never-run"],
                            capture_output=True, text=True, timeout=120)
     assert fresh.returncode == 2 and "no simgan-ray sweep to continue there" in fresh.stderr

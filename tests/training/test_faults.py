@@ -47,11 +47,11 @@ def checkpoint_dirs(run_uri: str, s3: S3Options = S3Options()) -> list[str]:
     return sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint_2"))
 
 
-def wait_for(condition, what: str, timeout: float = 300) -> None:
+def wait_for(condition, what: str, timeout: float = 300, every: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+        time.sleep(every)
 
 
 def assert_complete(run_uri: str, metrics: list[dict], total: int, steps: int, s3: S3Options = S3Options()) -> None:
@@ -69,7 +69,7 @@ def assert_complete(run_uri: str, metrics: list[dict], total: int, steps: int, s
 
 
 def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets, tmp_path):
-    cfg = load_config(None, settings(digit_sets, str(tmp_path), "kill", 300, **{"run.max_failures": 1}))
+    cfg = load_config(None, settings(digit_sets, str(tmp_path), "kill", 100, **{"run.max_failures": 1}))
     run = tmp_path / "kill"
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=fit(cfg)))
@@ -82,10 +82,10 @@ def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets,
     os.kill(victim, signal.SIGKILL)  # rank 1's Ray Train worker process, mid-run
     thread.join(timeout=600)
     result = outcome["result"]
-    assert result.step == 320
+    assert result.step == 120
     # Train restarted the worker group from the last checkpoint: rank 1 is a new process.
     assert json.loads((run / "workers.json").read_text())[1]["pid"] != victim
-    assert_complete(str(run), result.metrics, 320, 300)
+    assert_complete(str(run), result.metrics, 120, 100)
 
 
 @pytest.mark.slow
@@ -95,7 +95,7 @@ def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_se
     on from the newest intact one, saying so, to the same end, every report once."""
     s3 = S3Options(endpoint_url=s3_server.endpoint)
     root = s3_server.make_bucket("simgan-resume-s3") + "/runs"
-    overrides = settings(digit_sets, root, "driver", 300, **{"data.s3.endpoint_url": s3_server.endpoint})
+    overrides = settings(digit_sets, root, "driver", 100, **{"data.s3.endpoint_url": s3_server.endpoint})
     args = [str(BIN), "train", *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
     run = storage.join(root, "driver")
     snapshot = storage.join(run, TRAIN_SNAPSHOT)
@@ -110,7 +110,7 @@ def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_se
 
     # Its own process group: the kill takes the CLI and the local Ray it started down together.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: len(committed()) >= 2 or proc.poll() is not None, "two committed checkpoints")
+    wait_for(lambda: len(committed()) >= 2 or proc.poll() is not None, "two committed checkpoints", every=0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not storage.exists(storage.join(run, "export", "refiner.pt"), s3)
@@ -121,9 +121,9 @@ def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_se
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"checkpoint {newest} is damaged (state.pt: " in done.stderr and "resumed at step" in done.stderr
-    assert "done: step 320" in done.stdout
+    assert "done: step 120" in done.stdout
     metrics = [json.loads(line) for line in storage.read_bytes(storage.join(run, "metrics.jsonl"), s3).splitlines()]
-    assert_complete(run, metrics, 320, 300, s3)
+    assert_complete(run, metrics, 120, 100, s3)
 
 
 def test_s3_outage_during_training_loses_nothing(ray_session, s3_server, digit_sets, tmp_path):
@@ -138,7 +138,7 @@ def test_s3_outage_during_training_loses_nothing(ray_session, s3_server, digit_s
             for f in Path(digit_sets[name]).iterdir():
                 storage.write_bytes(f"{bucket}/{name}/{f.name}", f.read_bytes(), direct)
         data = {"synthetic": f"{bucket}/synthetic", "real": f"{bucket}/real"}
-        cfg = load_config(None, settings(data, f"{bucket}/runs", "outage", 200,
+        cfg = load_config(None, settings(data, f"{bucket}/runs", "outage", 80,
                                          **{"data.s3.endpoint_url": proxy.endpoint, "data.s3.retries": 10}))
         run = f"{bucket}/runs/outage"
         outcome: dict = {}
@@ -151,13 +151,13 @@ def test_s3_outage_during_training_loses_nothing(ray_session, s3_server, digit_s
 
         thread = threading.Thread(target=train)
         thread.start()
-        wait_for(lambda: checkpoint_dirs(run, direct), "a first checkpoint")
+        wait_for(lambda: checkpoint_dirs(run, direct), "a first checkpoint", every=0.1)
         proxy.cut()
         time.sleep(4)
         proxy.restore()
         thread.join(timeout=600)
         assert "error" not in outcome, f"the outage stopped the run: {outcome.get('error')}"
-        assert_complete(run, outcome["result"].metrics, 220, 200, direct)
+        assert_complete(run, outcome["result"].metrics, 100, 80, direct)
     finally:
         proxy.stop()
 
