@@ -271,6 +271,15 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def joined_ray(ray_session) -> dict[str, str]:
+    """The environment in which a console command joins the session's Ray (RAY_ADDRESS) instead of
+    starting its own, for tests that are not about the Ray a command starts: a local Ray's start
+    costs ~15 s of CPU, most of what a small command costs. Not for `train` or `tune`: Ray Train
+    frees a stopped run's CPUs through the API-server address only the session's own driver hands on."""
+    return {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on a free loopback port for the whole session; stopped by PID."""
     server = MotoServer()

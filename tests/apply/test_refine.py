@@ -97,9 +97,9 @@ def test_refine_writes_raw_shards_and_a_raw_input_stays_raw(setup):
     assert again.rows_out == 300 and shards.read_manifest(f"{bucket}/twice", s3).encoding == "raw"
 
 
-def test_interrupted_job_resumes_to_the_same_output(setup):
-    """Kill the CLI job (and its local Ray) after some shards are committed; rerun; compare with an
-    uninterrupted run, row by row and image hash by image hash."""
+def test_interrupted_job_resumes_to_the_same_output(setup, joined_ray):
+    """Kill the CLI job (and its local Ray) after some shards are committed; rerun (on the session's
+    Ray); compare with an uninterrupted run, row by row and image hash by image hash."""
     s3, bucket = setup["s3"], setup["bucket"]
     reference = refine(RefineJob(model=setup["model"], input=f"{bucket}/synthetic", output=f"{bucket}/ref2",
                                  batch_size=32, s3=s3))
@@ -119,13 +119,13 @@ def test_interrupted_job_resumes_to_the_same_output(setup):
         done = len(info)
         if done >= 2 or proc.poll() is not None:
             break
-        time.sleep(0.02)
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 2 <= done < 30, done  # killed part-way
     assert not storage.exists(f"{bucket}/interrupted/manifest.json", s3)
 
-    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, **joined_ray})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "already done" in out.stdout  # the result, on stdout
     assert read_set(f"{bucket}/interrupted", s3) == read_set(f"{bucket}/ref2", s3)

@@ -1,5 +1,4 @@
 import json
-import subprocess
 
 import numpy as np
 import pytest
@@ -7,7 +6,7 @@ import pytest
 from simgan_ray.common.errors import SimganError
 from simgan_ray.sets import shards, simulate
 from simgan_ray.sets.data import head_images
-from tests.conftest import BIN
+from tests.conftest import console
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +57,13 @@ def test_simulate_on_ray_writes_shards_and_manifest(ray_session, tmp_path, fonts
     assert ids[0] == "syn-5-000000000"
 
 
-@pytest.mark.slow  # the console script, a local Ray
-def test_simulate_and_ingest_write_raw_shards_of_the_same_pixels(tmp_path, fonts):
+@pytest.mark.slow  # the console script, the session's Ray
+def test_simulate_and_ingest_write_raw_shards_of_the_same_pixels(tmp_path, fonts, joined_ray):
     sizes = {}
     for encoding in ("png", "raw"):
         out = tmp_path / f"syn-{encoding}"
-        run = subprocess.run([str(BIN), "simulate", "--out", str(out), "--count", "300", "--shard-size", "100",
-                              "--encoding", encoding, "--json"], capture_output=True, text=True, timeout=300)
+        run = console("simulate", "--out", str(out), "--count", "300", "--shard-size", "100", "--encoding", encoding,
+                      "--json", env=joined_ray)
         assert run.returncode == 0, run.stderr
         manifest = shards.read_manifest(str(out))
         assert manifest.encoding == encoding
@@ -78,8 +77,8 @@ def test_simulate_and_ingest_write_raw_shards_of_the_same_pixels(tmp_path, fonts
     files.mkdir()
     for i, image in enumerate(expected[:12]):
         (files / f"{i:02d}.png").write_bytes(shards.encode_png(image))
-    run = subprocess.run([str(BIN), "ingest", "--src", str(files), "--out", str(tmp_path / "ingested"),
-                          "--encoding", "raw"], capture_output=True, text=True, timeout=300)
+    run = console("ingest", "--src", str(files), "--out", str(tmp_path / "ingested"), "--encoding", "raw",
+                  env=joined_ray)
     assert run.returncode == 0, run.stderr
     manifest = shards.read_manifest(str(tmp_path / "ingested"))
     _, images, _ = head_images(str(tmp_path / "ingested"), manifest, 12)

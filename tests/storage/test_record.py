@@ -64,13 +64,13 @@ def test_overwrite_deletes_exactly_the_recorded_files(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_console_overwrites_its_own_output_only(tmp_path, s3_server):
+def test_the_console_overwrites_its_own_output_only(tmp_path, s3_server, joined_ray):
     """`simulate --overwrite` over its own output, on a local folder and on the moto bucket: a user's
     file there stops it; once moved away, the old shards go and the new set is all that remains."""
     s3 = storage.S3Options(endpoint_url=s3_server.endpoint)
     bucket = s3_server.make_bucket("simgan-record")
     for root, options in ((str(tmp_path / "syn"), storage.S3Options()), (f"{bucket}/syn", s3)):
-        done = console("simulate", "--count", "20", "--shard-size", "10", "--out", root, s3=options)
+        done = console("simulate", "--count", "20", "--shard-size", "10", "--out", root, s3=options, env=joined_ray)
         assert done.returncode == 0, done.stderr[-2000:]
         one_line_refusal(console("simulate", "--count", "10", "--out", root, s3=options),
                          "already holds the output of an earlier `simgan-ray simulate`: pass --overwrite")
@@ -80,7 +80,8 @@ def test_the_console_overwrites_its_own_output_only(tmp_path, s3_server):
                          "holds holiday.png, which its record does not list: nothing was deleted")
         assert snapshot(root, options) == before
         storage.delete_file(storage.join(root, "holiday.png"), options)
-        done = console("simulate", "--count", "10", "--shard-size", "10", "--out", root, "--overwrite", s3=options)
+        done = console("simulate", "--count", "10", "--shard-size", "10", "--out", root, "--overwrite", s3=options,
+                       env=joined_ray)
         assert done.returncode == 0, done.stderr[-2000:]
         files = sorted(rel for rel in snapshot(root, options) if not rel.startswith(".simgan-ray"))
         assert files == ["manifest.json", "shard-00000.parquet"]

@@ -153,13 +153,14 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_is_one_line_and_the_same_command_continues_after(small_disk):
+def test_a_full_disk_is_one_line_and_the_same_command_continues_after(small_disk, joined_ray):
     out = small_disk / "out"
-    line = one_line_refusal(console("simulate", "--count", "2000", "--out", str(out)), "No space left on device")
+    line = one_line_refusal(console("simulate", "--count", "2000", "--out", str(out), env=joined_ray),
+                            "No space left on device")
     assert "shard-00000.parquet: cannot write" in line
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no partial file left
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
     # Its claim stopped before its first file: the same command continues there, no --overwrite needed.
-    done = console("simulate", "--count", "2000", "--out", str(out))
+    done = console("simulate", "--count", "2000", "--out", str(out), env=joined_ray)
     assert done.returncode == 0, done.stderr
     assert shards.read_manifest(str(out)).count == 2000

@@ -383,9 +383,10 @@ def test_the_interrupt_line_comes_after_the_workers_open_progress_bars(monkeypat
 
 
 @pytest.mark.slow
-def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit_sets, model, tmp_path):
+def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit_sets, model, tmp_path, joined_ray):
     """The real console script, stopped part-way: one last line, exit 143 / 130; then the rerun
-    finishes the refine, and the same train command line (--auto-resume) continues the run."""
+    finishes the refine (on the session's Ray), and the same train command line (--auto-resume)
+    continues the run."""
     big = tmp_path / "big"
     noise = np.random.default_rng(0).integers(0, 255, (1000, 1, 28, 28), np.uint8)
     write_set(big, "synthetic", noise, [None] * 1000, 25)
@@ -400,7 +401,7 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
     assert err.strip().splitlines()[-1] == ("interrupted (SIGTERM): run the same command again to finish: "
                                              "finished shards are kept")
     assert len(list((tmp_path / "out" / "_done").glob("*.json"))) < 40
-    again = subprocess.run(refine_args, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(refine_args, capture_output=True, text=True, timeout=300, env={**os.environ, **joined_ray})
     assert again.returncode == 0 and "already done" in again.stdout
 
     # One command line for the first attempt and the retry (a RayJob's pod restarted, a spot node lost).
