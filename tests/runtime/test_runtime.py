@@ -32,3 +32,13 @@ def test_local_ray_serves_its_http_apis_on_loopback_only_and_wants_the_token(ray
     with pytest.raises(urllib.error.HTTPError) as refused:  # no token sent
         urllib.request.urlopen(f"{url}/api/jobs/", timeout=10)
     assert refused.value.code == 401
+
+
+def test_a_dry_run_counts_the_gpus_as_ray_would(monkeypatch):
+    from simgan_ray.runtime.session import _local_gpus
+
+    for visible, count in (("0,1", 2), ("3", 1), ("", 0), ("NoDevFiles", 0)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert _local_gpus() == count, visible
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert _local_gpus() == len([p for p in Path("/dev").glob("nvidia*") if p.name[6:].isdigit()])
