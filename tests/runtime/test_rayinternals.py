@@ -2,6 +2,7 @@
 an upgrade moves one, the test names the use that broke."""
 
 import inspect
+import os
 from pathlib import Path
 
 import yaml
@@ -67,6 +68,17 @@ def test_the_train_driver_env_is_what_train_passes_on_and_reads():
     assert set(TRAIN_DRIVER_ENV) <= constants.ENV_VARS_TO_PROPAGATE, "TRAIN_DRIVER_ENV: no longer passed on"
     assert constants.HEALTH_CHECK_INTERVAL_S_ENV_VAR == "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
     assert constants.ENABLE_PRINT_PATCH_ENV_VAR == "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
+
+def test_the_train_driver_env_keeps_what_the_user_set(monkeypatch):
+    from simgan_ray.runtime.rayinternals import TRAIN_DRIVER_ENV, set_train_driver_env
+
+    for name in TRAIN_DRIVER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "1.5")
+    set_train_driver_env()
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
+    assert os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
 
 
 def test_autoscaler_records_are_where_autoscaler_running_looks():
