@@ -51,6 +51,7 @@ from PIL import Image  # noqa: E402
 
 from simgan_ray import storage  # noqa: E402
 from simgan_ray.sets import shards, simulate  # noqa: E402
+from tests import forkedcli  # noqa: E402
 from tests.s3server import MotoServer, use_fake_credentials  # noqa: E402
 
 use_fake_credentials()  # before the session's Ray starts, so its workers inherit them
@@ -112,12 +113,12 @@ BIN = Path(sys.executable).with_name("simgan-ray")  # the installed console scri
 
 
 def console(*args: str, cwd=None, s3: storage.S3Options | None = None, timeout: float = 300, env=None):
-    """`simgan-ray ARGS` as a user runs it: the installed console script in a subprocess (`env`:
-    variables set for it on top of this process's)."""
+    """`simgan-ray ARGS` as a user runs it: the installed console script in a process of its own
+    (forked from one that has imported the package: tests/forkedcli.py says why and what differs;
+    `env`: variables set for it on top of this process's)."""
     if s3 is not None and s3.endpoint_url:
         args = (*args, "--s3-endpoint", s3.endpoint_url)
-    return subprocess.run([str(BIN), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return forkedcli.run(str(BIN), list(args), env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
 
 
 def one_line_refusal(done, *needles: str) -> str:
@@ -220,8 +221,6 @@ def quick_tier_starts_nothing(request, monkeypatch):
     if not _quick(request.config):
         yield
         return
-    import subprocess
-
     import ray
 
     def refuse(what: str):
@@ -231,6 +230,7 @@ def quick_tier_starts_nothing(request, monkeypatch):
 
     monkeypatch.setattr(ray, "init", refuse("Ray"))
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse("a subprocess"))
+    monkeypatch.setattr(forkedcli, "run", refuse("a console command"))
     yield
 
 
@@ -274,8 +274,7 @@ def ray_session():
 def joined_ray(ray_session) -> dict[str, str]:
     """The environment in which a console command joins the session's Ray (RAY_ADDRESS) instead of
     starting its own, for tests that are not about the Ray a command starts: a local Ray's start
-    costs ~15 s of CPU, most of what a small command costs. Not for `train` or `tune`: Ray Train
-    frees a stopped run's CPUs through the API-server address only the session's own driver hands on."""
+    costs ~15 s of CPU, most of what a small command costs."""
     return {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
 
 

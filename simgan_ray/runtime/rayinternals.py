@@ -104,6 +104,37 @@ def autoscaler_running() -> bool:
     return bool(is_autoscaler_v2(fetch_from_server=True) or _internal_kv_get("__autoscaling_status"))
 
 
+API_SERVER_VAR = "RAY_API_SERVER_ADDRESS"  # where Ray's State API client looks first (ray/dashboard/utils.py)
+
+
+def api_server_env(address: str) -> dict[str, str]:
+    """For a driver joining the Ray whose GCS is at `address` (host:port or "auto", as RAY_ADDRESS
+    names it): the variable that tells this job's workers where that Ray's API server (dashboard)
+    is. Ray Train's placement-group cleaner, a worker of the job, asks the State API whether a run's
+    controller still lives; without the variable it finds the API server by scanning the machine for
+    Ray processes, which fails where more than one Ray runs (two users' local Rays, a test session's
+    beside loopback cluster nodes) and leaves a stopped run's CPUs reserved. The GCS keeps the
+    dashboard's address in its KV store (ray/dashboard/utils.py, ray_address_to_api_server_url, which
+    retries for 40 s where none runs): read once; a Ray without dashboard has none to hand on. Ray
+    Client addresses (ray://) are left to Ray: such a driver runs beside the head. A value that a
+    submitted job's runtime env sets reaches its workers already (Ray refuses to set it twice)."""
+    from ray._private import ray_constants, services
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+    from ray._raylet import InnerGcsClient
+    from ray.exceptions import RpcError
+
+    if address.startswith("ray://"):
+        return {}
+    if given := os.environ.get(API_SERVER_VAR):
+        return {} if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ else {API_SERVER_VAR: given}
+    try:  # the public GcsClient waits 40 s for an address that is no GCS; ray.init says what is wrong there
+        gcs = InnerGcsClient.standalone(services.canonicalize_bootstrap_address_or_die(address), None, 5000)
+        url = gcs.internal_kv_get(ray_constants.DASHBOARD_ADDRESS.encode(), ray_constants.KV_NAMESPACE_DASHBOARD, 5)
+    except RpcError:
+        return {}
+    return {API_SERVER_VAR: f"http://{url.decode()}"} if url else {}
+
+
 # Ray Train V2 settings its driver passes on to the controller and the workers (ENV_VARS_TO_PROPAGATE
 # in ray/train/v2/_internal/constants.py), read from the driver's environment when a run starts.
 TRAIN_DRIVER_ENV = {

@@ -56,6 +56,8 @@ def ensure_ray(min_cpus: float = 1) -> None:
     the entrypoint of (RAY_ADDRESS, set by the Jobs API), or start a local one."""
     import ray
 
+    from simgan_ray.runtime import rayinternals  # imports Ray: at use
+
     if ray.is_initialized():
         return
     if address := os.environ.get("RAY_ADDRESS"):
@@ -65,14 +67,13 @@ def ensure_ray(min_cpus: float = 1) -> None:
                               "with the CLI (it uses RAY_ADDRESS so), or unset it to run on a local Ray")
         _wait_for_answer(address)
         try:
-            ray.init(**_init_options())
+            # Its workers are told the API server of this Ray, not whichever they would find on the machine.
+            ray.init(**_init_options(), runtime_env={"env_vars": rayinternals.api_server_env(address)})
         except ConnectionError as e:  # something answers there, but no Ray that lets this process join
             raise SimganError(f"RAY_ADDRESS={address}: could not join the Ray there ({first_line(e)}); is it a Ray "
                               "of another auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH)?") from None
     else:
         start_local_ray(max(os.cpu_count() or 1, math.ceil(min_cpus) + 1))
-    from simgan_ray.runtime import rayinternals  # imports Ray: at use
-
     rayinternals.show_data_progress(_verbose)
     # ray.init installs SIGTERM handlers that exit with SystemExit(1) (a local head node: after
     # killing its processes) or SystemExit(SIGTERM), which tell a stop from a failure only by a number.
@@ -125,7 +126,7 @@ def start_local_ray(num_cpus: int) -> None:
     fails when another Ray runs on the machine, so its address is handed to every worker."""
     import ray
 
-    from simgan_ray.runtime.rayinternals import disable_failure_signal_handler  # imports Ray: at use
+    from simgan_ray.runtime.rayinternals import API_SERVER_VAR, disable_failure_signal_handler  # imports Ray: at use
 
     global _started_here
 
@@ -134,7 +135,7 @@ def start_local_ray(num_cpus: int) -> None:
     _started_here = True
     # address="local": always a new Ray; without it, ray.init joins any Ray already started on the machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, **_init_options(),
-             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+             runtime_env={"env_vars": {API_SERVER_VAR: f"http://127.0.0.1:{port}"}})
 
 
 def _bundles(nodes: list[dict], per_worker: dict[str, float]) -> int:

@@ -91,6 +91,22 @@ def test_autoscaler_records_are_where_autoscaler_running_looks():
     assert callable(_internal_kv_get)
 
 
+def test_a_joining_driver_hands_on_the_api_server_of_the_ray_it_joins(ray_session, monkeypatch):
+    """The dashboard address the session's Ray recorded in its GCS, where Ray's State API client
+    (Train's placement-group cleaner) reads the variable; a value the user set is handed on as it is."""
+    from ray.dashboard.utils import get_address_for_submission_client
+
+    monkeypatch.delenv(rayinternals.API_SERVER_VAR, raising=False)
+    gcs = ray_session.get_runtime_context().gcs_address
+    url = rayinternals.api_server_env(gcs)[rayinternals.API_SERVER_VAR]
+    assert url == f"http://{ray_session._private.worker.get_dashboard_url()}"
+    monkeypatch.setenv(rayinternals.API_SERVER_VAR, url)
+    assert get_address_for_submission_client(None) == url, "api_server_env: the variable the State API reads"
+    monkeypatch.setenv(rayinternals.API_SERVER_VAR, "http://127.0.0.1:1")
+    assert rayinternals.api_server_env(gcs) == {rayinternals.API_SERVER_VAR: "http://127.0.0.1:1"}
+    assert rayinternals.api_server_env("ray://127.0.0.1:10001") == {}
+
+
 def test_train_report_logger_is_named_by_its_file():
     from ray.train.v2._internal.execution import context
 

@@ -385,8 +385,8 @@ def test_the_interrupt_line_comes_after_the_workers_open_progress_bars(monkeypat
 @pytest.mark.slow
 def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit_sets, model, tmp_path, joined_ray):
     """The real console script, stopped part-way: one last line, exit 143 / 130; then the rerun
-    finishes the refine (on the session's Ray), and the same train command line (--auto-resume)
-    continues the run."""
+    finishes the refine, and the same train command line (--auto-resume) continues the run (both
+    reruns on the session's Ray)."""
     big = tmp_path / "big"
     noise = np.random.default_rng(0).integers(0, 255, (1000, 1, 28, 28), np.uint8)
     write_set(big, "synthetic", noise, [None] * 1000, 25)
@@ -421,7 +421,7 @@ def test_sigterm_during_refine_and_sigint_during_train_say_how_to_continue(digit
     # Stopped before its end: nothing the driver writes after training (the live metrics.jsonl is there).
     assert not (tmp_path / "runs" / "r" / "curves.png").exists()
     assert (tmp_path / "runs" / "r" / "metrics.jsonl").exists()
-    again = subprocess.run(train_args, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(train_args, capture_output=True, text=True, timeout=300, env={**os.environ, **joined_ray})
     assert again.returncode == 0 and "resumed at step" in again.stdout + again.stderr, again.stderr[-2000:]
     assert "done: step 100" in again.stdout
     steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 import signal
 import subprocess
 import time
@@ -12,7 +13,7 @@ from simgan_ray.model.export import load_export
 from simgan_ray.sweeps.results import Trial, rank, spearman
 from simgan_ray.sweeps.tune import load_spec, run_sweep
 from simgan_ray.training.config import load_config
-from tests.conftest import BIN, TINY
+from tests.conftest import BIN, TINY, console
 
 
 def write_spec(tmp_path, digit_sets, labelled_real_sets, run=None, **extra) -> str:
@@ -36,9 +37,9 @@ def write_spec(tmp_path, digit_sets, labelled_real_sets, run=None, **extra) -> s
     return str(tmp_path / "tune.yaml")
 
 
-@pytest.mark.slow  # the console script, its own local Ray
+@pytest.mark.slow  # the console script: its own local Ray, then the session's
 def test_a_sweep_stopped_part_way_continues_with_resume_and_ranks_by_the_probe(digit_sets, labelled_real_sets,
-                                                                               tmp_path):
+                                                                               tmp_path, joined_ray):
     # Two trials of 20 steps, one at a time; ASHA prunes nothing (its first rung is the last step).
     path = write_spec(tmp_path, digit_sets, labelled_real_sets, grace_period=20, max_concurrent_trials=1,
                       run={"num_workers": 1, "report_every": 2, "checkpoint_every": 4})
@@ -58,7 +59,7 @@ def test_a_sweep_stopped_part_way_continues_with_resume_and_ranks_by_the_probe(d
     assert sweep.returncode == 128 + signal.SIGTERM and "run the same command with --resume" in err, err
     assert not (out / "results.csv").exists()
     again = subprocess.run([str(BIN), "tune", "--config", path, "--resume"], capture_output=True, text=True,
-                           timeout=600)
+                           timeout=600, env={**os.environ, **joined_ray})  # on the session's Ray
     assert again.returncode == 0, again.stderr
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["status"] for r in rows] == ["ok", "ok"] and {r["step"] for r in rows} == {"20"}
@@ -71,11 +72,10 @@ def test_a_sweep_stopped_part_way_continues_with_resume_and_ranks_by_the_probe(d
     assert fds == sorted(fds) and "| trial |" in (out / "results.md").read_text()
     assert load_config(out / "best.yaml").loss.lam == pytest.approx(float(rows[0]["loss.lam"]))
     assert load_export(str(out / "best" / "export"))[1]["step"] == 20
-    twice = subprocess.run([str(BIN), "tune", "--config", path], capture_output=True, text=True, timeout=120)
+    twice = console("tune", "--config", path, timeout=120)
     assert twice.returncode == 2 and ("already holds a simgan-ray sweep: continue it with --resume, or pick another "
                                       "name") in twice.stderr, twice.stderr
-    fresh = subprocess.run([str(BIN), "tune", "--config", path, "--resume", "--name", "never-run"],
-                           capture_output=True, text=True, timeout=120)
+    fresh = console("tune", "--config", path, "--resume", "--name", "never-run", timeout=120)
     assert fresh.returncode == 2 and "no simgan-ray sweep to continue there" in fresh.stderr
 
 

@@ -89,10 +89,11 @@ def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets,
 
 
 @pytest.mark.slow
-def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_server, digit_sets, tmp_path):
+def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_server, digit_sets, tmp_path,
+                                                                           joined_ray):
     """The console script on S3 storage, killed with its local Ray once two checkpoints are committed,
-    then its newest checkpoint cut short (a crash or a full disk while it was written): --resume goes
-    on from the newest intact one, saying so, to the same end, every report once."""
+    then its newest checkpoint cut short (a crash or a full disk while it was written): --resume (on
+    the session's Ray) goes on from the newest intact one, saying so, to the same end, every report once."""
     s3 = S3Options(endpoint_url=s3_server.endpoint)
     root = s3_server.make_bucket("simgan-resume-s3") + "/runs"
     overrides = settings(digit_sets, root, "driver", 100, **{"data.s3.endpoint_url": s3_server.endpoint})
@@ -118,7 +119,8 @@ def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_se
     state = storage.join(run, newest, "state.pt")
     storage.write_bytes(state, storage.read_bytes(state, s3)[:1000], s3)
 
-    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **joined_ray})
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"checkpoint {newest} is damaged (state.pt: " in done.stderr and "resumed at step" in done.stderr
     assert "done: step 120" in done.stdout
