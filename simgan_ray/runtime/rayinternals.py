@@ -121,7 +121,7 @@ def api_server_env(address: str) -> dict[str, str]:
     from ray._private import ray_constants, services
     from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
     from ray._raylet import InnerGcsClient
-    from ray.exceptions import RpcError
+    from ray.exceptions import AuthenticationError, RpcError
 
     if address.startswith("ray://"):
         return {}
@@ -130,7 +130,7 @@ def api_server_env(address: str) -> dict[str, str]:
     try:  # the public GcsClient waits 40 s for an address that is no GCS; ray.init says what is wrong there
         gcs = InnerGcsClient.standalone(services.canonicalize_bootstrap_address_or_die(address), None, 5000)
         url = gcs.internal_kv_get(ray_constants.DASHBOARD_ADDRESS.encode(), ray_constants.KV_NAMESPACE_DASHBOARD, 5)
-    except RpcError:
+    except (RpcError, AuthenticationError):  # no GCS there, or one of another token: ray.init says which
         return {}
     return {API_SERVER_VAR: f"http://{url.decode()}"} if url else {}
 

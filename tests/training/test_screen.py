@@ -25,6 +25,7 @@ def test_screen_quick_scores_every_idea_and_seed_on_val(digit_sets, labelled_rea
            "--probe", probe, "--real-train", labelled_real_sets["dev"], "--val", labelled_real_sets["val"],
            "--set", f"data.synthetic={digit_sets['synthetic']}", "--set", f"data.real={digit_sets['real']}",
            "--set", "guard.min_label_acc=null",  # the tiny probe cannot read these digits
+           "--set", "run.precision=fp32",  # the recipe's bf16 is emulated, several times slower, on CPUs without it
            "--idea", "base", "--idea", "lam: loss.lam=0.07; schedule.k_d=1", "--seeds", "0", "1", "--json", str(rows)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
