@@ -16,7 +16,7 @@ Prints images/s of each, peak RSS of the driver and of Ray's worker processes, a
 ratios (b)/(a) (goal >= 0.8), (b2)/(b) (what s3fs costs against the native client), ordered/default
 of (e) and (c)/(d) (goal >= 0.95).
 
-    .venv/bin/python benchmarks/stream.py --count 100000 [--encoding raw]
+    .venv/bin/python benchmarks/stream.py --count 100000 [--encoding raw] [--step-threads N]
 """
 
 from __future__ import annotations
@@ -128,6 +128,20 @@ def ray_worker_private_mb() -> float:
     return peak
 
 
+def ray_worker_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this machine's Ray worker processes ("ray::..."):
+    Ray Data's read tasks, its split coordinator and idle workers, not the driver or Ray's daemons."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+    return total
+
+
 class RssSampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -145,6 +159,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, help="per update, as in jobs/digits.yaml")
     ap.add_argument("--train-steps", type=int, default=150)
     ap.add_argument("--encoding", choices=["png", "raw"], default="png", help="how the shards hold each image")
+    ap.add_argument("--step-threads", type=int, default=os.cpu_count(), help="torch threads of (c) and (d)")
     args = ap.parse_args()
 
     use_fake_credentials()
@@ -187,7 +202,7 @@ def main() -> None:
         e_ratio = sum(split[True]) / sum(split[False])
 
         cfg = load_config(ROOT / "jobs" / "digits.yaml")
-        torch.set_num_threads(os.cpu_count())  # both (c) and (d) compute on every core
+        torch.set_num_threads(args.step_threads)  # both (c) and (d); by default on every core
         # As in `simgan-ray train`, the training step owns the cores it computes on (there: the
         # workers' CPU reservations) and Ray Data decodes on what is left: one core here.
         from ray.data import ExecutionResources
@@ -197,16 +212,19 @@ def main() -> None:
         # The training worker's own stream: chunks of 16 batches through its 5,000-image shuffle window.
         stream = batches(train_ds.iterator(), args.batch_size, 5000, torch.device("cpu"), 0)
         train_steps(fresh_gan(cfg), stream, 5, args.batch_size)  # warm-up
+        ray_cpu, wall = ray_worker_cpu_s(), time.perf_counter()
         c = train_steps(fresh_gan(cfg), stream, args.train_steps, args.batch_size)
+        ray_cores = (ray_worker_cpu_s() - ray_cpu) / (time.perf_counter() - wall)
         stream.close()  # ends the pipeline's iterator while Ray is still up
         sampler.stop.set()
-        print(f"(c) Ray Data pipeline -> SimGAN step (batch {args.batch_size}): {c:,.0f} images/s")
+        print(f"(c) Ray Data pipeline -> SimGAN step (batch {args.batch_size}, {args.step_threads} torch threads): "
+              f"{c:,.0f} images/s; Ray's worker processes used {ray_cores:.2f} cores meanwhile")
 
         fixed = [torch.rand(args.batch_size, *manifest.shape) * 2 - 1 for _ in range(16)]
         memory = itertools.cycle(fixed)
         train_steps(fresh_gan(cfg), memory, 5, args.batch_size)
         d = train_steps(fresh_gan(cfg), memory, args.train_steps, args.batch_size)
-        print(f"(d) in-memory tensors -> SimGAN step: {d:,.0f} images/s")
+        print(f"(d) in-memory tensors -> SimGAN step ({args.step_threads} torch threads): {d:,.0f} images/s")
 
         driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory: driver RSS {driver_mb:,.0f} MiB; largest Ray worker private RSS "

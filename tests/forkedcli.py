@@ -6,9 +6,10 @@ worker) imports the command modules once; each command is the script file itself
 `__main__` with its own argv, environment, working directory, stdout and stderr, and its exit
 handlers (a local Ray's shutdown) run before it exits, as at a real interpreter's exit.
 
-What a fresh interpreter adds and this does not (the console-script wrapper pip writes, reading the
-environment at import) is covered by the tests that start `BIN` itself: the signal tests, the
-install test and the cluster tests."""
+What a fresh interpreter adds and this does not (its own start, and settings a module reads from
+the environment when it is imported, here before the command's environment is set) is covered by
+the tests that start `BIN` itself: tests/cli, the signal tests, the install test and the cluster
+tests."""
 
 from __future__ import annotations
 
