@@ -112,14 +112,23 @@ def train_steps(gan: Gan, batches, steps: int, batch_size: int) -> float:
     return steps * 4 * batch_size / (time.perf_counter() - start)
 
 
+def ray_worker_pids():
+    """This machine's Ray worker processes ("ray::..."): Ray Data's read tasks, its split coordinator
+    and idle workers, not the driver or Ray's daemons."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                yield pid
+        except OSError:
+            continue
+
+
 def ray_worker_private_mb() -> float:
     """Largest private resident memory (RssAnon) among this machine's Ray worker processes, MiB.
     Not VmRSS: that also counts the pages of Ray's shared-memory object store a worker touched."""
     peak = 0.0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in ray_worker_pids():
         try:
-            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
-                continue
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("RssAnon:"):
                     peak = max(peak, int(line.split()[1]) / 1024)
@@ -129,16 +138,14 @@ def ray_worker_private_mb() -> float:
 
 
 def ray_worker_cpu_s() -> float:
-    """CPU seconds (user + system) used so far by this machine's Ray worker processes ("ray::..."):
-    Ray Data's read tasks, its split coordinator and idle workers, not the driver or Ray's daemons."""
+    """CPU seconds (user + system) used so far by this machine's Ray worker processes."""
     total = 0.0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in ray_worker_pids():
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
-                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 

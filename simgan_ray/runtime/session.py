@@ -56,10 +56,10 @@ def ensure_ray(min_cpus: float = 1) -> None:
     the entrypoint of (RAY_ADDRESS, set by the Jobs API), or start a local one."""
     import ray
 
-    from simgan_ray.runtime import rayinternals  # imports Ray: at use
-
     if ray.is_initialized():
         return
+    from simgan_ray.runtime import rayinternals  # imports Ray Data: at use
+
     if address := os.environ.get("RAY_ADDRESS"):
         _check_form(address)
         if "://" in address and not address.startswith("ray://"):
