@@ -147,6 +147,22 @@ TRAIN_DRIVER_ENV = {
 }
 
 
+# Read by Ray Train V2's controller (ray/train/v2/_internal/constants.py); default on.
+PREEMPTION_WATCHER_VAR = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def local_ray_env(dashboard_port: int) -> dict[str, str]:
+    """The job-level variables of a local Ray started by this process (its workers, Tune's trials
+    and Train's controllers all read them): where its API server is (API_SERVER_VAR, see
+    api_server_env), and no Ray Train preemption watcher, where the user has not asked for one. A
+    local Ray is one machine: no node of it is drained or preempted, and the watcher is one more
+    process per run (about a second of CPU to start) polling Ray's drain state every 5 s."""
+    env = {API_SERVER_VAR: f"http://127.0.0.1:{dashboard_port}"}
+    if PREEMPTION_WATCHER_VAR not in os.environ:  # a value set by the user reaches the controller as it is
+        env[PREEMPTION_WATCHER_VAR] = "0"
+    return env
+
+
 def set_train_driver_env() -> None:
     """TRAIN_DRIVER_ENV in this (the driver's) process, where the user has not set them."""
     for name, value in TRAIN_DRIVER_ENV.items():

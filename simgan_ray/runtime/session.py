@@ -126,7 +126,7 @@ def start_local_ray(num_cpus: int) -> None:
     fails when another Ray runs on the machine, so its address is handed to every worker."""
     import ray
 
-    from simgan_ray.runtime.rayinternals import API_SERVER_VAR, disable_failure_signal_handler  # imports Ray: at use
+    from simgan_ray.runtime.rayinternals import disable_failure_signal_handler, local_ray_env  # imports Ray: at use
 
     global _started_here
 
@@ -135,7 +135,7 @@ def start_local_ray(num_cpus: int) -> None:
     _started_here = True
     # address="local": always a new Ray; without it, ray.init joins any Ray already started on the machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port, **_init_options(),
-             runtime_env={"env_vars": {API_SERVER_VAR: f"http://127.0.0.1:{port}"}})
+             runtime_env={"env_vars": local_ray_env(port)})
 
 
 def _bundles(nodes: list[dict], per_worker: dict[str, float]) -> int:

@@ -81,6 +81,18 @@ def test_the_train_driver_env_keeps_what_the_user_set(monkeypatch):
     assert os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
 
 
+def test_a_local_ray_runs_no_preemption_watcher_unless_the_user_asks(monkeypatch):
+    from ray.train.v2._internal import constants
+
+    assert constants.ENABLE_PREEMPTION_WATCHER_ENV_VAR == rayinternals.PREEMPTION_WATCHER_VAR
+    assert rayinternals.PREEMPTION_WATCHER_VAR in constants.ENV_VARS_TO_PROPAGATE  # a user's value wins
+    monkeypatch.delenv(rayinternals.PREEMPTION_WATCHER_VAR, raising=False)
+    assert rayinternals.local_ray_env(8265) == {rayinternals.API_SERVER_VAR: "http://127.0.0.1:8265",
+                                                rayinternals.PREEMPTION_WATCHER_VAR: "0"}
+    monkeypatch.setenv(rayinternals.PREEMPTION_WATCHER_VAR, "1")
+    assert rayinternals.PREEMPTION_WATCHER_VAR not in rayinternals.local_ray_env(8265)
+
+
 def test_autoscaler_records_are_where_autoscaler_running_looks():
     import ray._private.ray_constants as ray_constants
     from ray.autoscaler.v2.utils import is_autoscaler_v2

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ray.util.state import list_actors
 
 from simgan_ray.common.errors import SimganError
 from simgan_ray.measures.classifier import TaskNet
@@ -296,6 +297,8 @@ def test_two_worker_run_reruns_bit_for_bit_checkpoints_and_resumes(ray_session, 
 
     with pytest.raises(SimganError, match="already holds a simgan-ray training run"):
         fit(cfg)
+    # A local Ray is one machine: Train's preemption watcher (a process per run) is left out.
+    assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")], raise_on_missing_output=False) == []
     # Resumed with a new refiner learning rate: the config wins over the checkpoint's optimizer state.
     longer = load_config(None, {**overrides, "schedule.steps": 20, "optimizer_r.lr": 2e-4})
     second = fit(longer, resume=True)
