@@ -11,6 +11,8 @@ import contextlib
 import io
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -167,6 +169,22 @@ def set_train_driver_env() -> None:
     """TRAIN_DRIVER_ENV in this (the driver's) process, where the user has not set them."""
     for name, value in TRAIN_DRIVER_ENV.items():
         os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def train_sigint_scope():
+    """Around a Ray Train `fit` in this thread: the SIGINT handler in place before it, put back after.
+    Train 2.60 (DataParallelTrainer._register_sigint_handler) installs one that aborts the run, and
+    never removes it: after the run, a Ctrl-C would abort a finished run instead of interrupting,
+    and the handler's hold on the run's controller keeps it and, through it, the run's data
+    coordinators and dataset manager alive as idle processes for as long as this process lives."""
+    main = threading.current_thread() is threading.main_thread()  # Train registers none elsewhere (Tune's trials)
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if before is not None:  # None: a handler not set from Python, which Python cannot put back
+            signal.signal(signal.SIGINT, before)
 
 
 def quiet_train_reports() -> None:

@@ -295,7 +295,8 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
         },
     )
     try:
-        result = trainer.fit()
+        with rayinternals.train_sigint_scope():
+            result = trainer.fit()
     except SystemExit:
         # Ray Train's SIGINT handler aborts the run, then exits: the run stopped at its last checkpoint.
         raise KeyboardInterrupt from None

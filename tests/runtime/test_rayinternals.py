@@ -93,6 +93,13 @@ def test_a_local_ray_runs_no_preemption_watcher_unless_the_user_asks(monkeypatch
     assert rayinternals.PREEMPTION_WATCHER_VAR not in rayinternals.local_ray_env(8265)
 
 
+def test_train_still_leaves_its_sigint_handler_behind():
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    source = inspect.getsource(DataParallelTrainer._register_sigint_handler)
+    assert "signal.signal(signal.SIGINT" in source and "controller" in source, "train_sigint_scope: Train changed"
+
+
 def test_autoscaler_records_are_where_autoscaler_running_looks():
     import ray._private.ray_constants as ray_constants
     from ray.autoscaler.v2.utils import is_autoscaler_v2

@@ -1,5 +1,7 @@
 import copy
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -226,6 +228,10 @@ def _live_record_reader(run: Path, out: Path):
     return Reader()
 
 
+# The actors of one training run besides its workers (Ray Train's and Ray Data's, and the skip ledger).
+RUN_ACTORS = {"TrainController", "DatasetManager", "SplitCoordinator", "SkipLedger"}
+
+
 def test_two_worker_run_reruns_bit_for_bit_checkpoints_and_resumes(ray_session, digit_sets, tmp_path):
     """A real 2-worker DDP TorchTrainer run (gloo) of 20 steps, rerun under another name, then
     resumed to 30. What README claims of `data.preserve_order`: a rerun on the same machine with the
@@ -244,7 +250,16 @@ def test_two_worker_run_reruns_bit_for_bit_checkpoints_and_resumes(ray_session, 
     }
     cfg = load_config(None, overrides)
     seen = tmp_path / "seen.jsonl"
+    interrupt = signal.getsignal(signal.SIGINT)
     first = fit(cfg, callbacks=[_live_record_reader(tmp_path / "r", seen)])
+    # Ray Train's handler (it aborts the run) is gone with the run: Ctrl-C interrupts again, and
+    # nothing holds the run's controller, which exits with its data coordinators.
+    assert signal.getsignal(signal.SIGINT) is interrupt
+    deadline = time.monotonic() + 30
+    while left := RUN_ACTORS & {a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")],
+                                                                  raise_on_missing_output=False)}:
+        assert time.monotonic() < deadline, f"still alive after the run: {left}"
+        time.sleep(0.2)
     run = tmp_path / "r"
     # At each report, read while the run went on (the reader may lag the workers by a report or two):
     # metrics.jsonl held it, TensorBoard its numbers, and each checkpoint's sample grid was there.
