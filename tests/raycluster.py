@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ray.job_submission import JobStatus, JobSubmissionClient
+
 from simgan_ray import storage
 from simgan_ray.runtime.session import free_port
 from simgan_ray.storage import S3Options
@@ -155,3 +157,46 @@ def two_node_run(bucket: str, endpoint: str, name: str) -> list[str]:
         "schedule.pretrain_refiner_steps": 2, "schedule.pretrain_discriminator_steps": 2, "schedule.steps": 4,
     }
     return [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def check_submissions(cli: list[str], shell: dict, token_path: str, dashboard: str, bucket: str, s3: S3Options,
+                      local_real: str) -> None:
+    """What the CLI does with a cluster besides a run, checked on a running cluster of `token_path`'s
+    token whose Jobs API is at `dashboard`: `cli` is `python -m simgan_ray train --cluster YAML` and
+    `shell` a user's environment that holds no token (no RAY_AUTH_*, a HOME without ~/.ray).
+    Without the token or with another, refused in one line that names the fix, nothing submitted; a
+    dry run asks the Jobs API, submits nothing and notes the local paths the nodes will not see;
+    `--no-wait` submits and detaches (simulate, its options passed through), the job id alone on
+    stdout; a bad config never leaves this machine."""
+    token = Path(token_path).read_text()
+    sets = two_node_run(bucket, s3.endpoint_url, "never-run")
+    for no_entry, why in ((shell, "the cluster wants an auth token"),
+                          (shell | {"RAY_AUTH_TOKEN": "not-the-token"}, "the cluster refused the token sent")):
+        refused = subprocess.run([*cli, *sets], env=no_entry, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and why in refused.stderr, refused.stderr
+        assert "submitted" not in refused.stderr
+        assert "RAY_AUTH_TOKEN" in refused.stderr.strip().splitlines()[-1]  # one line, naming the fix
+    env = shell | {"RAY_AUTH_TOKEN": token}
+    dry = subprocess.run([*cli, *sets, "--dry-run", "--set", f"data.real={local_real}"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert f"note: data.real {local_real} is a local path" in dry.stderr
+    assert f"as a Ray Job on the cluster at {dashboard}; nothing started" in dry.stderr
+    # The token this time from RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH.
+    sim = subprocess.run([sys.executable, "-m", "simgan_ray", "simulate", "--address", dashboard, "--no-wait",
+                          "--count", "20", "--shard-size", "10", "--out", f"{bucket}/sim", "--s3-endpoint",
+                          s3.endpoint_url], env=shell | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path},
+                         capture_output=True, text=True, timeout=120)
+    assert sim.returncode == 0 and "ray job logs --follow" in sim.stderr, sim.stderr[-2000:]
+    job_id = sim.stdout.strip()  # the job id alone on stdout: JOB=$(simgan-ray ... --no-wait)
+    assert f"submitted job {job_id} " in sim.stderr
+    client = JobSubmissionClient(dashboard)
+    wait = time.monotonic() + 180
+    while not client.get_job_status(job_id).is_terminal():
+        assert time.monotonic() < wait
+        time.sleep(0.5)
+    assert client.get_job_status(job_id) == JobStatus.SUCCEEDED, client.get_job_logs(job_id)[-2000:]
+    assert json.loads(storage.read_bytes(f"{bucket}/sim/manifest.json", s3))["count"] == 20
+    bad = subprocess.run([*cli, "--set", "loss.lam=-1"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "loss.lam" in bad.stderr and "submitted" not in bad.stderr
+    assert not storage.exists(f"{bucket}/runs/never-run", s3)

@@ -1,5 +1,6 @@
 """`ray up` for real: cluster/onprem.yaml, pointed at two loopback 'machines' (tests/machines.py),
-brought up by Ray's own launcher, trained on with `simgan-ray train --cluster`, torn down by `ray down`."""
+brought up by Ray's own launcher, trained on with `simgan-ray train --cluster` (and the rest of what
+the CLI does with a cluster: tests/raycluster.py check_submissions), torn down by `ray down`."""
 
 import getpass
 import json
@@ -21,7 +22,7 @@ from simgan_ray.runtime.cluster import jobs_address
 from simgan_ray.runtime.session import free_port
 from simgan_ray.storage import S3Options
 from tests import machines
-from tests.raycluster import node_ports, two_node_run, upload_digit_sets
+from tests.raycluster import check_submissions, node_ports, two_node_run, upload_digit_sets
 from tests.s3server import FAKE_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,15 +105,16 @@ def test_ray_up_onprem_then_train_on_both_nodes_then_ray_down(tmp_path, s3_serve
 
             # At once, as a user would: the head's autoscaler is still starting the worker over SSH, and
             # the job waits for it. --cluster finds the head from the YAML; the job runs on the head.
-            cli = [sys.executable, "-m", "simgan_ray", "train", "--cluster", str(cluster_yaml),
-                   *two_node_run(bucket, s3_server.endpoint, "ray-up")]
+            cli = [sys.executable, "-m", "simgan_ray", "train", "--cluster", str(cluster_yaml)]
             try:
-                done = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+                done = subprocess.run([*cli, *two_node_run(bucket, s3_server.endpoint, "ray-up")],
+                                      capture_output=True, text=True, timeout=300)
             except subprocess.TimeoutExpired as e:
                 pytest.fail(f"train --cluster still running after 300 s: {e.stderr[-3000:]}{e.stdout[-3000:]}")
             assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
             dashboard = jobs_address(cluster_yaml, None)
             assert f"to {dashboard}" in done.stderr and "done: step 8" in done.stdout + done.stderr
+            assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
             nodes = alive_nodes(dashboard)
             assert sorted(nodes.values()) == [HEAD, WORKER]
             workers = json.loads(storage.read_bytes(f"{bucket}/runs/ray-up/workers.json", s3))
@@ -126,6 +128,11 @@ def test_ray_up_onprem_then_train_on_both_nodes_then_ray_down(tmp_path, s3_serve
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=10)
             assert refused.value.code == 401
+            # The rest of what the CLI does with a cluster, from a user's shell that holds no token.
+            (tmp_path / "home").mkdir()
+            shell = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+            shell["HOME"] = str(tmp_path / "home")
+            check_submissions(cli, shell, os.environ["RAY_AUTH_TOKEN_PATH"], dashboard, bucket, s3, digit_sets["real"])
             trained = time.monotonic()
 
             launcher(m, "down", "-y", str(cluster_yaml), log=tmp_path / "ray-down.log")
