@@ -1,4 +1,4 @@
-"""Faults survived, nothing lost: a killed worker, a killed driver, an S3 outage, non-finite losses.
+"""Faults survived, nothing lost: an S3 outage then a killed worker, a killed driver, non-finite losses.
 
 Each test checks the invariant that matters after the fault: the run reaches its last step with a
 metric log that has every report exactly once, optimizer step counts equal to the updates the
@@ -47,6 +47,17 @@ def checkpoint_dirs(run_uri: str, s3: S3Options = S3Options()) -> list[str]:
     return sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint_2"))
 
 
+def committed(run_uri: str, s3: S3Options = S3Options()) -> list[dict]:
+    """Train's record of the checkpoints it registered, oldest first (a checkpoint uploaded but not
+    yet registered when a worker or the driver dies is not resumed from)."""
+    try:
+        doc = json.loads(storage.read_bytes(storage.join(run_uri, TRAIN_SNAPSHOT), s3))
+    except (SimganError, OSError, ValueError):
+        return []
+    return [r for _, r in sorted(zip(doc["checkpoint_report_indices"], doc["checkpoint_results"], strict=True),
+                                 key=lambda p: p[0])]
+
+
 def wait_for(condition, what: str, timeout: float = 300, every: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -68,26 +79,6 @@ def assert_complete(run_uri: str, metrics: list[dict], total: int, steps: int, s
         assert len(shard["images"]) == shard["capacity"] == 16
 
 
-def test_killed_worker_is_replaced_and_the_run_finishes(ray_session, digit_sets, tmp_path):
-    cfg = load_config(None, settings(digit_sets, str(tmp_path), "kill", 100, **{"run.max_failures": 1}))
-    run = tmp_path / "kill"
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=fit(cfg)))
-    thread.start()
-    # Committed, not just uploaded: Train lists a checkpoint in its snapshot once it registered it
-    # (a checkpoint uploaded but not yet registered when a worker dies is not resumed from).
-    wait_for(lambda: (run / "workers.json").exists() and (run / TRAIN_SNAPSHOT).exists(),
-             "a first committed checkpoint")
-    victim = json.loads((run / "workers.json").read_text())[1]["pid"]
-    os.kill(victim, signal.SIGKILL)  # rank 1's Ray Train worker process, mid-run
-    thread.join(timeout=600)
-    result = outcome["result"]
-    assert result.step == 120
-    # Train restarted the worker group from the last checkpoint: rank 1 is a new process.
-    assert json.loads((run / "workers.json").read_text())[1]["pid"] != victim
-    assert_complete(str(run), result.metrics, 120, 100)
-
-
 @pytest.mark.slow
 def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_server, digit_sets, tmp_path,
                                                                            joined_ray):
@@ -99,23 +90,14 @@ def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_se
     overrides = settings(digit_sets, root, "driver", 100, **{"data.s3.endpoint_url": s3_server.endpoint})
     args = [str(BIN), "train", *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
     run = storage.join(root, "driver")
-    snapshot = storage.join(run, TRAIN_SNAPSHOT)
-
-    def committed() -> list[dict]:  # Train's record of the checkpoints it registered, oldest first
-        try:
-            doc = json.loads(storage.read_bytes(snapshot, s3))
-        except (SimganError, OSError, ValueError):
-            return []
-        return [r for _, r in sorted(zip(doc["checkpoint_report_indices"], doc["checkpoint_results"], strict=True),
-                                     key=lambda p: p[0])]
 
     # Its own process group: the kill takes the CLI and the local Ray it started down together.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: len(committed()) >= 2 or proc.poll() is not None, "two committed checkpoints", every=0.1)
+    wait_for(lambda: len(committed(run, s3)) >= 2 or proc.poll() is not None, "two committed checkpoints", every=0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not storage.exists(storage.join(run, "export", "refiner.pt"), s3)
-    newest = committed()[-1]["checkpoint_dir_name"]
+    newest = committed(run, s3)[-1]["checkpoint_dir_name"]
     state = storage.join(run, newest, "state.pt")
     storage.write_bytes(state, storage.read_bytes(state, s3)[:1000], s3)
 
@@ -128,21 +110,23 @@ def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_se
     assert_complete(run, metrics, 120, 100, s3)
 
 
-def test_s3_outage_during_training_loses_nothing(ray_session, s3_server, digit_sets, tmp_path):
-    """Data and checkpoints on S3 behind a proxy that goes offline for 4 s after the first
-    checkpoint: the run rides it out (each S3 request retried with backoff, `data.s3.retries`),
-    every report once, and its checkpoints stay loadable. A run that failed instead fails this test."""
+def test_an_s3_outage_then_a_killed_worker_lose_nothing(ray_session, s3_server, digit_sets, tmp_path):
+    """Data and checkpoints on S3 behind a proxy that goes offline for 4 s after the first committed
+    checkpoint: the run rides it out (each S3 request retried with backoff, `data.s3.retries`), its
+    workers the same processes after it (a run that failed and restarted instead fails this test).
+    Then rank 1's process is killed: Train replaces the worker group from the last committed
+    checkpoint (`run.max_failures`) and the run finishes, every report once, its checkpoints loadable."""
     proxy = TcpProxy(s3_server.port)
     try:
         direct = S3Options(endpoint_url=s3_server.endpoint)
-        bucket = s3_server.make_bucket("simgan-outage")
+        bucket = s3_server.make_bucket("simgan-faults")
         for name in ("synthetic", "real"):
             for f in Path(digit_sets[name]).iterdir():
                 storage.write_bytes(f"{bucket}/{name}/{f.name}", f.read_bytes(), direct)
         data = {"synthetic": f"{bucket}/synthetic", "real": f"{bucket}/real"}
-        cfg = load_config(None, settings(data, f"{bucket}/runs", "outage", 80,
-                                         **{"data.s3.endpoint_url": proxy.endpoint, "data.s3.retries": 10}))
-        run = f"{bucket}/runs/outage"
+        cfg = load_config(None, settings(data, f"{bucket}/runs", "faults", 100, **{
+            "data.s3.endpoint_url": proxy.endpoint, "data.s3.retries": 10, "run.max_failures": 1}))
+        run = f"{bucket}/runs/faults"
         outcome: dict = {}
 
         def train() -> None:
@@ -151,15 +135,26 @@ def test_s3_outage_during_training_loses_nothing(ray_session, s3_server, digit_s
             except (TrainingFailedError, SimganError) as e:
                 outcome["error"] = e
 
+        def pids() -> list[int]:
+            return [w["pid"] for w in json.loads(storage.read_bytes(storage.join(run, "workers.json"), direct))]
+
         thread = threading.Thread(target=train)
         thread.start()
-        wait_for(lambda: checkpoint_dirs(run, direct), "a first checkpoint", every=0.1)
+        wait_for(lambda: committed(run, direct) or not thread.is_alive(), "a first committed checkpoint", every=0.1)
+        first = pids()
         proxy.cut()
         time.sleep(4)
         proxy.restore()
-        thread.join(timeout=600)
+        wait_for(lambda: len(committed(run, direct)) >= 2 or not thread.is_alive(), "a checkpoint after the outage",
+                 every=0.1)
         assert "error" not in outcome, f"the outage stopped the run: {outcome.get('error')}"
-        assert_complete(run, outcome["result"].metrics, 100, 80, direct)
+        assert pids() == first, "the run restarted during the outage instead of riding it out"
+        os.kill(first[1], signal.SIGKILL)  # rank 1's Ray Train worker process, mid-run
+        thread.join(timeout=600)
+        assert "error" not in outcome, f"the run did not survive its killed worker: {outcome.get('error')}"
+        assert outcome["result"].step == 120
+        assert pids()[1] != first[1]  # Train restarted the worker group: rank 1 is a new process
+        assert_complete(run, outcome["result"].metrics, 120, 100, direct)
     finally:
         proxy.stop()
 
