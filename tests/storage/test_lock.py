@@ -5,6 +5,7 @@ whose process is gone, or whose heartbeat is older than the bound, is taken over
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -72,10 +73,13 @@ def test_s3_claims_are_atomic(s3_server):
 
 
 @pytest.mark.slow
-def test_two_jobs_into_one_output_one_is_refused(tmp_path):
+def test_two_jobs_into_one_output_one_is_refused(tmp_path, joined_ray):
     out = tmp_path / "out"
+    # The first on the session's Ray (the lock is the output's, whatever Ray a job runs on); the second
+    # is refused before it would start one.
     first = subprocess.Popen([str(BIN), "simulate", "--count", "400", "--shard-size", "100", "--out", str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, **joined_ray})
     try:
         deadline = time.monotonic() + 120
         while not (out / ".simgan-ray" / "lock.json").exists():

@@ -255,8 +255,9 @@ def test_two_worker_run_reruns_bit_for_bit_checkpoints_and_resumes(ray_session, 
     # Ray Train's handler (it aborts the run) is gone with the run: Ctrl-C interrupts again, and
     # nothing holds the run's controller, which exits with its data coordinators.
     assert signal.getsignal(signal.SIGINT) is interrupt
+    state_api = f"http://{ray_session._private.worker.get_dashboard_url()}"  # this session's Ray, of the machine's
     deadline = time.monotonic() + 30
-    while left := RUN_ACTORS & {a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")],
+    while left := RUN_ACTORS & {a.class_name for a in list_actors(state_api, filters=[("state", "=", "ALIVE")],
                                                                   raise_on_missing_output=False)}:
         assert time.monotonic() < deadline, f"still alive after the run: {left}"
         time.sleep(0.2)
@@ -313,7 +314,8 @@ def test_two_worker_run_reruns_bit_for_bit_checkpoints_and_resumes(ray_session, 
     with pytest.raises(SimganError, match="already holds a simgan-ray training run"):
         fit(cfg)
     # A local Ray is one machine: Train's preemption watcher (a process per run) is left out.
-    assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")], raise_on_missing_output=False) == []
+    watchers = list_actors(state_api, filters=[("class_name", "=", "PreemptionWatcher")], raise_on_missing_output=False)
+    assert watchers == []
     # Resumed with a new refiner learning rate: the config wins over the checkpoint's optimizer state.
     longer = load_config(None, {**overrides, "schedule.steps": 20, "optimizer_r.lr": 2e-4})
     second = fit(longer, resume=True)
