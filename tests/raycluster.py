@@ -159,11 +159,18 @@ def two_node_run(bucket: str, endpoint: str, name: str) -> list[str]:
     return [f"--set={k}={json.dumps(v)}" for k, v in overrides.items()]
 
 
+def tokenless_shell(env: dict, home: Path) -> dict:
+    """`env` as a user's shell that holds no Ray token: no RAY_AUTH_* variable, and HOME an empty
+    folder `home` (made here), so that no ~/.ray/auth_token is found."""
+    home.mkdir()
+    return {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(home)}
+
+
 def check_submissions(cli: list[str], shell: dict, token_path: str, dashboard: str, bucket: str, s3: S3Options,
                       local_real: str) -> None:
     """What the CLI does with a cluster besides a run, checked on a running cluster of `token_path`'s
     token whose Jobs API is at `dashboard`: `cli` is `python -m simgan_ray train --cluster YAML` and
-    `shell` a user's environment that holds no token (no RAY_AUTH_*, a HOME without ~/.ray).
+    `shell` a user's environment that holds no token (`tokenless_shell`).
     Without the token or with another, refused in one line that names the fix, nothing submitted; a
     dry run asks the Jobs API, submits nothing and notes the local paths the nodes will not see;
     `--no-wait` submits and detaches (simulate, its options passed through), the job id alone on

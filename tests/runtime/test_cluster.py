@@ -17,7 +17,7 @@ from simgan_ray.runtime.cluster import auth_headers, dashboard_port, jobs_addres
 from simgan_ray.storage import S3Options
 from tests.conftest import pinned_image
 from tests.machines import missing
-from tests.raycluster import LocalCluster, check_submissions, two_node_run, upload_digit_sets
+from tests.raycluster import LocalCluster, check_submissions, tokenless_shell, two_node_run, upload_digit_sets
 from tests.s3server import FAKE_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,9 +207,7 @@ def test_train_with_cluster_runs_on_two_nodes(tmp_path, s3_server, digit_sets):
         }))
         cli = [sys.executable, "-m", "simgan_ray", "train", "--cluster", str(cluster_yaml)]
         # A user's shell: the cluster's token in RAY_AUTH_TOKEN, no RAY_AUTH_MODE, nothing in ~/.ray.
-        (tmp_path / "home").mkdir()
-        shell = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
-        shell["HOME"] = str(tmp_path / "home")
+        shell = tokenless_shell(cluster.env, tmp_path / "home")
         token = Path(cluster.env["RAY_AUTH_TOKEN_PATH"]).read_text()
         done = subprocess.run([*cli, *two_node_run(bucket, s3_server.endpoint, "on-cluster")],
                               env=shell | {"RAY_AUTH_TOKEN": token}, capture_output=True, text=True, timeout=600)

@@ -22,7 +22,7 @@ from simgan_ray.runtime.cluster import jobs_address
 from simgan_ray.runtime.session import free_port
 from simgan_ray.storage import S3Options
 from tests import machines
-from tests.raycluster import check_submissions, node_ports, two_node_run, upload_digit_sets
+from tests.raycluster import check_submissions, node_ports, tokenless_shell, two_node_run, upload_digit_sets
 from tests.s3server import FAKE_CREDENTIALS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,10 +129,8 @@ def test_ray_up_onprem_then_train_on_both_nodes_then_ray_down(tmp_path, s3_serve
                 urllib.request.urlopen(f"{dashboard}/api/jobs/", timeout=10)
             assert refused.value.code == 401
             # The rest of what the CLI does with a cluster, from a user's shell that holds no token.
-            (tmp_path / "home").mkdir()
-            shell = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-            shell["HOME"] = str(tmp_path / "home")
-            check_submissions(cli, shell, os.environ["RAY_AUTH_TOKEN_PATH"], dashboard, bucket, s3, digit_sets["real"])
+            check_submissions(cli, tokenless_shell(os.environ, tmp_path / "home"), os.environ["RAY_AUTH_TOKEN_PATH"],
+                              dashboard, bucket, s3, digit_sets["real"])
             trained = time.monotonic()
 
             launcher(m, "down", "-y", str(cluster_yaml), log=tmp_path / "ray-down.log")
