@@ -20,7 +20,9 @@ import runpy
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
+from multiprocessing.connection import wait
 
 # What the commands import at their top and at use: imported once by the server, before it forks.
 PRELOAD = ["simgan_ray.cli", "simgan_ray.training.train", "simgan_ray.sweeps.tune", "simgan_ray.apply.refine",
@@ -28,6 +30,11 @@ PRELOAD = ["simgan_ray.cli", "simgan_ray.training.train", "simgan_ray.sweeps.tun
            "simgan_ray.sets.ingest", "simgan_ray.sets.mnist"]
 
 _context = None
+# multiprocessing's Popen is not thread-safe: a process's exit code is 8 bytes the forkserver writes
+# down a pipe, and every Process.start() polls the other live processes, so two threads can read that
+# pipe at once; the one that finds it empty records 255 (a command that exited 2 read as 255). Every
+# start and every read of an exit code holds this lock; waiting for an exit does not.
+_reading = threading.Lock()
 
 
 def _forkserver():
@@ -80,11 +87,15 @@ def run(script: str, args: list[str], *, env: dict[str, str], cwd=None, timeout:
             open(path, "w").close()
         process = _forkserver().Process(target=_command, args=(script, list(args), env,
                                                                None if cwd is None else str(cwd), out, err))
-        process.start()
-        process.join(timeout)
-        if process.exitcode is None:
-            process.kill()
+        with _reading:
+            process.start()
+        ended = wait([process.sentinel], timeout)  # select() on the pipe: reads nothing
+        with _reading:
+            if not ended:
+                process.kill()
             process.join()
+            code = process.exitcode
+        if not ended:
             raise subprocess.TimeoutExpired([script, *args], timeout)
         with open(out) as o, open(err) as e:
-            return subprocess.CompletedProcess([script, *args], process.exitcode, o.read(), e.read())
+            return subprocess.CompletedProcess([script, *args], code, o.read(), e.read())
