@@ -95,22 +95,38 @@ def _read_shards(batch: dict, s3: S3Options, shape: list[int], encoding: str, st
     return {"image": np.stack(good) if good else np.empty((0, *shape), np.uint8)}
 
 
-def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), *, shuffle_files: bool = False,
-                  seed: int | None = None, strict: bool = True, ledger=None):
+def read_order(uris: list[str], passes: int, shuffle: bool, seed: int | None) -> list[str]:
+    """The shards `passes` passes read, one after another: each pass every shard once, in the
+    manifest's order or (`shuffle`) in a new order each pass drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    return [uris[i] for _ in range(passes) for i in (rng.permutation(len(uris)) if shuffle else range(len(uris)))]
+
+
+# Read tasks one execution may list: a set of a few small shards read for a long run would
+# otherwise list tens of thousands; past it the workers start a new execution per pass, as at 1.
+MAX_READS = 4096
+
+
+def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), *, images: int = 0,
+                  shuffle_files: bool = False, seed: int | None = None, strict: bool = True, ledger=None):
     """Lazy, streaming Ray Dataset of the decoded images of the set at `prefix`: one read task per
     shard of the manifest (no object listing), our own code reading it, so that a shard that cannot
-    be read meets the same skip-or-fail policy as an image that cannot be decoded. With
-    `shuffle_files` the shard order is reshuffled on every pass (epoch), reproducibly from `seed`:
-    only the small list of shard names goes through the shuffle barrier, the images stream."""
+    be read meets the same skip-or-fail policy as an image that cannot be decoded.
+
+    `images`: how many its consumers will take in all; one execution then reads as many passes over
+    the set as that needs (at least one), so a training worker reads on from one pass into the next:
+    a new execution per pass costs each worker ~0.2 s at its start (the streaming split's epochs
+    begin together), every pass. With `shuffle_files` each pass reads the shards in a new order,
+    reproducibly from `seed`: only the list of shard names is shuffled, the images stream."""
     import ray.data
 
     from simgan_ray.runtime.rayinternals import streaming_reads  # imports Ray: at use
 
     uris = shards.shard_uris(prefix, manifest)
+    passes = max(1, min(-(-images // max(manifest.count, 1)), MAX_READS // max(len(uris), 1)))
+    reads = read_order(uris, passes, shuffle_files, seed)
     with streaming_reads():  # a backpressured executor that does not spin
-        ds = ray.data.from_items([{"uri": uri} for uri in uris], override_num_blocks=len(uris))
-    if shuffle_files:
-        ds = ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
+        ds = ray.data.from_items([{"uri": uri} for uri in reads], override_num_blocks=len(reads))
     # batch_size=1: one shard per task (a larger batch would bundle several shards into one task).
     return ds.map_batches(_read_shards, batch_size=1, batch_format="numpy",
                           fn_kwargs={"s3": s3, "shape": manifest.shape, "encoding": manifest.encoding,

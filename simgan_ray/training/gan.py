@@ -241,7 +241,7 @@ class Update:
 
     network: str  # "refiner" | "discriminator"
     run: Callable[[Gan, Batches, Batches], dict[str, torch.Tensor]]
-    draws: int  # batches drawn per run: R's updates 1 (synthetic), D's 2 (synthetic and real)
+    reads: tuple[str, ...]  # the streams it draws a batch from per run: R's ("synthetic",), D's both
     repeats: int
 
 
@@ -253,14 +253,27 @@ class Phase:
     adversarial: bool = False  # whether R has an adversary (what the collapse guard watches)
 
 
+SYNTHETIC, BOTH = ("synthetic",), ("synthetic", "real")
+
+
 def phase_table(s: ScheduleConfig) -> list[Phase]:
     return [
-        Phase("pretrain_refiner", (Update("refiner", pretrain_refiner, 1, 1),), s.pretrain_refiner_steps),
-        Phase("pretrain_discriminator", (Update("discriminator", train_discriminator, 2, 1),),
+        Phase("pretrain_refiner", (Update("refiner", pretrain_refiner, SYNTHETIC, 1),), s.pretrain_refiner_steps),
+        Phase("pretrain_discriminator", (Update("discriminator", train_discriminator, BOTH, 1),),
               s.pretrain_discriminator_steps),
-        Phase("adversarial", (Update("refiner", train_refiner, 1, s.k_g),
-                              Update("discriminator", train_discriminator, 2, s.k_d)), s.steps, adversarial=True),
+        Phase("adversarial", (Update("refiner", train_refiner, SYNTHETIC, s.k_g),
+                              Update("discriminator", train_discriminator, BOTH, s.k_d)), s.steps, adversarial=True),
     ]
+
+
+def images_per_rank(table: list[Phase], batch_size: int) -> dict[str, int]:
+    """{"synthetic": n, "real": n}: the images one rank draws from each stream over the whole table."""
+    drawn = {"synthetic": 0, "real": 0}
+    for phase in table:
+        for update in phase.updates:
+            for stream in update.reads:
+                drawn[stream] += phase.steps * update.repeats * batch_size
+    return drawn
 
 
 def phase_at(step: int, table: list[Phase]) -> Phase:
@@ -285,6 +298,6 @@ def run_step(gan: Gan, cfg: TrainConfig, table: list[Phase], step: int, syntheti
         gan.augment.reseed(seed * 1_000_003 + step)
     for update in phase.updates:
         for _ in range(update.repeats):
-            record(update.run(gan, synthetic, real), update.draws * cfg.batch_size)
+            record(update.run(gan, synthetic, real), len(update.reads) * cfg.batch_size)
     ema_update(gan, ema_beta(step, cfg.schedule))
     return phase

@@ -34,7 +34,7 @@ from simgan_ray.storage.ownership import Output
 from simgan_ray.training import checkpoints
 from simgan_ray.training.config import TrainConfig, dump_config
 from simgan_ray.training.consistency import ensure_label_net
-from simgan_ray.training.worker import train_func
+from simgan_ray.training.worker import images_to_read, train_func
 
 # Environment of the training workers. glibc malloc hands large freed blocks (activations, gradients:
 # MBs each) straight back to the kernel (munmap / heap trim), so every step pays page faults to get
@@ -269,6 +269,7 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
               f"held-out synthetic images ({uri}/consistency)", flush=True)
     fs, path = storage.resolve(storage.normalize(cfg.run.storage), s3)
     ledger = data.new_skip_ledger()
+    to_read = images_to_read(cfg)
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"config": cfg.to_dict(), "image_shape": syn.shape, "start_from": resume_from,
@@ -289,7 +290,7 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
         ),
         dataset_config=ray.train.DataConfig(execution_options=ingest_options(cfg)),
         datasets={
-            name: data.image_dataset(prefix, manifest, s3, shuffle_files=cfg.data.shuffle_files,
+            name: data.image_dataset(prefix, manifest, s3, images=to_read[name], shuffle_files=cfg.data.shuffle_files,
                                      seed=cfg.seed, strict=cfg.data.strict, ledger=ledger)
             for name, prefix, manifest in (("synthetic", cfg.data.synthetic, syn), ("real", cfg.data.real, real))
         },

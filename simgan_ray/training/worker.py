@@ -30,19 +30,30 @@ from simgan_ray.training import checkpoints
 from simgan_ray.training.config import TrainConfig
 from simgan_ray.training.consistency import load_label_net
 from simgan_ray.training.ddp import distributed, unwrap
-from simgan_ray.training.gan import Gan, Phase, make_gan, phase_table, run_step
+from simgan_ray.training.gan import Gan, Phase, images_per_rank, make_gan, phase_table, run_step
 from simgan_ray.training.guard import CollapseGuard
 from simgan_ray.training.metrics import MetricWindow, Stopwatch, check_finite, score_gan
 from simgan_ray.training.tracking import RunTracker
 
+FETCH = 16  # batches a worker takes from Ray Data at a time (`batches` says why)
 
-def batches(shard, batch_size: int, window: int, device: torch.device, seed: int, fetch: int = 16):
+
+def images_to_read(cfg: TrainConfig) -> dict[str, int]:
+    """{"synthetic": n, "real": n}: the images all workers together take from each stream over the
+    run: what they draw, plus what each worker's shuffle window holds and its last handout's rest."""
+    extra = cfg.data.local_shuffle_buffer + FETCH * cfg.batch_size
+    drawn = images_per_rank(phase_table(cfg.schedule), cfg.batch_size)
+    return {stream: cfg.run.num_workers * (n + extra) for stream, n in drawn.items()}
+
+
+def batches(shard, batch_size: int, window: int, device: torch.device, seed: int, fetch: int = FETCH):
     """Endless (b, C, H, W) float batches from this rank's shard, pass after pass, drawn through a
     shuffle window of `window` images seeded by `seed` (0: in the order read).
 
     Ray Data hands over `fetch` batches at a time and they are sliced here: its cost per handed
     batch is fixed (tens of ms through the streaming split on a loaded machine), which a small
-    batch of small images would pay at every update. A pass's remainder carries over to the next."""
+    batch of small images would pay at every update. One execution of the dataset reads the passes
+    the whole run needs (`images_to_read`); should it end, the next starts. A remainder carries over."""
     mixer, carry = ShuffleWindow(window, seed), None
     while True:
         for batch in shard.iter_torch_batches(batch_size=batch_size * fetch, drop_last=False, device=device):

