@@ -51,8 +51,9 @@ def batches(shard, batch_size: int, window: int, device: torch.device, seed: int
     shuffle window of `window` images seeded by `seed` (0: in the order read).
 
     Ray Data hands over `fetch` batches at a time and they are sliced here: its cost per handed
-    batch is fixed, which a small batch of small images would pay at every update. One execution of the dataset reads the passes
-    the whole run needs (`images_to_read`); should it end, the next starts. A remainder carries over."""
+    batch is fixed, which a small batch of small images would pay at every update. One execution
+    of the dataset reads the passes the whole run needs (`images_to_read`); should it end, the next
+    starts. A remainder carries over."""
     mixer, carry = ShuffleWindow(window, seed), None
     while True:
         for batch in shard.iter_torch_batches(batch_size=batch_size * fetch, drop_last=False, device=device):
