@@ -15,9 +15,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -119,6 +121,35 @@ def console(*args: str, cwd=None, s3: storage.S3Options | None = None, timeout: 
     if s3 is not None and s3.endpoint_url:
         args = (*args, "--s3-endpoint", s3.endpoint_url)
     return forkedcli.run(str(BIN), list(args), env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def kill_session(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL a command started with start_new_session=True and every process of its session, then
+    wait until none is left: a machine that dies takes them all. Its local Ray's raylet and GCS share
+    its process group, but Ray's workers each lead a group of their own and outlive their raylet by a
+    second or more, still training and writing, so killing the group alone leaves a run going on."""
+    def members() -> list[int]:
+        pids = []
+        for entry in os.listdir("/proc"):
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except (OSError, ValueError):
+                continue
+            state, _, _, session = stat[stat.rindex(")") + 2:].split()[:4]
+            if entry.isdigit() and int(session) == proc.pid and state != "Z":
+                pids.append(int(entry))
+        return pids
+
+    deadline = time.monotonic() + timeout
+    while pids := members():
+        assert time.monotonic() < deadline, f"processes of session {proc.pid} still alive: {pids}"
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    proc.wait()
 
 
 def one_line_refusal(done, *needles: str) -> str:

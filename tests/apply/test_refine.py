@@ -4,9 +4,7 @@ import hashlib
 import io
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +22,7 @@ from simgan_ray.model.networks import Refiner, RefinerConfig
 from simgan_ray.sets import data, shards
 from simgan_ray.sets.simulate import simulate
 from simgan_ray.storage import S3Options, ownership
-
-BIN = Path(sys.executable).with_name("simgan-ray")
+from tests.conftest import BIN, kill_session
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +106,7 @@ def test_interrupted_job_resumes_to_the_same_output(setup, joined_ray):
                                     "output": "overridden below"}))
     args = [str(BIN), "refine", "--config", str(spec), "--output", f"{bucket}/interrupted",
             "--s3-endpoint", setup["endpoint"]]
-    # Its own process group, so that the kill takes the local Ray it starts down with it.
+    # A session of its own, so that the kill takes every process of the local Ray it starts.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fs, _ = storage.resolve(bucket, s3)
     deadline = time.monotonic() + 180
@@ -120,8 +117,7 @@ def test_interrupted_job_resumes_to_the_same_output(setup, joined_ray):
         if done >= 2 or proc.poll() is not None:
             break
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_session(proc)
     assert 2 <= done < 30, done  # killed part-way
     assert not storage.exists(f"{bucket}/interrupted/manifest.json", s3)
 

@@ -25,7 +25,7 @@ from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import S3Options
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import TRAIN_SNAPSHOT, fit
-from tests.conftest import small_run
+from tests.conftest import kill_session, small_run
 from tests.tcpproxy import TcpProxy
 
 BIN = Path(sys.executable).with_name("simgan-ray")
@@ -91,11 +91,10 @@ def test_killed_driver_then_resume_skips_a_damaged_newest_checkpoint_on_s3(s3_se
     args = [str(BIN), "train", *(f"--set={k}={json.dumps(v)}" for k, v in overrides.items())]
     run = storage.join(root, "driver")
 
-    # Its own process group: the kill takes the CLI and the local Ray it started down together.
+    # A session of its own: the kill takes the CLI and every process of the local Ray it started.
     proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: len(committed(run, s3)) >= 2 or proc.poll() is not None, "two committed checkpoints", every=0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_session(proc)
     assert not storage.exists(storage.join(run, "export", "refiner.pt"), s3)
     newest = committed(run, s3)[-1]["checkpoint_dir_name"]
     state = storage.join(run, newest, "state.pt")
