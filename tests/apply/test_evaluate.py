@@ -1,7 +1,5 @@
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from simgan_ray.model.networks import Refiner, RefinerConfig
 from simgan_ray.sets.data import load_set
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import preflight
-from tests.conftest import TINY
+from tests.conftest import BIN, TINY
 
 
 def test_frechet_distance_by_hand():
@@ -131,7 +129,7 @@ def test_evaluate_refuses_bad_requests(digit_sets, labelled_real_sets, export, t
         evaluate(EvalConfig(**base, **small()))
     with pytest.raises(SimganError, match="integer 'digit'"):  # the real pool has no labels
         evaluate(EvalConfig(**{**base, "real_train": digit_sets["real"]}, refiner=export, **small()))
-    out = subprocess.run([str(Path(sys.executable).with_name("simgan-ray")), "evaluate",
+    out = subprocess.run([str(BIN), "evaluate",
                           "--synthetic", base["synthetic"], "--real-train", base["real_train"],
                           "--real-test", base["real_test"], "--real-pool", base["real_pool"], "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).with_name("simgan-ray")
+from tests.conftest import BIN
+
 pytestmark = pytest.mark.slow  # every test here runs the console script in a subprocess
 
 

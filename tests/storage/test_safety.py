@@ -29,9 +29,7 @@ from simgan_ray.sets.ingest import Target, ingest
 from simgan_ray.storage import ownership
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import TRAIN_SNAPSHOT, fit
-from tests.conftest import TINY, UserFiles, write_set
-
-BIN = Path(sys.executable).with_name("simgan-ray")
+from tests.conftest import BIN, TINY, UserFiles, write_set
 
 
 def tree(root: Path) -> dict[str, str]:

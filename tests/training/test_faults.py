@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,10 +24,8 @@ from simgan_ray.common.errors import SimganError
 from simgan_ray.storage import S3Options
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import TRAIN_SNAPSHOT, fit
-from tests.conftest import kill_session, small_run
+from tests.conftest import BIN, kill_session, small_run
 from tests.tcpproxy import TcpProxy
-
-BIN = Path(sys.executable).with_name("simgan-ray")
 
 
 def settings(data: dict, storage_uri: str, name: str, steps: int, **extra) -> dict:
