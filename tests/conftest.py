@@ -130,14 +130,14 @@ def kill_session(proc: subprocess.Popen, timeout: float = 60) -> None:
     second or more, still training and writing, so killing the group alone leaves a run going on."""
     def members() -> list[int]:
         pids = []
-        for entry in os.listdir("/proc"):
+        for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
             try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except (OSError, ValueError):
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:  # gone meanwhile
                 continue
             state, _, _, session = stat[stat.rindex(")") + 2:].split()[:4]
-            if entry.isdigit() and int(session) == proc.pid and state != "Z":
-                pids.append(int(entry))
+            if int(session) == proc.pid and state != "Z":
+                pids.append(pid)
         return pids
 
     deadline = time.monotonic() + timeout

@@ -116,8 +116,9 @@ def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), 
     `images`: how many its consumers will take in all; one execution then reads as many passes over
     the set as that needs (at least one), so a training worker reads on from one pass into the next:
     a new execution per pass stalls every worker at its start, every pass (the streaming split's
-    epochs begin together; benchmarks/RESULTS.md). With `shuffle_files` each pass reads the shards in a new order,
-    reproducibly from `seed`: only the list of shard names is shuffled, the images stream."""
+    epochs begin together; benchmarks/RESULTS.md). With `shuffle_files` each pass reads the shards
+    in a new order, reproducibly from `seed`: only the list of shard names is shuffled, the images
+    stream."""
     import ray.data
 
     from simgan_ray.runtime.rayinternals import streaming_reads  # imports Ray: at use
