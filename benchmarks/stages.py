@@ -6,11 +6,12 @@ storage is measured in `stream.py`), each stage's throughput in images/s per cor
 one thread, so the figures add up as costs), and each encoding's bytes per image on disk:
 
   read png / raw     pyarrow reads the shards' id and image columns (Parquet pages into Arrow buffers)
-  decode png / raw   image bytes -> uint8 (C, H, W), as `data._read_shards` does per image
+  decode png / raw   a shard's image column -> uint8 (N, C, H, W), as the read tasks do it
+                     (`data.decode_shard`: PNG image by image, raw pixels in one copy)
   batch              uint8 (N, C, H, W) -> float tensors in [-1, 1] of 32, as the worker makes them
   shuffle            the same through the training worker's 5,000-image shuffle window (`sets/window.py`),
                      in chunks of 512 as the worker takes them
-  ray png / raw      the whole Ray Data pipeline (one read task per shard, `iter_torch_batches` of 32)
+  ray png / raw      the whole Ray Data pipeline (its read tasks, `iter_torch_batches` of 32)
                      on a local Ray with 1 CPU: per core, everything above plus Ray's own work
   ray raw, ...       the same from raw shards as a training worker draws its batches of 32 (chunks of
                      16 batches, sliced), rows shuffled over 5,000 images by Ray Data's local shuffle
@@ -40,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from simgan_ray.common.errors import BadItems  # noqa: E402
 from simgan_ray.runtime.session import start_local_ray  # noqa: E402
 from simgan_ray.sets import data, shards  # noqa: E402
 from simgan_ray.sets.window import ShuffleWindow  # noqa: E402
@@ -79,11 +81,13 @@ def codec(prefix: Path, shape: tuple[int, int, int], count: int, encoding: str) 
     tables = []
     out[f"read {encoding}"] = rate(lambda: tables.extend(pq.read_table(p, columns=["id", "image"]) for p in paths),
                                    count)
-    ids = [i for t in tables for i in t["id"].to_pylist()]
-    blobs = [b for t in tables for b in t["image"].to_pylist()]
     images = []
-    out[f"decode {encoding}"] = rate(lambda: images.append(data.decode_images(ids, blobs, list(shape), encoding)),
-                                     count)
+
+    def decode() -> None:
+        images.append(np.concatenate([data.decode_shard(path, table, list(shape), encoding, BadItems(strict=True))
+                                      for path, table in zip(paths, tables, strict=True)]))
+
+    out[f"decode {encoding}"] = rate(decode, count)
     return out, images[0]
 
 

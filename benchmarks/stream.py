@@ -6,6 +6,7 @@ One run, one machine, one moto S3 server on loopback holding N synthetic images:
                reading through pyarrow's native S3 client (the default)
   (b2) s3fs:   the same pipeline reading through s3fs (fsspec, `s3.client: s3fs`), side by side
                (native is measured before and after it)
+  (f) tasks:   the pipeline's read function as plain Ray tasks (no Ray Data), what Ray itself costs
   (e) split:   the same pipeline through the streaming split the training workers read (2 no-op
                consumers), by default and with `data.preserve_order: true` (what the exact reruns
                cost), alternated twice
@@ -13,7 +14,7 @@ One run, one machine, one moto S3 server on loopback holding N synthetic images:
                as a training worker draws its batches (`training.worker.batches`: a 5,000-image shuffle window)
   (d) memory:  the same update step on in-memory tensors
 Prints images/s of each, peak RSS of the driver and of Ray's worker processes, and last the
-ratios (b)/(a) (goal >= 0.8), (b2)/(b) (what s3fs costs against the native client), ordered/default
+ratios (b)/(a) (goal >= 0.8), (f)/(a), (b2)/(b) (what s3fs costs against the native client), ordered/default
 of (e) and (c)/(d) (goal >= 0.95).
 
     .venv/bin/python benchmarks/stream.py --count 100000 [--encoding raw] [--step-threads N]
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simgan_ray import storage  # noqa: E402
+from simgan_ray.common.errors import BadItems  # noqa: E402
 from simgan_ray.model.history import ImageHistory  # noqa: E402
 from simgan_ray.runtime.session import start_local_ray  # noqa: E402
 from simgan_ray.sets import data, shards  # noqa: E402
@@ -54,7 +56,7 @@ def _decode_shard(uri: str, shape: list[int], endpoint: str, encoding: str) -> i
     s3 = S3Options(endpoint_url=endpoint)
     fs, path = storage.resolve(uri, s3)
     table = pq.read_table(path, filesystem=fs, columns=["id", "image"])
-    images = data.decode_images(table["id"].to_pylist(), table["image"].to_pylist(), shape, encoding)
+    images = data.decode_shard(uri, table, shape, encoding, BadItems(strict=True))
     return len(images)  # the same work as the pipeline's decode step
 
 
@@ -65,6 +67,25 @@ def direct(prefix: str, manifest, endpoint: str) -> float:
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         n = sum(pool.map(_decode_shard, uris, [manifest.shape] * len(uris), [endpoint] * len(uris),
                          [manifest.encoding] * len(uris)))
+    return n / (time.perf_counter() - start)
+
+
+def ray_tasks(prefix: str, manifest, s3: S3Options) -> float:
+    """(f) images/s of the pipeline's own read function as plain Ray tasks, one shard each, two per
+    CPU in flight, the arrays fetched by the driver: what Ray itself costs, without Ray Data's
+    executor, blocks and batches."""
+    import ray
+
+    read = ray.remote(num_cpus=1)(lambda uri: next(data._read_shards(
+        {"uri": [uri]}, s3, manifest.shape, manifest.encoding, True, None))["image"])
+    uris, n = shards.shard_uris(prefix, manifest), 0
+    start = time.perf_counter()
+    pending = [read.remote(uri) for uri in uris[: 2 * (os.cpu_count() or 1)]]
+    for uri in [*uris[len(pending):], *[None] * len(pending)]:
+        done, pending = ray.wait(pending)
+        n += len(ray.get(done[0]))
+        if uri is not None:
+            pending.append(read.remote(uri))
     return n / (time.perf_counter() - start)
 
 
@@ -198,6 +219,8 @@ def main() -> None:
         # Native again after s3fs, so that neither client alone profits from running later (warm Ray workers).
         b_again = through_ray(data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=0), 256)
         print(f"(b) again, after (b2): {b_again:,.0f} images/s")
+        f = ray_tasks(prefix, manifest, s3)
+        print(f"(f) the same read function as plain Ray tasks: {f:,.0f} images/s")
 
         split = {False: [], True: []}
         for ordered in (False, True, False, True):  # alternated: neither profits from running later
@@ -236,7 +259,8 @@ def main() -> None:
         driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory: driver RSS {driver_mb:,.0f} MiB; largest Ray worker private RSS "
               f"{sampler.peak:,.0f} MiB, sampled every 0.5 s (for {args.count:,} images of {manifest.shape})")
-        print(f"ratio (b)/(a) = {b / a:.2f}  (goal >= 0.80)")
+        print(f"ratio (b)/(a) = {b / a:.2f}  (goal >= 0.80); warm, (b) after (b2): {b_again / a:.2f}")
+        print(f"ratio (f)/(a) = {f / a:.2f}  (Ray tasks without Ray Data)")
         print(f"ratio (b2)/(b) = {b2 / ((b + b_again) / 2):.2f}  (s3fs against the native client, (b) the mean of "
               "its two runs)")
         print(f"ratio (e) ordered/default = {e_ratio:.2f}  (what data.preserve_order costs the split)")

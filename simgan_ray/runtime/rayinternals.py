@@ -207,19 +207,22 @@ def show_data_progress(on: bool) -> None:
 
 
 @contextlib.contextmanager
-def streaming_reads():
+def streaming_reads(block_bytes: int):
     """Ray Data's global DataContext, set for building a dataset and restored after (the dataset
     keeps a copy of the context it was built with): a backpressured executor must not spin
-    (IdleBackoff, an execution callback, a Ray Data internal)."""
+    (IdleBackoff) and must know the CPUs it may use from its first step (KnownLimits), both
+    execution callbacks, a Ray Data internal; a task's outputs become blocks of at most
+    `block_bytes` (up to Ray's default), where Ray would merge them up to its default."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    callbacks = ctx.custom_execution_callback_classes
-    ctx.custom_execution_callback_classes = [*callbacks, IdleBackoff]
+    callbacks, target = ctx.custom_execution_callback_classes, ctx.target_max_block_size
+    ctx.custom_execution_callback_classes = [*callbacks, IdleBackoff, KnownLimits]
+    ctx.target_max_block_size = min(block_bytes, target or block_bytes)
     try:
         yield
     finally:
-        ctx.custom_execution_callback_classes = callbacks
+        ctx.custom_execution_callback_classes, ctx.target_max_block_size = callbacks, target
 
 
 # A Ray Data execution callback that stops an idle streaming executor from spinning. A training
@@ -256,3 +259,17 @@ class IdleBackoff(ExecutionCallback):
         else:
             self.sleep_s = 0.0
         self.last = now
+
+
+# Ray 2.60's executor learns the resources it may use from its autoscaling coordinator (an actor),
+# asynchronously, and asks again at most once a second; until the first answer its limits are zero,
+# and it runs one task at a time: the first second of every execution on one CPU, however many the
+# cluster has (benchmarks/RESULTS.md).
+class KnownLimits(ExecutionCallback):
+    """Asks for the limits again at every step while they are still zero (one actor call at a time
+    in flight, Ray's own cache), so reading widens to every CPU as soon as the answer is in."""
+
+    def on_execution_step(self, executor) -> None:
+        manager = executor._resource_manager
+        if manager._global_limits.cpu == 0 and manager._global_limits.object_store_memory == 0:
+            manager._global_limits_last_update_time = 0

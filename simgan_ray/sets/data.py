@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -72,27 +73,40 @@ def new_skip_ledger():
     return ray.remote(num_cpus=0)(SkipLedger).remote()
 
 
-def _read_shards(batch: dict, s3: S3Options, shape: list[int], encoding: str, strict: bool, ledger) -> dict:
-    """Read task: batch {"uri": shard URIs (one)} -> {"image": uint8 (n, C, H, W)}. A shard that
-    cannot be read whole (a corrupt data page behind an intact footer) or an image that cannot be
-    decoded fails the job when `strict`, else is dropped and recorded in the ledger."""
-    good, bad = [], BadItems(strict)
+def decode_shard(uri: str, table, shape: list[int], encoding: str, bad: BadItems) -> np.ndarray:
+    """A shard's "id" and "image" columns -> uint8 (n, C, H, W), the images `bad` lets through (an
+    image that cannot be decoded fails or is skipped, named). Raw pixels of the set's size are one
+    copy (`shards.raw_pixels`); anything else is decoded image by image."""
+    if encoding == "raw" and (pixels := shards.raw_pixels(table["image"], shape)) is not None:
+        return pixels
+    good = []
+    for image_id, blob in zip(table["id"].to_pylist(), table["image"].to_pylist(), strict=True):
+        if (image := bad.attempt(uri, decode_image, image_id, blob, shape, encoding)) is not None:
+            good.append(image)
+    return np.stack(good) if good else np.empty((0, *shape), np.uint8)
+
+
+def _read_shards(batch: dict, s3: S3Options, shape: list[int], encoding: str, strict: bool, ledger):
+    """Read task: batch {"uri": shard URIs} -> one {"image": uint8 (n, C, H, W)} per shard, each
+    yielded as soon as it is read. A shard that cannot be read whole (a corrupt data page behind an
+    intact footer) or an image that cannot be decoded fails the job when `strict`, else is dropped
+    and recorded in the ledger."""
     for uri in batch["uri"]:
+        bad, images = BadItems(strict), None
         try:
             table = shards.read_shard(uri, s3, ("id", "image"))
         except SimganError as e:
             bad.skip(str(e))
-            continue
-        for image_id, blob in zip(table["id"].to_pylist(), table["image"].to_pylist(), strict=True):
-            if (image := bad.attempt(uri, decode_image, image_id, blob, shape, encoding)) is not None:
-                good.append(image)
-    if bad.reasons:
-        logger.warning("skipping %d corrupt item(s), first: %s", len(bad.reasons), bad.reasons[0])
-        import ray
+        else:
+            images = decode_shard(uri, table, shape, encoding, bad)
+        if bad.reasons:
+            logger.warning("skipping %d corrupt item(s), first: %s", len(bad.reasons), bad.reasons[0])
+            import ray
 
-        # Waited for: once this task is done, the skips are in the ledger (rare path, one call).
-        ray.get(ledger.record.remote(bad.reasons))
-    return {"image": np.stack(good) if good else np.empty((0, *shape), np.uint8)}
+            # Waited for: once this shard's images are handed on, its skips are in the ledger (rare, one call).
+            ray.get(ledger.record.remote(bad.reasons))
+        if images is not None:
+            yield {"image": images}
 
 
 def read_order(uris: list[str], passes: int, shuffle: bool, seed: int | None) -> list[str]:
@@ -107,11 +121,23 @@ def read_order(uris: list[str], passes: int, shuffle: bool, seed: int | None) ->
 MAX_READS = 4096
 
 
+# Shards one read task reads at most. A Ray Data task costs tens of ms of scheduling beside the
+# reading (benchmarks/RESULTS.md), as much as reading a raw shard of 5,000 small images takes.
+MAX_SHARDS_PER_TASK = 8
+
+
+def shards_per_task(reads: int, cpus: float) -> int:
+    """How many shards each read task reads, one after another (each handed on as it is read): as
+    many as leave every CPU two tasks or more to take, up to MAX_SHARDS_PER_TASK."""
+    return int(max(1, min(MAX_SHARDS_PER_TASK, reads // max(2 * cpus, 1))))
+
+
 def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), *, images: int = 0,
                   shuffle_files: bool = False, seed: int | None = None, strict: bool = True, ledger=None):
-    """Lazy, streaming Ray Dataset of the decoded images of the set at `prefix`: one read task per
-    shard of the manifest (no object listing), our own code reading it, so that a shard that cannot
-    be read meets the same skip-or-fail policy as an image that cannot be decoded.
+    """Lazy, streaming Ray Dataset of the decoded images of the set at `prefix`: read tasks of our
+    own, each reading a few of the manifest's shards (no object listing) and handing on each as it
+    is read (one block per shard), so that a shard that cannot be read meets the same skip-or-fail
+    policy as an image that cannot be decoded.
 
     `images`: how many its consumers will take in all; one execution then reads as many passes over
     the set as that needs (at least one), so a training worker reads on from one pass into the next:
@@ -126,10 +152,13 @@ def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), 
     uris = shards.shard_uris(prefix, manifest)
     passes = max(1, min(-(-images // max(manifest.count, 1)), MAX_READS // max(len(uris), 1)))
     reads = read_order(uris, passes, shuffle_files, seed)
-    with streaming_reads():  # a backpressured executor that does not spin
-        ds = ray.data.from_items([{"uri": uri} for uri in reads], override_num_blocks=len(reads))
-    # batch_size=1: one shard per task (a larger batch would bundle several shards into one task).
-    return ds.map_batches(_read_shards, batch_size=1, batch_format="numpy",
+    if not ray.is_initialized():
+        ray.init()  # what Ray Data would do, before asking the cluster's size
+    per_task = shards_per_task(len(reads), ray.cluster_resources().get("CPU", 1))
+    # A block per shard: each is handed on as soon as it is read, not merged with the task's next.
+    with streaming_reads(block_bytes=max((e["rows"] for e in manifest.shards), default=1) * math.prod(manifest.shape)):
+        ds = ray.data.from_items([{"uri": uri} for uri in reads], override_num_blocks=-(-len(reads) // per_task))
+    return ds.map_batches(_read_shards, batch_size=per_task, batch_format="numpy",
                           fn_kwargs={"s3": s3, "shape": manifest.shape, "encoding": manifest.encoding,
                                      "strict": strict, "ledger": ledger})
 

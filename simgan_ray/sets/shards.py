@@ -166,6 +166,23 @@ def decode_image(blob: bytes, encoding: str, shape: list[int]) -> np.ndarray:
     return np.frombuffer(blob, np.uint8).reshape(shape)
 
 
+def raw_pixels(images: pa.ChunkedArray | pa.Array, shape: list[int]) -> np.ndarray | None:
+    """A raw shard's image column -> uint8 (n, C, H, W) in one copy of its data buffer, or None when
+    some image is null or not the set's C*H*W bytes (the caller then decodes image by image, which
+    names the bad one)."""
+    column = images.combine_chunks() if isinstance(images, pa.ChunkedArray) else images
+    size, n = math.prod(shape), len(column)
+    if not pa.types.is_binary(column.type) or column.null_count:
+        return None
+    if n == 0:
+        return np.empty((0, *shape), np.uint8)
+    offsets = np.frombuffer(column.buffers()[1], np.int32, count=n + 1, offset=4 * column.offset)
+    if (np.diff(offsets) != size).any():
+        return None
+    pixels = np.frombuffer(column.buffers()[2], np.uint8, count=n * size, offset=int(offsets[0]))
+    return pixels.reshape(n, *shape).copy()
+
+
 def make_table(ids: list[str], images: np.ndarray | list[np.ndarray], labels: list[str | None],
                encoding: str = "png") -> pa.Table:
     """images: uint8 (N, C, H, W) (or a list of (C, H, W)); labels: JSON strings or None."""

@@ -146,6 +146,13 @@ def test_data_context_fields_and_executor_internals_idle_backoff_uses():
     fields = inspect.getsource(OpRuntimeMetrics)
     assert "num_tasks_submitted" in fields and "num_tasks_finished" in fields, "IdleBackoff: op metrics"
     assert "on_execution_step" in dir(rayinternals.IdleBackoff.__mro__[1]), "IdleBackoff: callback hook"
+    from ray.data._internal.execution import resource_manager
+
+    assert "self._resource_manager" in inspect.getsource(streaming_executor.StreamingExecutor), \
+        "KnownLimits: _resource_manager"
+    manager = inspect.getsource(resource_manager.ResourceManager.get_global_limits)
+    assert "self._global_limits_last_update_time" in manager and "self._global_limits" in manager, \
+        "KnownLimits: ResourceManager's cached limits"
 
 
 def test_nothing_else_touches_ray_internals():

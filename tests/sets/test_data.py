@@ -65,6 +65,44 @@ def test_raw_shards_hold_the_same_pixels_and_a_bad_one_is_named(tmp_path):
         data.decode_images(["c"], [b"abc"], [3, 7, 9], "raw")
 
 
+def test_raw_pixels_are_one_copy_and_a_bad_image_falls_back_to_being_named():
+    import pyarrow as pa
+
+    from simgan_ray.common.errors import BadItems
+
+    images = np.random.default_rng(1).integers(0, 256, (6, 3, 7, 9), dtype=np.uint8)
+    table = shards.make_table([f"r{i}" for i in range(6)], images, [None] * 6, "raw")
+    column = pa.chunked_array([table["image"].combine_chunks()[:2], table["image"].combine_chunks()[2:]])
+    assert np.array_equal(shards.raw_pixels(column, [3, 7, 9]), images)  # chunks, a slice's offset
+    assert shards.raw_pixels(column.combine_chunks()[4:], [3, 7, 9]).shape == (2, 3, 7, 9)
+    assert shards.raw_pixels(table["image"], [3, 9, 7]) is not None  # sizes match: the manifest's shape rules
+    assert shards.raw_pixels(table["image"], [3, 7, 8]) is None
+    assert shards.raw_pixels(table["image"][:0], [3, 7, 9]).shape == (0, 3, 7, 9)
+    blobs = table["image"].to_pylist()
+    short = table.set_column(1, "image", pa.array(blobs[:3] + [b"abc"] + blobs[4:], pa.binary()))
+    null = table.set_column(1, "image", pa.array(blobs[:3] + [None] + blobs[4:], pa.binary()))
+    assert shards.raw_pixels(short["image"], [3, 7, 9]) is None and shards.raw_pixels(null["image"], [3, 7, 9]) is None
+    assert np.array_equal(data.decode_shard("u", table, [3, 7, 9], "raw", BadItems(True)), images)
+    with pytest.raises(SimganError, match=r"u: image r3: cannot decode \(3 bytes, not the 189 raw pixels"):
+        data.decode_shard("u", short, [3, 7, 9], "raw", BadItems(True))
+    lenient = BadItems(False)
+    kept = data.decode_shard("u", short, [3, 7, 9], "raw", lenient)
+    assert np.array_equal(kept, np.delete(images, 3, axis=0)) and len(lenient.reasons) == 1
+
+
+def test_read_tasks_read_several_shards_and_hand_on_a_block_per_shard(ray_session, tmp_path):
+    assert [data.shards_per_task(n, 4) for n in (1, 8, 16, 40, 100, 4096)] == [1, 1, 2, 5, 8, 8]
+    images = np.random.default_rng(2).integers(0, 256, (16 * 20, 1, 28, 28), dtype=np.uint8)
+    write_set(tmp_path / "set", "synthetic", images, [None] * len(images), 20, "raw")
+    manifest = shards.read_manifest(str(tmp_path / "set"))
+    ds = data.image_dataset(str(tmp_path / "set"), manifest, images=3 * len(images), shuffle_files=True, seed=0)
+    read = ds.materialize()  # 48 reads on a Ray of 4 CPUs: 6 shards a task, 8 tasks
+    assert read.num_blocks() == 48 and read.count() == 3 * len(images)
+    assert "8 tasks executed, 48 blocks produced" in read.stats()
+    streamed = np.concatenate([b["image"] for b in read.iter_batches(batch_size=None)])
+    assert np.array_equal(np.unique(streamed, axis=0), np.unique(images, axis=0))
+
+
 def test_ray_dataset_streams_decoded_images(ray_session, digit_sets):
     manifest = shards.read_manifest(digit_sets["synthetic"])
     ds = data.image_dataset(digit_sets["synthetic"], manifest)
@@ -147,12 +185,31 @@ def test_idle_backoff_sleeps_only_while_nothing_changes(monkeypatch):
     assert slept[9:] == [0.001]
 
 
-def test_training_datasets_carry_the_idle_backoff(ray_session, digit_sets):
-    from simgan_ray.runtime.rayinternals import IdleBackoff
+def test_known_limits_asks_again_while_the_limits_are_zero():
+    from types import SimpleNamespace
+
+    from simgan_ray.runtime import rayinternals
+
+    manager = SimpleNamespace(_global_limits=SimpleNamespace(cpu=0, object_store_memory=0),
+                              _global_limits_last_update_time=100.0)
+    executor = SimpleNamespace(_resource_manager=manager)
+    rayinternals.KnownLimits().on_execution_step(executor)
+    assert manager._global_limits_last_update_time == 0  # asked again at the next step
+    manager._global_limits, manager._global_limits_last_update_time = SimpleNamespace(cpu=4, object_store_memory=1), 5.0
+    rayinternals.KnownLimits().on_execution_step(executor)
+    assert manager._global_limits_last_update_time == 5.0  # known: Ray's own once a second
+
+
+def test_training_datasets_carry_the_callbacks_and_a_block_size(ray_session, digit_sets):
+    import ray.data
+
+    from simgan_ray.runtime.rayinternals import IdleBackoff, KnownLimits
 
     manifest = shards.read_manifest(digit_sets["synthetic"])
     ds = data.image_dataset(digit_sets["synthetic"], manifest)
-    assert IdleBackoff in ds.context.execution_callback_classes
-    import ray.data
-
-    assert IdleBackoff not in ray.data.DataContext.get_current().custom_execution_callback_classes
+    assert {IdleBackoff, KnownLimits} <= set(ds.context.execution_callback_classes)
+    assert ds.context.target_max_block_size == max(e["rows"] for e in manifest.shards) * 28 * 28
+    ctx = ray.data.DataContext.get_current()
+    assert IdleBackoff not in ctx.custom_execution_callback_classes
+    assert KnownLimits not in ctx.custom_execution_callback_classes
+    assert ctx.target_max_block_size != ds.context.target_max_block_size
