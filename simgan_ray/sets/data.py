@@ -121,8 +121,8 @@ def read_order(uris: list[str], passes: int, shuffle: bool, seed: int | None) ->
 MAX_READS = 4096
 
 
-# Shards one read task reads at most. A Ray Data task costs tens of ms of scheduling beside the
-# reading (benchmarks/RESULTS.md), as much as reading a raw shard of 5,000 small images takes.
+# Shards one read task reads at most: a Ray Data task costs about as much scheduling as reading a
+# raw shard takes (benchmarks/RESULTS.md), so a task reads several.
 MAX_SHARDS_PER_TASK = 8
 
 
