@@ -100,7 +100,7 @@ def through_ray(ds, batch_size: int) -> float:
 def through_split(ds, workers: int, batch_size: int, preserve_order: bool) -> float:
     """(e) images/s through `streaming_split(workers, equal=True)`, one no-op consumer thread per
     split. The options are those Ray Train gives the training workers' shards (train.ingest_options:
-    the Ray Data context's, `preserve_order` set)."""
+    the dataset's own, its read-ahead bound included, `preserve_order` set)."""
     ds.context.execution_options.preserve_order = preserve_order
     splits = ds.streaming_split(workers, equal=True)
     counts = [0] * workers
@@ -235,10 +235,9 @@ def main() -> None:
         torch.set_num_threads(args.step_threads)  # both (c) and (d); by default on every core
         # As in `simgan-ray train`, the training step owns the cores it computes on (there: the
         # workers' CPU reservations) and Ray Data decodes on what is left: one core here.
-        from ray.data import ExecutionResources
-
         train_ds = data.image_dataset(prefix, manifest, s3, shuffle_files=True, seed=1)
-        train_ds.context.execution_options.resource_limits = ExecutionResources(cpu=max(1, os.cpu_count() - 1))
+        options = train_ds.context.execution_options  # its read-ahead bound kept
+        options.resource_limits = options.resource_limits.copy(cpu=max(1, os.cpu_count() - 1))
         # The training worker's own stream: chunks of 16 batches through its 5,000-image shuffle window.
         stream = batches(train_ds.iterator(), args.batch_size, 5000, torch.device("cpu"), 0)
         train_steps(fresh_gan(cfg), stream, 5, args.batch_size)  # warm-up

@@ -126,6 +126,19 @@ MAX_READS = 4096
 MAX_SHARDS_PER_TASK = 8
 
 
+# Blocks the read tasks may hold in the object store ahead of the consumers, per CPU of the cluster
+# and at least: enough to keep every CPU reading. Ray Data's own bound is half the object store,
+# so a set smaller than that was read whole ahead of a training step, on the cores the step uses
+# (benchmarks/RESULTS.md), and the store's memory grew with the set.
+READ_AHEAD_BLOCKS_PER_CPU = 4
+READ_AHEAD_MIN_BLOCKS = 16
+
+
+def read_ahead_bytes(block_bytes: int, cpus: float) -> int:
+    """Object-store bytes the read tasks may hold ahead of the consumers: a few blocks per CPU."""
+    return int(max(READ_AHEAD_MIN_BLOCKS, READ_AHEAD_BLOCKS_PER_CPU * cpus) * block_bytes)
+
+
 def shards_per_task(reads: int, cpus: float) -> int:
     """How many shards each read task reads, one after another (each handed on as it is read): as
     many as leave every CPU two tasks or more to take, up to MAX_SHARDS_PER_TASK."""
@@ -144,7 +157,8 @@ def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), 
     a new execution per pass stalls every worker at its start, every pass (the streaming split's
     epochs begin together; benchmarks/RESULTS.md). With `shuffle_files` each pass reads the shards
     in a new order, reproducibly from `seed`: only the list of shard names is shuffled, the images
-    stream."""
+    stream. Reading runs ahead of the consumers by `read_ahead_bytes` at most, a limit the dataset's
+    execution options carry (Ray Train replaces them: `train.ingest_options` keeps it)."""
     import ray.data
 
     from simgan_ray.runtime.rayinternals import streaming_reads  # imports Ray: at use
@@ -154,13 +168,20 @@ def image_dataset(prefix: str, manifest: Manifest, s3: S3Options = S3Options(), 
     reads = read_order(uris, passes, shuffle_files, seed)
     if not ray.is_initialized():
         ray.init()  # what Ray Data would do, before asking the cluster's size
-    per_task = shards_per_task(len(reads), ray.cluster_resources().get("CPU", 1))
+    cpus = ray.cluster_resources().get("CPU", 1)
+    per_task = shards_per_task(len(reads), cpus)
+    block_bytes = max((e["rows"] for e in manifest.shards), default=1) * math.prod(manifest.shape)
     # A block per shard: each is handed on as soon as it is read, not merged with the task's next.
-    with streaming_reads(block_bytes=max((e["rows"] for e in manifest.shards), default=1) * math.prod(manifest.shape)):
+    with streaming_reads(block_bytes=block_bytes):
         ds = ray.data.from_items([{"uri": uri} for uri in reads], override_num_blocks=-(-len(reads) // per_task))
-    return ds.map_batches(_read_shards, batch_size=per_task, batch_format="numpy",
-                          fn_kwargs={"s3": s3, "shape": manifest.shape, "encoding": manifest.encoding,
-                                     "strict": strict, "ledger": ledger})
+    ds = ds.map_batches(_read_shards, batch_size=per_task, batch_format="numpy",
+                        fn_kwargs={"s3": s3, "shape": manifest.shape, "encoding": manifest.encoding,
+                                   "strict": strict, "ledger": ledger})
+    options = ds.context.execution_options
+    ahead = read_ahead_bytes(block_bytes, cpus)
+    options.resource_limits = options.resource_limits.copy(
+        object_store_memory=min(ahead, options.resource_limits.object_store_memory or ahead))
+    return ds
 
 
 def check_shards(prefix: str, manifest: Manifest, s3: S3Options = S3Options()) -> None:

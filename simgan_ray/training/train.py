@@ -222,14 +222,17 @@ def _latest(snapshot: dict) -> tuple[str, int | None]:
     return latest["checkpoint_dir_name"], (latest.get("metrics") or {}).get("step")
 
 
-def ingest_options(cfg: TrainConfig):
-    """Ray Train's default ingest options (those of the current Ray Data context), with data.preserve_order."""
+def ingest_options(cfg: TrainConfig, dataset):
+    """Ray Train's default ingest options (those of the current Ray Data context), with
+    data.preserve_order and the dataset's own resource limits (its read-ahead bound,
+    `data.image_dataset`): Train replaces a dataset's execution options with these."""
     import ray.train
 
     with warnings.catch_warnings():  # Ray's own deprecation inside its defaults (exclude_resources)
         warnings.simplefilter("ignore")
         options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = cfg.data.preserve_order
+    options.resource_limits = dataset.context.execution_options.resource_limits
     return options
 
 
@@ -270,6 +273,11 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
     fs, path = storage.resolve(storage.normalize(cfg.run.storage), s3)
     ledger = data.new_skip_ledger()
     to_read = images_to_read(cfg)
+    datasets = {
+        name: data.image_dataset(prefix, manifest, s3, images=to_read[name], shuffle_files=cfg.data.shuffle_files,
+                                 seed=cfg.seed, strict=cfg.data.strict, ledger=ledger)
+        for name, prefix, manifest in (("synthetic", cfg.data.synthetic, syn), ("real", cfg.data.real, real))
+    }
     trainer = TorchTrainer(
         train_func,
         train_loop_config={"config": cfg.to_dict(), "image_shape": syn.shape, "start_from": resume_from,
@@ -288,12 +296,9 @@ def _fit(cfg: TrainConfig, checked: Preflight, out: Output, callbacks: list | No
             callbacks=callbacks,
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
-        dataset_config=ray.train.DataConfig(execution_options=ingest_options(cfg)),
-        datasets={
-            name: data.image_dataset(prefix, manifest, s3, images=to_read[name], shuffle_files=cfg.data.shuffle_files,
-                                     seed=cfg.seed, strict=cfg.data.strict, ledger=ledger)
-            for name, prefix, manifest in (("synthetic", cfg.data.synthetic, syn), ("real", cfg.data.real, real))
-        },
+        dataset_config=ray.train.DataConfig(
+            execution_options={name: ingest_options(cfg, ds) for name, ds in datasets.items()}),
+        datasets=datasets,
     )
     try:
         with rayinternals.train_sigint_scope():

@@ -213,3 +213,45 @@ def test_training_datasets_carry_the_callbacks_and_a_block_size(ray_session, dig
     assert IdleBackoff not in ctx.custom_execution_callback_classes
     assert KnownLimits not in ctx.custom_execution_callback_classes
     assert ctx.target_max_block_size != ds.context.target_max_block_size
+
+
+class _BlocksMade:
+    """Execution callback (in the process that runs the executor: here the test's): the most blocks
+    the read tasks had made at any step."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        _BlocksMade.made = 0
+
+    def before_execution_starts(self, executor) -> None: ...
+
+    def on_execution_step(self, executor) -> None:
+        made = sum(op.metrics.num_task_outputs_generated for op in executor._topology)
+        _BlocksMade.made = max(_BlocksMade.made, made)
+
+    def after_execution_succeeds(self, executor) -> None: ...
+
+    def after_execution_fails(self, executor, error) -> None: ...
+
+    def on_execution_shutdown(self, executor) -> None: ...
+
+
+@pytest.mark.parametrize("bounded", [True, False])
+def test_reading_runs_ahead_of_a_slow_consumer_by_a_few_blocks_per_cpu(ray_session, tmp_path, bounded):
+    import time
+
+    images = np.random.default_rng(3).integers(0, 256, (16 * 20, 1, 28, 28), dtype=np.uint8)
+    write_set(tmp_path / "set", "synthetic", images, [None] * len(images), 20, "raw")
+    manifest = shards.read_manifest(str(tmp_path / "set"))
+    ds = data.image_dataset(str(tmp_path / "set"), manifest, images=3 * len(images))  # 48 blocks of 20 images
+    limits = ds.context.execution_options.resource_limits
+    assert limits.object_store_memory == data.read_ahead_bytes(20 * 28 * 28, 4) == 16 * 20 * 28 * 28  # 4 CPUs
+    if not bounded:  # Ray Data's own bound: half the object store
+        ds.context.execution_options.resource_limits = limits.copy(object_store_memory=float("inf"))
+    ds.context.custom_execution_callback_classes = [*ds.context.custom_execution_callback_classes, _BlocksMade]
+    batches = iter(ds.iter_batches(batch_size=20))
+    next(batches)
+    time.sleep(3)  # a step that takes long
+    assert _BlocksMade.made <= 24 if bounded else _BlocksMade.made == 48  # 16 blocks' bytes, or the whole set
+    assert sum(len(b["image"]) for b in batches) == 3 * len(images) - 20  # then every image, all the same

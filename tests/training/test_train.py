@@ -34,7 +34,7 @@ from simgan_ray.training.gan import (
 )
 from simgan_ray.training.guard import CollapseGuard
 from simgan_ray.training.tracking import read_events
-from simgan_ray.training.train import fit
+from simgan_ray.training.train import fit, ingest_options
 from simgan_ray.training.worker import FETCH, images_to_read
 from tests.conftest import TINY, small_run
 
@@ -253,6 +253,17 @@ def _live_record_reader(run: Path, out: Path):
 
 
 # The actors of one training run besides its workers (Ray Train's and Ray Data's, and the skip ledger).
+def test_ingest_options_keep_the_read_ahead_bound_of_each_dataset(ray_session, digit_sets):
+    """Ray Train replaces a dataset's execution options with its ingest options: they carry the
+    dataset's own limits, or its reading would run ahead of the workers by half the object store."""
+    from simgan_ray.sets import data, shards
+
+    ds = data.image_dataset(digit_sets["synthetic"], shards.read_manifest(digit_sets["synthetic"]))
+    options = ingest_options(load_config(None, {**TINY, "data.preserve_order": True}), ds)
+    bound = ds.context.execution_options.resource_limits.object_store_memory
+    assert options.preserve_order and options.resource_limits.object_store_memory == bound < float("inf")
+
+
 RUN_ACTORS = {"TrainController", "DatasetManager", "SplitCoordinator", "SkipLedger"}
 
 
