@@ -45,14 +45,6 @@ def decode_image(image_id: str, blob: bytes, shape: list[int], encoding: str = "
     return img
 
 
-def decode_images(ids, blobs, shape: list[int], encoding: str = "png") -> np.ndarray:
-    """Image bytes -> uint8 (n, C, H, W); the first bad image raises."""
-    out = np.empty((len(blobs), *shape), np.uint8)
-    for i, (image_id, blob) in enumerate(zip(ids, blobs, strict=True)):
-        out[i] = decode_image(image_id, blob, shape, encoding)
-    return out
-
-
 class SkipLedger:
     """Ray actor collecting the images and shards skipped as corrupt by read tasks anywhere in the
     cluster; each once, however many passes (epochs) meet it."""
@@ -239,17 +231,18 @@ def check_training_sets(synthetic: str, real: str, channels: int, min_count: int
 
 
 def head_images(prefix: str, manifest: Manifest, n: int, s3: S3Options = S3Options()):
-    """The first n images of a set, read directly from its first shards (driver-side, small n).
-    -> (ids, uint8 (n, C, H, W), labels as JSON strings or None)."""
-    ids, blobs, labels = [], [], []
+    """The first n images of a set, read directly from its first shards (driver-side, small n),
+    decoded as the read tasks decode them; an image that cannot be decoded fails, named with its
+    shard. -> (ids, uint8 (n, C, H, W), labels as JSON strings or None)."""
+    ids, images, labels = [], [np.empty((0, *manifest.shape), np.uint8)], []
     for uri in shards.shard_uris(prefix, manifest):
-        table = shards.read_shard(uri, s3)
-        ids += table["id"].to_pylist()[: n - len(ids)]
-        blobs += table["image"].to_pylist()[: n - len(blobs)]
-        labels += table["label"].to_pylist()[: n - len(labels)]
+        table = shards.read_shard(uri, s3).slice(0, n - len(ids))
+        ids += table["id"].to_pylist()
+        labels += table["label"].to_pylist()
+        images.append(decode_shard(uri, table, manifest.shape, manifest.encoding, BadItems(strict=True)))
         if len(ids) >= n:
             break
-    return ids, decode_images(ids, blobs, manifest.shape, manifest.encoding), labels
+    return ids, np.concatenate(images), labels
 
 
 def head_columns(prefix: str, n: int, s3: S3Options, columns: tuple[str, ...] = ("id", "label")) -> dict[str, list]:

@@ -38,10 +38,11 @@ def test_check_training_sets(digit_sets, tmp_path):
 def test_decode_names_the_bad_image():
     good = shards.encode_png(np.zeros((1, 28, 28), np.uint8))
     wrong = shards.encode_png(np.zeros((1, 20, 28), np.uint8))
+    assert data.decode_image("a", good, [1, 28, 28]).shape == (1, 28, 28)
     with pytest.raises(SimganError, match="image b: shape 1x20x28"):
-        data.decode_images(["a", "b"], [good, wrong], [1, 28, 28])
+        data.decode_image("b", wrong, [1, 28, 28])
     with pytest.raises(SimganError, match="image c: cannot decode"):
-        data.decode_images(["c"], [b"not a png"], [1, 28, 28])
+        data.decode_image("c", b"not a png", [1, 28, 28])
 
 
 def test_raw_shards_hold_the_same_pixels_and_a_bad_one_is_named(tmp_path):
@@ -52,6 +53,8 @@ def test_raw_shards_hold_the_same_pixels_and_a_bad_one_is_named(tmp_path):
         assert manifest.encoding == encoding
         _, read, _ = data.head_images(str(tmp_path / encoding), manifest, 20)
         assert np.array_equal(read, images)
+        ids, read, labels = data.head_images(str(tmp_path / encoding), manifest, 13)  # shards of 8: one and a part
+        assert np.array_equal(read, images[:13]) and len(ids) == len(labels) == 13
     doc = json.loads((tmp_path / "raw" / "manifest.json").read_text())
     assert doc["encoding"] == "raw"
     # A set written before the field existed holds PNGs.
@@ -62,7 +65,7 @@ def test_raw_shards_hold_the_same_pixels_and_a_bad_one_is_named(tmp_path):
     with pytest.raises(SimganError, match=r"manifest.json: encoding: Input should be 'png' or 'raw'"):
         shards.read_manifest(str(tmp_path / "raw"))
     with pytest.raises(SimganError, match=r"image c: cannot decode \(3 bytes, not the 189 raw pixels of 3x7x9\)"):
-        data.decode_images(["c"], [b"abc"], [3, 7, 9], "raw")
+        data.decode_image("c", b"abc", [3, 7, 9], "raw")
 
 
 def test_raw_pixels_are_one_copy_and_a_bad_image_falls_back_to_being_named():
