@@ -212,17 +212,27 @@ def streaming_reads(block_bytes: int):
     keeps a copy of the context it was built with): a backpressured executor must not spin
     (IdleBackoff) and must know the CPUs it may use from its first step (KnownLimits), both
     execution callbacks, a Ray Data internal; a task's outputs become blocks of at most
-    `block_bytes` (up to Ray's default), where Ray would merge them up to its default."""
+    `block_bytes` (up to Ray's default), where Ray would merge them up to its default; and a task
+    never waits for its consumers (below)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     callbacks, target = ctx.custom_execution_callback_classes, ctx.target_max_block_size
+    buffer = ctx._max_num_blocks_in_streaming_gen_buffer
     ctx.custom_execution_callback_classes = [*callbacks, IdleBackoff, KnownLimits]
     ctx.target_max_block_size = min(block_bytes, target or block_bytes)
+    # Ray 2.60 pauses a task whose blocks its executor has not yet taken (2 by default), holding
+    # the task's CPU while it waits. When the executor stops taking (the consumers hold what the
+    # read-ahead bound allows), a read task of several shards would keep a CPU that the other
+    # set's reading needs, and the training workers, waiting for that set, never take from this
+    # one again. Without the pause, a task reads its few shards to the end and gives its CPU back;
+    # the bound holds by not starting tasks.
+    ctx._max_num_blocks_in_streaming_gen_buffer = None
     try:
         yield
     finally:
         ctx.custom_execution_callback_classes, ctx.target_max_block_size = callbacks, target
+        ctx._max_num_blocks_in_streaming_gen_buffer = buffer
 
 
 # A Ray Data execution callback that stops an idle streaming executor from spinning. A training

@@ -138,8 +138,13 @@ def test_data_context_fields_and_executor_internals_idle_backoff_uses():
     from ray.data._internal.execution.interfaces.op_runtime_metrics import OpRuntimeMetrics
 
     ctx = ray.data.DataContext.get_current()
-    assert hasattr(ctx, "custom_execution_callback_classes"), \
-        "streaming_reads: DataContext field"
+    for field in ("custom_execution_callback_classes", "_max_num_blocks_in_streaming_gen_buffer"):
+        assert hasattr(ctx, field), f"streaming_reads: DataContext field {field}"
+    from ray.data._internal.execution.operators import task_pool_map_operator
+
+    assert "ctx._max_num_blocks_in_streaming_gen_buffer is not None" in \
+        inspect.getsource(task_pool_map_operator).replace("self.data_context", "ctx"), \
+        "streaming_reads: no generator backpressure where the buffer is None"
     assert "self._topology" in inspect.getsource(streaming_executor.StreamingExecutor), "IdleBackoff: _topology"
     for name in ("total_enqueued_input_blocks", "total_enqueued_output_blocks"):
         assert hasattr(streaming_executor_state.OpState, name), f"IdleBackoff: OpState.{name}"

@@ -258,3 +258,30 @@ def test_reading_runs_ahead_of_a_slow_consumer_by_a_few_blocks_per_cpu(ray_sessi
     time.sleep(3)  # a step that takes long
     assert _BlocksMade.made <= 24 if bounded else _BlocksMade.made == 48  # 16 blocks' bytes, or the whole set
     assert sum(len(b["image"]) for b in batches) == 3 * len(images) - 20  # then every image, all the same
+
+
+def test_a_set_read_ahead_to_its_bound_leaves_the_cpu_to_the_other_set(ray_session, tmp_path):
+    """Two sets and one CPU left for reading (the training workers hold the rest): a read task of
+    the set whose consumers stopped taking must not keep that CPU while it waits, or the other
+    set's reading never starts and the workers, waiting for it, never take from the first again."""
+    import threading
+
+    import ray
+
+    images = np.random.default_rng(4).integers(0, 256, (16 * 20, 1, 28, 28), dtype=np.uint8)
+    write_set(tmp_path / "set", "synthetic", images, [None] * len(images), 20, "raw")
+    manifest = shards.read_manifest(str(tmp_path / "set"))
+    held = ray.util.placement_group([{"CPU": ray.cluster_resources()["CPU"] - 1}])  # all CPUs but one
+    ray.get(held.ready())
+    try:
+        first = iter(data.image_dataset(str(tmp_path / "set"), manifest, images=3 * len(images)).iter_batches(batch_size=20))
+        next(first)  # its reading runs ahead to its bound, then waits for this consumer
+        second = data.image_dataset(str(tmp_path / "set"), manifest, images=3 * len(images))
+        got = []
+        reader = threading.Thread(target=lambda: got.append(next(iter(second.iter_batches(batch_size=20)))), daemon=True)
+        reader.start()
+        reader.join(timeout=60)
+        assert got, "the second set's reading never started: the first set's read task holds the CPU"
+        assert sum(len(b["image"]) for b in first) == 3 * len(images) - 20
+    finally:
+        ray.util.remove_placement_group(held)
