@@ -274,11 +274,12 @@ def test_a_set_read_ahead_to_its_bound_leaves_the_cpu_to_the_other_set(ray_sessi
     held = ray.util.placement_group([{"CPU": ray.cluster_resources()["CPU"] - 1}])  # all CPUs but one
     ray.get(held.ready())
     try:
-        first = iter(data.image_dataset(str(tmp_path / "set"), manifest, images=3 * len(images)).iter_batches(batch_size=20))
+        first, second = (data.image_dataset(str(tmp_path / "set"), manifest, images=3 * len(images)) for _ in range(2))
+        first = iter(first.iter_batches(batch_size=20))
         next(first)  # its reading runs ahead to its bound, then waits for this consumer
-        second = data.image_dataset(str(tmp_path / "set"), manifest, images=3 * len(images))
         got = []
-        reader = threading.Thread(target=lambda: got.append(next(iter(second.iter_batches(batch_size=20)))), daemon=True)
+        reader = threading.Thread(target=lambda: got.append(next(iter(second.iter_batches(batch_size=20)))),
+                                  daemon=True)
         reader.start()
         reader.join(timeout=60)
         assert got, "the second set's reading never started: the first set's read task holds the CPU"
