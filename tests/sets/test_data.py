@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 from simgan_ray.common.errors import SimganError
 from simgan_ray.sets import data, shards
@@ -218,7 +219,7 @@ def test_training_datasets_carry_the_callbacks_and_a_block_size(ray_session, dig
     assert ctx.target_max_block_size != ds.context.target_max_block_size
 
 
-class _BlocksMade:
+class _BlocksMade(ExecutionCallback):
     """Execution callback (in the process that runs the executor: here the test's): the most blocks
     the read tasks had made at any step."""
 
@@ -227,17 +228,9 @@ class _BlocksMade:
     def __init__(self) -> None:
         _BlocksMade.made = 0
 
-    def before_execution_starts(self, executor) -> None: ...
-
     def on_execution_step(self, executor) -> None:
         made = sum(op.metrics.num_task_outputs_generated for op in executor._topology)
         _BlocksMade.made = max(_BlocksMade.made, made)
-
-    def after_execution_succeeds(self, executor) -> None: ...
-
-    def after_execution_fails(self, executor, error) -> None: ...
-
-    def on_execution_shutdown(self, executor) -> None: ...
 
 
 @pytest.mark.parametrize("bounded", [True, False])

@@ -252,7 +252,6 @@ def _live_record_reader(run: Path, out: Path):
     return Reader()
 
 
-# The actors of one training run besides its workers (Ray Train's and Ray Data's, and the skip ledger).
 def test_ingest_options_keep_the_read_ahead_bound_of_each_dataset(ray_session, digit_sets):
     """Ray Train replaces a dataset's execution options with its ingest options: they carry the
     dataset's own limits, or its reading would run ahead of the workers by half the object store."""
@@ -264,6 +263,7 @@ def test_ingest_options_keep_the_read_ahead_bound_of_each_dataset(ray_session, d
     assert options.preserve_order and options.resource_limits.object_store_memory == bound < float("inf")
 
 
+# The actors of one training run besides its workers (Ray Train's and Ray Data's, and the skip ledger).
 RUN_ACTORS = {"TrainController", "DatasetManager", "SplitCoordinator", "SkipLedger"}
 
 
