@@ -243,6 +243,20 @@ def ceilings(device: str) -> dict:
             "copy_gb_s": round(2 * 2 * elements / copy_ms / 1e6, 1)}  # 2 bytes each, read and written
 
 
+def host_to_device(shape: tuple[int, int, int], images: int = 512, seconds: float = 1.0) -> dict[str, float]:
+    """images/s of copying uint8 (images, *shape) chunks to the GPU on one host thread, each copy
+    waited for (a training worker's handout: 16 batches of 32): from pageable memory, from pinned
+    memory, and pinned per chunk first (what Ray Data's `pin_memory` does on its collate thread)."""
+    pageable = torch.randint(0, 256, (images, *shape), dtype=torch.uint8)
+    pinned = pageable.pin_memory()
+    copies = {"h2d pageable": lambda: pageable.to("cuda", non_blocking=True),
+              "h2d pinned": lambda: pinned.to("cuda", non_blocking=True),
+              "h2d pin, then copy": lambda: pageable.pin_memory().to("cuda", non_blocking=True)}
+    # Each copy synchronised: the next chunk's copy starts once this one has landed, as a worker's would.
+    return {name: rate(lambda c=copy: (c(), torch.cuda.synchronize()), images, "cuda", seconds)[0]
+            for name, copy in copies.items()}
+
+
 def env(args) -> None:
     cuda = args.device == "cuda"
     name = device_name(args.device)
@@ -256,6 +270,8 @@ def env(args) -> None:
         "multiprocessors": torch.cuda.get_device_properties(0).multi_processor_count if cuda else None,
         "peak_bf16_tflops": peak_tflops(name, args.peak_tflops),
         **ceilings(args.device),
+        # The eye shape: its step is the one the input path must keep up with (benchmarks/RESULTS.md).
+        "h2d_eye_images_per_s": {k: round(v) for k, v in host_to_device((1, 35, 55)).items()} if cuda else None,
     }
     Path(args.out, "env.json").write_text(json.dumps(facts, indent=1) + "\n")
     log("env: " + json.dumps(facts))
@@ -271,9 +287,12 @@ def summary(args) -> None:
     out = Path(args.out)
     facts = json.loads((out / "env.json").read_text()) if (out / "env.json").exists() else {}
     peak, matmul = facts.get("peak_bf16_tflops"), facts.get("matmul_bf16_tflops")
+    h2d = facts.get("h2d_eye_images_per_s")
     lines = [f"device: {facts.get('device', '?')}; torch {facts.get('torch', '?')}; peak {fmt(peak, '.0f')} "
              f"TFLOP/s (datasheet), bf16 matmul measured {fmt(matmul, '.0f')} TFLOP/s, copy "
-             f"{fmt(facts.get('copy_gb_s'), '.0f')} GB/s", "",
+             f"{fmt(facts.get('copy_gb_s'), '.0f')} GB/s",
+             "host to device, eye uint8 chunks of 512, images/s on one thread: "
+             + (", ".join(f"{k[4:]} {v:,}" for k, v in h2d.items()) if h2d else "not measured (no GPU)"), "",
              "| bench | model | variant | batch | loop | images/s | TFLOP/s | % peak | % matmul | warm-up s | note |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     best: dict[str, tuple[float, str]] = {}

@@ -17,7 +17,9 @@ one thread, so the figures add up as costs), and each encoding's bytes per image
                      16 batches, sliced), rows shuffled over 5,000 images by Ray Data's local shuffle
                      (`iter_torch_batches(local_shuffle_buffer_size=...)`, the workers' path before) or
                      by the worker's own shuffle window (`training.worker.batches`)
-  h2d                pinned host-to-device copy of a batch (only where torch sees a GPU)
+  h2d ...            uint8 chunks of 512 (a worker's handout) copied to the GPU from pageable memory,
+                     from pinned memory, and pinned first (only where torch sees a GPU;
+                     `gpu_common.host_to_device`, which scripts/gpu-check.sh runs without Ray)
 
 Last, for the eye shape: the cores needed to feed one H100 at 67,624 images/s (the eye SimGAN step
 measured in benchmarks/RESULTS.md) at each encoding's `ray` rate.
@@ -40,6 +42,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from gpu_common import host_to_device  # noqa: E402 (benchmarks/, this script's folder)
 
 from simgan_ray.common.errors import BadItems  # noqa: E402
 from simgan_ray.runtime.session import start_local_ray  # noqa: E402
@@ -138,10 +142,7 @@ def stages(root: Path, shape: tuple[int, int, int], count: int) -> dict[str, flo
     out["ray raw, Ray Data's local shuffle"] = pipeline(root / "raw", count, "ray")
     out["ray raw, shuffle window"] = pipeline(root / "raw", count, "window")
     if torch.cuda.is_available():
-        batch = data.unit_range(pixels[:256]).pin_memory()
-        torch.cuda.synchronize()
-        out["h2d"] = rate(lambda: [batch.to("cuda", non_blocking=True) for _ in range(100)] and
-                          torch.cuda.synchronize(), 256 * 100)
+        out.update(host_to_device(shape))
     return out
 
 

@@ -58,6 +58,8 @@ def test_gpu_check_quick_runs_every_variant_without_ray_or_pydantic(tmp_path):
     summary = (out / "summary.md").read_text()
     assert summary.count("| train_gpu |") == len(train) and summary.count("| refine_gpu |") == len(infer)
     assert "0 step(s) failed" in (out / "gpu-check.log").read_text()
+    assert json.loads((out / "env.json").read_text())["h2d_eye_images_per_s"] is None
+    assert "host to device, eye uint8 chunks of 512, images/s on one thread: not measured (no GPU)" in summary
     print(f"gpu-check --quick: {time.monotonic() - t0:.0f} s")
 
 

@@ -51,12 +51,15 @@ def batches(shard, batch_size: int, window: int, device: torch.device, seed: int
     shuffle window of `window` images seeded by `seed` (0: in the order read).
 
     Ray Data hands over `fetch` batches at a time and they are sliced here: its cost per handed
-    batch is fixed, which a small batch of small images would pay at every update. One execution
+    batch is fixed, which a small batch of small images would pay at every update. On a GPU a
+    handout is copied to pinned host memory on Ray Data's collate thread, so that its copy to the
+    device runs without blocking (a copy from pageable memory waits for the transfer). One execution
     of the dataset reads the passes the whole run needs (`images_to_read`); should it end, the next
     starts. A remainder carries over."""
     mixer, carry = ShuffleWindow(window, seed), None
     while True:
-        for batch in shard.iter_torch_batches(batch_size=batch_size * fetch, drop_last=False, device=device):
+        for batch in shard.iter_torch_batches(batch_size=batch_size * fetch, drop_last=False, device=device,
+                                              pin_memory=device.type == "cuda"):
             images = mixer.push(batch["image"])
             images = images if carry is None else torch.cat([carry, images])
             full = len(images) // batch_size * batch_size
