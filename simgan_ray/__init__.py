@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from simgan_ray.measures.probe import ProbeInfo, ProbeSpec, build_probe
     from simgan_ray.model.export import load_export, refine_images
     from simgan_ray.sweeps.results import SweepResult, Trial
-    from simgan_ray.sweeps.tune import TuneSpec, load_spec, run_sweep
+    from simgan_ray.sweeps.spec import TuneSpec, load_spec
+    from simgan_ray.sweeps.tune import run_sweep
     from simgan_ray.training.config import TrainConfig, load_config, with_overrides
     from simgan_ray.training.train import FitResult, fit
 
@@ -49,8 +50,8 @@ _API = {
     "ProbeSpec": ("measures.probe", "ProbeSpec"),
     "ProbeInfo": ("measures.probe", "ProbeInfo"),
     "build_probe": ("measures.probe", "build_probe"),
-    "TuneSpec": ("sweeps.tune", "TuneSpec"),
-    "load_spec": ("sweeps.tune", "load_spec"),
+    "TuneSpec": ("sweeps.spec", "TuneSpec"),
+    "load_spec": ("sweeps.spec", "load_spec"),
     "run_sweep": ("sweeps.tune", "run_sweep"),
     "SweepResult": ("sweeps.results", "SweepResult"),
     "Trial": ("sweeps.results", "Trial"),

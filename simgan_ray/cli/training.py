@@ -142,7 +142,8 @@ def tune(
 
     from simgan_ray.common.yamlfiles import parse_override
     from simgan_ray.runtime.cluster import JobSpec
-    from simgan_ray.sweeps.tune import load_spec, preflight, run_sweep
+    from simgan_ray.sweeps.spec import load_spec
+    from simgan_ray.sweeps.tune import preflight, run_sweep
     from simgan_ray.training.config import dump_config
 
     overrides = {k: v for k, v in (("name", name), ("num_samples", num_samples)) if v is not None}

@@ -7,14 +7,12 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from simgan_ray.storage.ownership import Output
-
-if TYPE_CHECKING:  # the spec's module imports this one
-    from simgan_ray.sweeps.tune import TuneSpec
+from simgan_ray.sweeps.spec import TuneSpec
 
 
 @dataclass

@@ -5,37 +5,11 @@ one without --final, and a sweep has none."""
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from simgan_ray import storage
 from simgan_ray.apply.evaluate import EvalConfig, evaluate
-from simgan_ray.common.settings import Section
-from simgan_ray.storage.fields import Location
 from simgan_ray.sweeps.results import Trial
+from simgan_ray.sweeps.spec import Validation
 from simgan_ray.training.config import TrainConfig
-
-
-class Validation(Section):
-    """`validation` of a tune spec: the sets and sizes of the evaluation of each finished trial."""
-
-    real_train: Location
-    """labelled real set of the ceiling classifier (digits: mnist/dev)"""
-    real_test: Location
-    """the labelled val set the errors are measured on (digits: mnist/val; a test set is refused)"""
-    real_pool: Location
-    """unlabelled real images for the two-sample test (digits: mnist/real)"""
-    seeds: int = Field(2, ge=1)
-    """classifier seeds per training source"""
-    train_images: int = Field(20_000, ge=1)
-    """training images per classifier"""
-    test_images: int = Field(10_000, ge=1)
-    """val images the errors are measured on"""
-    epochs: int = Field(3, ge=1)
-    """classifier epochs"""
-    label_key: str = "digit"
-    """the class field of the labels"""
-    num_classes: int = Field(10, ge=2)
-    """number of classes"""
 
 
 def validate_trials(trials: list[Trial], validation: Validation, base: TrainConfig, sweep: str,

@@ -11,7 +11,8 @@ import yaml
 from simgan_ray.common.errors import SimganError
 from simgan_ray.model.export import load_export
 from simgan_ray.sweeps.results import Trial, rank, spearman
-from simgan_ray.sweeps.tune import load_spec, run_sweep
+from simgan_ray.sweeps.spec import load_spec
+from simgan_ray.sweeps.tune import run_sweep
 from simgan_ray.training.config import load_config
 from tests.conftest import BIN, TINY, console
 

@@ -30,7 +30,7 @@ def test_job_specs_validate():
     import yaml
 
     from simgan_ray.apply.refine import load_refine_job
-    from simgan_ray.sweeps.tune import load_spec
+    from simgan_ray.sweeps.spec import load_spec
 
     jobs = sorted((ROOT / "jobs").glob("*.yaml"))
     assert {j.name for j in jobs} >= {"digits.yaml", "digits-tune.yaml", "eyes.yaml", "refine-1m.yaml"}
