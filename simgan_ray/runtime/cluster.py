@@ -24,10 +24,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import simgan_ray
 from simgan_ray.common.errors import SimganError, first_line
 from simgan_ray.common.yamlfiles import read_yaml
 from simgan_ray.storage import is_local, normalize
+
+PACKAGE = Path(__file__).parents[1]  # simgan_ray/, shipped with every job (`py_modules`)
 
 DEFAULT_DASHBOARD_PORT = 8265
 _DASHBOARD_PORT = re.compile(r"--dashboard-port[= ](\d+)")
@@ -183,7 +184,7 @@ def submit(address: str, job: JobSpec, wait: bool, echo) -> int:
         job_id = client.submit_job(
             entrypoint=entrypoint,
             submission_id=f"simgan-{job.argv[0]}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
-            runtime_env={"working_dir": wd, "py_modules": [str(Path(simgan_ray.__file__).parent)]},
+            runtime_env={"working_dir": wd, "py_modules": [str(PACKAGE)]},
             metadata={"simgan_ray.command": job.argv[0]},
         )
     echo(f"submitted job {job_id} to {address}: {entrypoint}")
