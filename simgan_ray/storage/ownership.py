@@ -10,26 +10,20 @@ an empty folder of someone else's makes it refuse, deleting nothing. A dry run c
 plan read-only.
 
     <output>/.simgan-ray/owner.json         {"format", "command", "job", "created", "identity"}
-    <output>/.simgan-ray/lock.json          the writer now: {"command", "id", "host", "pid", "since", "heartbeat"}
+    <output>/.simgan-ray/lock.json          the writer now (`storage/lock.py`)
     <output>/.simgan-ray/files/<part>.json  {"format", "job", "files": {path: [sizes]}}, written before
                                             the files it lists
 
-One writer at a time: the lock is created atomically (local: O_EXCL; S3: a conditional PUT) and
-refreshed every HEARTBEAT_S seconds while the command runs. A lock whose process is gone (same host)
-or whose heartbeat is older than STALE_AFTER_S is taken over, with a note. Outputs never overlap
-the command's inputs (`storage.refuse_overlap`, symbolic links resolved).
+One writer at a time: a claim holds the output's lock (`storage/lock.py`) while its command runs,
+and every write through its `Output`, in the driver or in a Ray worker, first checks that the lock
+is still the claim's: once another job took the output over, nothing more is written there.
+Outputs never overlap the command's inputs (`storage.refuse_overlap`, symbolic links resolved).
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
-import os
-import socket
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,12 +32,10 @@ from typing import Literal
 
 from simgan_ray import storage
 from simgan_ray.common.errors import SimganError
-from simgan_ray.storage import S3Options
+from simgan_ray.storage import S3Options, lock
 
 RECORD_DIR, OWNER, LOCK, FILES = ".simgan-ray", "owner.json", "lock.json", "files"
-OWNER_FORMAT, LOCK_FORMAT, FILES_FORMAT = "simgan-ray-owner/1", "simgan-ray-lock/1", "simgan-ray-files/1"
-HEARTBEAT_S = 15.0
-STALE_AFTER_S = 60.0  # four missed heartbeats: the holder is gone (a node lost, a pod killed and retried)
+OWNER_FORMAT, FILES_FORMAT = "simgan-ray-owner/1", "simgan-ray-files/1"
 _WHAT = {"train": "a simgan-ray training run", "tune": "a simgan-ray sweep"}  # in refusals; others: "the output of"
 _KEEP_SIZES = 2  # a file rewritten in place: its last two recorded sizes (a rewrite may have been cut short)
 
@@ -54,18 +46,30 @@ def _record(uri: str, *parts: str) -> str:
 
 @dataclass(frozen=True)
 class Output:
-    """A claimed output (picklable: Ray tasks write through it). `base`: a folder inside the claim
-    this view writes under (fetch-mnist's splits), '' for its root."""
+    """A claimed output (picklable: Ray tasks write through it). `lock`: the id of the claim's lock;
+    `base`: a folder inside the claim this view writes under (fetch-mnist's splits), '' for its root."""
 
     uri: str
     command: str
     job: str
+    lock: str
     s3: S3Options = S3Options()
     base: str = ""
 
     def at(self, sub: str) -> Output:
         """The same claim, writing under its folder `sub`."""
-        return Output(self.uri, self.command, self.job, self.s3, f"{self.base}/{sub}" if self.base else sub)
+        return Output(self.uri, self.command, self.job, self.lock, self.s3, f"{self.base}/{sub}" if self.base else sub)
+
+    def check(self) -> None:
+        """Refuse, naming the writer now, once the output's lock is no longer this claim's: taken over
+        by another job (this one's holder judged gone) or released. Before every write under the
+        claim, and before anything writes there on the claim's behalf (Ray Train's checkpoints)."""
+        held = lock.read(_record(self.uri, LOCK), self.s3)
+        if held is None or held.get("id") != self.lock:
+            now = ("its lock is gone" if held is None else "its lock is damaged" if held["format"] == "damaged"
+                   else f"{lock.holder(held)} holds it now")
+            raise SimganError(f"{self.uri}: no longer this `simgan-ray {self.command}`'s to write ({now}); "
+                              "stopped before writing there")
 
     @property
     def location(self) -> str:
@@ -75,6 +79,7 @@ class Output:
         """Record, then write, `files` (path relative to this view -> bytes), in their order (so the
         last is a commit marker) -> bytes written."""
         rels = {(f"{self.base}/{rel}" if self.base else rel): data for rel, data in files.items()}
+        self.check()
         self._record({rel: len(data) for rel, data in rels.items()})
         for rel, data in rels.items():
             storage.write_bytes(storage.join(self.uri, rel), data, self.s3)
@@ -83,6 +88,7 @@ class Output:
     def record(self, sizes: dict[str, int]) -> None:
         """Record files a library wrote in place under this view (path -> bytes now): for those
         only, such as an event file that grows by appends; everything else goes through `write`."""
+        self.check()
         self._record({(f"{self.base}/{rel}" if self.base else rel): size for rel, size in sizes.items()})
 
     def _record(self, sizes: dict[str, int]) -> None:
@@ -151,9 +157,9 @@ def plan(uri: str, command: str, s3: S3Options = S3Options(), *, inputs: dict[st
     if why := storage.local_obstacle(uri):
         raise SimganError(f"{uri}: cannot write here: {why}")
     owner = read_owner(uri, s3)
-    lock = _read_lock(uri, s3)
-    if lock is not None and not _stale(lock) and lock.get("id") != _holding:
-        raise SimganError(f"{uri} is being written by {_holder(lock)}; wait for it to end")
+    held = lock.read(_record(uri, LOCK), s3)
+    if held is not None and not lock.stale(held) and held.get("id") != _holding:
+        raise SimganError(f"{uri} is being written by {lock.holder(held)}; wait for it to end")
     found = storage.entries(uri, s3) if storage.exists(uri, s3) else []
     if owner is None:
         # A claim cut short leaves at most its record folder and lock (taken over above when stale).
@@ -208,22 +214,22 @@ def _claim(uri: str, command: str, s3: S3Options, *, inputs: dict[str, str | Non
            resume: bool, identity: dict | None, refusal: str) -> tuple[Output, Plan]:
     checked = plan(uri, command, s3, inputs=inputs, overwrite=overwrite, resume=resume, refusal=refusal)
     uri = checked.uri
-    lock = _acquire(uri, command, s3)
+    held = lock.acquire(uri, _record(uri, LOCK), command, s3)
     try:
         if read_owner(uri, s3) != checked.owner:  # changed between the read-only plan and taking the lock
             checked = plan(uri, command, s3, inputs=inputs, overwrite=overwrite, resume=resume, refusal=refusal,
-                           _holding=lock.doc["id"])
+                           _holding=held.doc["id"])
         if checked.action == "replace":
             _delete(uri, checked.delete, s3)
         owner = checked.owner if checked.action == "continue" else {
-            "format": OWNER_FORMAT, "command": command, "job": uuid.uuid4().hex, "created": _now(),
+            "format": OWNER_FORMAT, "command": command, "job": uuid.uuid4().hex, "created": lock.now(),
             "identity": identity or {}}
         if checked.action != "continue":
             storage.write_bytes(_record(uri, OWNER), json.dumps(owner, indent=1).encode(), s3)
     except BaseException:
-        lock.release()
+        held.release()
         raise
-    return Output(uri, command, owner["job"], s3), checked
+    return Output(uri, command, owner["job"], held.doc["id"], s3), checked
 
 
 def _delete(uri: str, files: list[str], s3: S3Options) -> None:
@@ -240,98 +246,9 @@ def _delete(uri: str, files: list[str], s3: S3Options) -> None:
             folder = folder.rpartition("/")[0]
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _holder(lock: dict) -> str:
-    return (f"`simgan-ray {lock.get('command')}` (lock {lock.get('id')}, pid {lock.get('pid')} on "
-            f"{lock.get('host')}, since {lock.get('since')})")
-
-
-def _read_lock(uri: str, s3: S3Options) -> dict | None:
-    record = _record(uri, LOCK)
-    try:
-        return storage.read_json(record, s3, "a simgan-ray lock", LOCK_FORMAT) if storage.exists(record, s3) else None
-    except SimganError:
-        return {"format": "damaged"}  # half written by a writer cut short: stale
-
-
-def _stale(lock: dict) -> bool:
-    if lock.get("format") != LOCK_FORMAT or not isinstance(lock.get("heartbeat"), (int, float)):
-        return True
-    if time.time() - lock["heartbeat"] > STALE_AFTER_S:
-        return True
-    if lock.get("host") == socket.gethostname() and isinstance(lock.get("pid"), int):
-        try:
-            os.kill(lock["pid"], 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
-
-
-_HELD: dict[str, _Lock] = {}  # this process's locks, by id
-
-
-class _Lock:
-    """A held lock: a thread refreshes its heartbeat; `release` deletes it (at exit at the latest)."""
-
-    def __init__(self, uri: str, doc: dict, s3: S3Options) -> None:
-        self.uri, self.doc, self.s3 = uri, doc, s3
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="simgan-ray-lock", daemon=True)
-        self._thread.start()
-        _HELD[doc["id"]] = self
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                storage.write_bytes(_record(self.uri, LOCK), json.dumps({**self.doc, "heartbeat": time.time()})
-                                    .encode(), self.s3)
-            except SimganError:
-                pass  # storage unreachable for a while: the next beat tries again
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)  # a beat under way must not write the lock again after it went
-        _HELD.pop(self.doc["id"], None)
-        current = _read_lock(self.uri, self.s3)
-        if current is not None and current.get("id") == self.doc["id"]:
-            storage.delete_file(_record(self.uri, LOCK), self.s3)
-
-
-def _acquire(uri: str, command: str, s3: S3Options) -> _Lock:
-    doc = {"format": LOCK_FORMAT, "command": command, "id": uuid.uuid4().hex, "host": socket.gethostname(),
-           "pid": os.getpid(), "since": _now(), "heartbeat": time.time()}
-    for _ in range(2):
-        if storage.create_exclusive(_record(uri, LOCK), json.dumps(doc).encode(), s3):
-            return _Lock(uri, doc, s3)
-        held = _read_lock(uri, s3)
-        if held is not None and not _stale(held):
-            raise SimganError(f"{uri} is being written by {_holder(held)}; wait for it to end")
-        if held is not None:
-            print(f"note: {uri}: taking over the lock of {_holder(held)}, whose process is gone", file=sys.stderr)
-            if _read_lock(uri, s3) == held:  # not taken over by another writer meanwhile
-                storage.delete_file(_record(uri, LOCK), s3)
-    raise SimganError(f"{uri}: another writer took the lock first; try again")
-
-
 def release(out: Output) -> None:
     """End the claim on `out`: its lock goes (its record and files stay)."""
-    for lock in [lk for lk in _HELD.values() if lk.uri == out.uri]:
-        lock.release()
-
-
-@atexit.register
-def _release_all() -> None:
-    for lock in list(_HELD.values()):
-        try:
-            lock.release()
-        except SimganError:
-            pass
+    lock.release(out.uri)
 
 
 @contextmanager

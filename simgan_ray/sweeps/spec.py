@@ -41,7 +41,7 @@ class Dist(Section):
         return self
 
     def to_tune(self):
-        from ray import tune
+        from ray import tune  # at use: a spec is read and checked without Ray
 
         if self.grid is not None:
             return tune.grid_search(self.grid)

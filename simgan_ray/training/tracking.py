@@ -65,6 +65,8 @@ class RunTracker:
         from tensorboardX.proto import event_pb2, summary_pb2
 
         summary = summary_pb2.Summary(value=values)
+        if self._local:
+            self.out.check()  # the event file grows in place in the run folder: only while the run holds it
         self.events.write_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
         self.events.flush()
         # Local: the event file grows in place, recorded as it is after each flush (a writer of its

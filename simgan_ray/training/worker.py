@@ -120,7 +120,7 @@ def train_func(loop_config: dict) -> None:
         metrics = _report(gan, cfg, guard, run, phase, window.reduce(device), probe, tracker, rank, device)
         window = MetricWindow()
         if metrics is not None:
-            _publish(gan, cfg, guard, run, metrics, tracker, rank, list(loop_config["image_shape"]), save)
+            _publish(gan, cfg, guard, run, metrics, tracker, out, rank, list(loop_config["image_shape"]), save)
     if tracker is not None:
         tracker.close()
 
@@ -184,8 +184,9 @@ def _report(gan: Gan, cfg: TrainConfig, guard: CollapseGuard, run: RunState, pha
 
 
 def _publish(gan: Gan, cfg: TrainConfig, guard: CollapseGuard, run: RunState, metrics: dict,
-             tracker: RunTracker | None, rank: int, image_shape: list[int], save: bool) -> None:
-    """Hand the report to Ray Train, with a checkpoint of every rank's state when `save`."""
+             tracker: RunTracker | None, out: Output, rank: int, image_shape: list[int], save: bool) -> None:
+    """Hand the report to Ray Train, with a checkpoint of every rank's state when `save`: Ray Train
+    writes it into the run folder, so only while the run still holds it (`out.check`)."""
     import ray.train
     from ray.train import Checkpoint
 
@@ -197,6 +198,7 @@ def _publish(gan: Gan, cfg: TrainConfig, guard: CollapseGuard, run: RunState, me
     with tempfile.TemporaryDirectory() as tmp:
         _save(Path(tmp), gan, cfg, rank=rank, step=run.step, metrics_log=run.metrics_log,
               image_shape=image_shape, rollbacks=guard.rollbacks, best=run.best)
+        out.check()
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 

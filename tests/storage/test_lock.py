@@ -1,11 +1,13 @@
 """One writer at a time: the claim's lock is created atomically (local: O_EXCL; S3: a conditional
 PUT that moto and S3 honour); a second writer is refused in one line naming the holder; a lock
-whose process is gone, or whose heartbeat is older than the bound, is taken over with a note."""
+whose process is gone, or whose heartbeat is older than the bound, is taken over with a note; a
+claim whose lock was taken over writes nothing more, in any process."""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import time
@@ -16,12 +18,12 @@ import pytest
 
 from simgan_ray import storage
 from simgan_ray.common.errors import SimganError
-from simgan_ray.storage import ownership
+from simgan_ray.storage import lock, ownership
 from tests.conftest import BIN, one_line_refusal, snapshot
 
 
 def lock_doc(**changes) -> bytes:
-    doc = {"format": ownership.LOCK_FORMAT, "command": "refine", "id": "x" * 32, "host": socket.gethostname(),
+    doc = {"format": lock.LOCK_FORMAT, "command": "refine", "id": "x" * 32, "host": socket.gethostname(),
            "pid": 1, "since": "2026-01-01T00:00:00Z", "heartbeat": time.time()}
     return json.dumps({**doc, **changes}).encode()
 
@@ -47,6 +49,40 @@ def test_a_stale_lock_is_taken_over_with_a_note(tmp_path, capsys):
     (out / ".simgan-ray" / "lock.json").write_bytes(lock_doc(host="elsewhere"))  # alive, on another machine
     with pytest.raises(SimganError, match="being written by .* on elsewhere"):
         ownership.claim(str(out), "refine", resume=True)
+
+
+def test_a_claim_whose_lock_was_taken_over_writes_nothing_more_in_any_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.05)
+    out_dir = tmp_path / "out"
+    out = ownership.claim(str(out_dir), "refine")
+    out.write({"a.txt": b"1"})
+    # Another job takes the output over (as it would once this one's process looked gone).
+    (out_dir / ".simgan-ray" / "lock.json").write_bytes(lock_doc(id="y" * 32, pid=os.getpid()))
+    before = snapshot(str(out_dir))
+    taken = (r"out: no longer this `simgan-ray refine`'s to write \(`simgan-ray refine` "
+             rf"\(lock y{{32}}, pid {os.getpid()}")
+    with pytest.raises(SimganError, match=taken + r".*\); stopped before writing there"):
+        out.write({"b.txt": b"2"})
+    with pytest.raises(SimganError, match=taken):
+        out.at("sub").record({"c.txt": 1})
+    with pytest.raises(SimganError, match=taken):  # a copy as a Ray worker gets it (the run's workers: test_faults)
+        pickle.loads(pickle.dumps(out)).write({"b.txt": b"2"})
+    time.sleep(0.3)  # heartbeats due: the old holder no longer refreshes a lock that is not its own
+    assert json.loads((out_dir / ".simgan-ray" / "lock.json").read_text())["id"] == "y" * 32
+    ownership.release(out)  # and does not delete it
+    assert snapshot(str(out_dir)) == before
+
+
+def test_a_released_claim_or_one_whose_lock_is_damaged_writes_nothing_more(tmp_path):
+    out = ownership.claim(str(tmp_path / "out"), "refine")
+    (tmp_path / "out" / ".simgan-ray" / "lock.json").write_bytes(b"{half")
+    with pytest.raises(SimganError, match=r"no longer this `simgan-ray refine`'s to write \(its lock is damaged\)"):
+        out.write({"late.txt": b"1"})
+    ownership.release(out)
+    (tmp_path / "out" / ".simgan-ray" / "lock.json").unlink()
+    with pytest.raises(SimganError, match=r"no longer this `simgan-ray refine`'s to write \(its lock is gone\)"):
+        out.write({"late.txt": b"1"})
+    assert not (tmp_path / "out" / "late.txt").exists()
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Faults survived, nothing lost: an S3 outage then a killed worker, a killed driver, non-finite losses.
+"""Faults survived, nothing lost: an S3 outage then a killed worker, a killed driver, a run folder
+taken over by another job, non-finite losses.
 
 Each test checks the invariant that matters after the fault: the run reaches its last step with a
 metric log that has every report exactly once, optimizer step counts equal to the updates the
@@ -17,11 +18,11 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import torch
-from ray.train import TrainingFailedError
+from ray.train import TrainingFailedError, UserCallback
 
 from simgan_ray import storage
 from simgan_ray.common.errors import SimganError
-from simgan_ray.storage import S3Options
+from simgan_ray.storage import S3Options, lock
 from simgan_ray.training.config import load_config
 from simgan_ray.training.train import TRAIN_SNAPSHOT, fit
 from tests.conftest import BIN, kill_session, small_run
@@ -153,6 +154,31 @@ def test_an_s3_outage_then_a_killed_worker_lose_nothing(ray_session, s3_server, 
         assert_complete(run, outcome["result"].metrics, 120, 100, direct)
     finally:
         proxy.stop()
+
+
+def test_a_run_whose_folder_another_job_took_over_writes_nothing_more_there(ray_session, digit_sets, tmp_path):
+    """Another job takes the run folder over mid-run, as it would once the run's driver looked gone
+    while its workers still trained: from then on nothing of the run writes there (neither the
+    workers' reports and checkpoints nor the driver's heartbeat), and the run stops naming the job."""
+    run = tmp_path / "taken"
+    lock_file = run / ".simgan-ray" / "lock.json"
+    other = {"format": lock.LOCK_FORMAT, "command": "train", "id": "y" * 32, "host": "elsewhere", "pid": 1,
+             "since": "2026-01-01T00:00:00Z", "heartbeat": time.time() + 3600}
+
+    class TakeOver(UserCallback):  # in Train's controller, after the first report it sees
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            if json.loads(lock_file.read_text())["id"] != other["id"]:
+                lock_file.write_text(json.dumps(other))
+                (run.parent / "metrics-when-taken").write_bytes((run / "metrics.jsonl").read_bytes())
+
+    cfg = load_config(None, settings(digit_sets, str(tmp_path), "taken", 100, **{"run.num_workers": 1}))
+    with pytest.raises(TrainingFailedError, match=r"taken: no longer this `simgan-ray train`'s to write "
+                                                  r"\(`simgan-ray train` \(lock y{32}, pid 1 on elsewhere"):
+        fit(cfg, callbacks=[TakeOver()])
+    assert json.loads(lock_file.read_text()) == other
+    taken = (run.parent / "metrics-when-taken").read_bytes()
+    assert taken and (run / "metrics.jsonl").read_bytes() == taken  # no report written after the takeover
+    assert not (run / "export").exists()
 
 
 def test_non_finite_loss_stops_the_run_before_a_checkpoint(ray_session, digit_sets, tmp_path):
