@@ -168,7 +168,8 @@ def test_a_run_whose_folder_another_job_took_over_writes_nothing_more_there(ray_
     class TakeOver(UserCallback):  # in Train's controller, after the first report it sees
         def after_report(self, run_context, metrics, checkpoint) -> None:
             if json.loads(lock_file.read_text())["id"] != other["id"]:
-                lock_file.write_text(json.dumps(other))
+                lock_file.with_suffix(".new").write_text(json.dumps(other))
+                os.replace(lock_file.with_suffix(".new"), lock_file)  # as a claim writes it: whole
                 (run.parent / "metrics-when-taken").write_bytes((run / "metrics.jsonl").read_bytes())
 
     cfg = load_config(None, settings(digit_sets, str(tmp_path), "taken", 100, **{"run.num_workers": 1}))
